@@ -1,0 +1,281 @@
+//! The application: a store, the registered reactions, and the action path
+//! (load → decide → append with the version read).
+//!
+//! ```
+//! # use std::sync::Arc;
+//! use act::{Act, MemoryStore, Reaction};
+//! let store = Arc::new(MemoryStore::new());
+//! let app = Act::builder(store)
+//!     .reaction(Reaction::on("Deposited").to_stream("totals").handle(|_e, _ctx| async { Ok(()) }))
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(app.registry().reactions().len(), 1);
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::broker::{Broker, BrokerOptions};
+use crate::error::{Error, Result};
+use crate::event::{ActionRef, Actor, Append, Causation, Event, EventRef, ExpectedVersion};
+use crate::reaction::Reaction;
+use crate::state::{self, Action, Snapshot, State, SNAPSHOT};
+use crate::store::Store;
+
+/// The reactions of an application, indexed by event name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    reactions: Vec<Arc<Reaction>>,
+    by_event: HashMap<String, Vec<Arc<Reaction>>>,
+}
+
+impl Registry {
+    /// Every reaction, in registration order.
+    pub fn reactions(&self) -> &[Arc<Reaction>] {
+        &self.reactions
+    }
+
+    /// The reactions to events named `name`, in registration order.
+    pub fn for_event(&self, name: &str) -> &[Arc<Reaction>] {
+        self.by_event.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// True when no reaction is registered.
+    pub fn is_empty(&self) -> bool {
+        self.reactions.is_empty()
+    }
+}
+
+/// How an action is invoked: who, in which correlation, caused by what, and
+/// with which idempotency key. Reactions fill this in through their context.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    /// Who asks.
+    pub actor: Actor,
+    /// The correlation to continue (`None`: start a new one).
+    pub correlation: Option<String>,
+    /// The event whose reaction runs the action.
+    pub causation_event: Option<EventRef>,
+    /// Makes the append idempotent.
+    pub idempotency_key: Option<String>,
+}
+
+impl Invocation {
+    /// An invocation by `actor`, starting a new correlation.
+    pub fn by(actor: Actor) -> Self {
+        Invocation {
+            actor,
+            ..Default::default()
+        }
+    }
+}
+
+/// An application: a store and its reactions. Cheap to clone.
+#[derive(Clone)]
+pub struct Act {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Act {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Act")
+            .field("reactions", &self.inner.registry.reactions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Act`].
+#[must_use]
+pub struct ActBuilder {
+    store: Arc<dyn Store>,
+    reactions: Vec<Reaction>,
+}
+
+impl ActBuilder {
+    /// Registers a reaction.
+    pub fn reaction(mut self, reaction: Reaction) -> Self {
+        self.reactions.push(reaction);
+        self
+    }
+
+    /// Registers several reactions.
+    pub fn reactions(mut self, reactions: impl IntoIterator<Item = Reaction>) -> Self {
+        self.reactions.extend(reactions);
+        self
+    }
+
+    /// Checks the registrations and builds the application. Fails when two
+    /// reactions share a name (their idempotency keys would collide) or a
+    /// reaction listens to the reserved snapshot event.
+    pub fn build(self) -> Result<Act> {
+        let mut registry = Registry::default();
+        for r in self.reactions {
+            if registry.reactions.iter().any(|x| x.name() == r.name()) {
+                return Err(Error::InvalidInput(format!(
+                    "two reactions are named `{}`: names must be unique",
+                    r.name()
+                )));
+            }
+            if r.events().iter().any(|e| e == SNAPSHOT) {
+                return Err(Error::InvalidInput(format!(
+                    "reaction `{}` listens to `{SNAPSHOT}`, which is reserved",
+                    r.name()
+                )));
+            }
+            let r = Arc::new(r);
+            for e in r.events() {
+                let list = registry.by_event.entry(e.clone()).or_default();
+                if !list.iter().any(|x| Arc::ptr_eq(x, &r)) {
+                    list.push(r.clone());
+                }
+            }
+            registry.reactions.push(r);
+        }
+        Ok(Act {
+            inner: Arc::new(Inner {
+                store: self.store,
+                registry,
+            }),
+        })
+    }
+}
+
+impl Act {
+    /// Starts building an application on `store`.
+    pub fn builder(store: Arc<dyn Store>) -> ActBuilder {
+        ActBuilder {
+            store,
+            reactions: Vec::new(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The reactions.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// A broker for this application (not started).
+    pub fn broker(&self, options: BrokerOptions) -> Broker {
+        Broker::new(self.clone(), options)
+    }
+
+    /// Loads `S` from `stream` (one query; from the last snapshot when `S`
+    /// takes snapshots).
+    pub async fn load<S: State>(&self, stream: &str) -> Result<Snapshot<S>> {
+        state::load::<S>(&**self.store(), stream).await
+    }
+
+    /// Runs `action` on `stream` as `actor`: loads the state, decides, and
+    /// appends the events with the version read. A broken invariant is
+    /// [`Error::Rejected`] and a concurrent writer [`Error::Concurrency`];
+    /// in both cases nothing is appended.
+    ///
+    /// Costs one query and one append (none when the action emits nothing).
+    pub async fn act<S: State>(
+        &self,
+        stream: &str,
+        action: &S::Action,
+        actor: &Actor,
+    ) -> Result<Snapshot<S>> {
+        self.execute::<S>(stream, action, Invocation::by(actor.clone()))
+            .await
+    }
+
+    /// Runs `action` with full control over correlation, causation and
+    /// idempotency (what reactions use through their context).
+    ///
+    /// With an idempotency key, an action refused by its state first checks
+    /// whether the key was already used (a redelivered reaction whose first
+    /// run succeeded): if so, it returns that run's events instead of the
+    /// refusal.
+    pub async fn execute<S: State>(
+        &self,
+        stream: &str,
+        action: &S::Action,
+        how: Invocation,
+    ) -> Result<Snapshot<S>> {
+        let mut snap = self.load::<S>(stream).await?;
+        let events = match snap.state.decide(action) {
+            Ok(events) => events,
+            Err(invariant) => {
+                if let Some(key) = &how.idempotency_key {
+                    // An empty append with a key only looks the key up.
+                    let lookup = Append::new(stream, Vec::new()).idempotent(key.clone());
+                    let first = self.store().append(lookup).await?;
+                    if !first.is_empty() {
+                        snap.events = first;
+                        return Ok(snap);
+                    }
+                }
+                return Err(Error::Rejected {
+                    stream: stream.to_string(),
+                    action: action.name().to_string(),
+                    reason: invariant.0,
+                });
+            }
+        };
+        if events.is_empty() {
+            return Ok(snap);
+        }
+        let mut messages = Vec::with_capacity(events.len() + 1);
+        let mut next = snap.state.clone();
+        for e in &events {
+            messages.push(state::encode(e)?);
+            next.apply(e);
+        }
+        let since = snap.since_snapshot + events.len() as u64;
+        let take_snapshot = S::SNAPSHOT_EVERY.is_some_and(|every| since >= every.max(1));
+        if take_snapshot {
+            let data = serde_json::to_value(&next)
+                .map_err(|e| Error::decode(format!("a snapshot of stream `{stream}`"), e))?;
+            messages.push(crate::event::Message::new(SNAPSHOT, data));
+        }
+        let append = Append {
+            stream: stream.to_string(),
+            messages,
+            expected: ExpectedVersion::after(snap.version),
+            correlation: how.correlation,
+            causation: Causation {
+                action: Some(ActionRef {
+                    name: action.name().to_string(),
+                    stream: stream.to_string(),
+                }),
+                event: how.causation_event,
+            },
+            actor: how.actor,
+            idempotency_key: how.idempotency_key,
+        };
+        let committed = self.store().append(append).await?;
+        let fresh = committed
+            .first()
+            .is_some_and(|e| snap.version.is_none_or(|v| e.version > v));
+        if fresh {
+            // Our own events: the state is the one we decided.
+            snap.state = next;
+            snap.since_snapshot = if take_snapshot { 0 } else { since };
+            snap.version = committed.last().map(|e| e.version);
+        }
+        // Otherwise the key was used before and the loaded state already
+        // holds those events.
+        snap.events = committed
+            .into_iter()
+            .filter(|e| e.name != SNAPSHOT)
+            .collect();
+        Ok(snap)
+    }
+}
+
+/// Events (not snapshots) of a slice, for callers that count what they wrote.
+pub fn domain_events(events: &[Arc<Event>]) -> impl Iterator<Item = &Arc<Event>> {
+    events.iter().filter(|e| e.name != SNAPSHOT)
+}

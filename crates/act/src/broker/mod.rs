@@ -1,0 +1,305 @@
+//! The broker: the delivery loop of an application.
+//!
+//! One loop per broker: correlate new events into queues, claim queues with
+//! due work (leases with fencing tokens), run each claimed queue's batch in its
+//! own task (queues concurrently up to `concurrency`, events within a queue
+//! strictly in order), and settle finished batches in one store call: ack,
+//! retry with backoff, or block. Leases of long batches are renewed; a handler
+//! whose lease cannot be renewed is told so through its context.
+//!
+//! Run it three ways:
+//! - [`Broker::settle`]: until no due work is left now (tests, one-shot jobs);
+//! - [`Broker::catch_up`]: until every queue is caught up or blocked, waiting
+//!   out scheduled retries and other brokers' leases (`act settle`);
+//! - [`Broker::start`]: in the background until [`BrokerHandle::shutdown`],
+//!   which stops claiming, lets in-flight batches finish within the grace
+//!   period, settles them and releases every lease.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use act::{Act, BrokerOptions, MemoryStore};
+//! # #[tokio::main] async fn main() -> act::Result<()> {
+//! let app = Act::builder(Arc::new(MemoryStore::new())).build()?;
+//! let stats = app.broker(BrokerOptions::default()).settle().await?;
+//! assert_eq!(stats.events, 0);
+//! # Ok(()) }
+//! ```
+
+mod dispatch;
+mod runner;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Act;
+use crate::error::{Error, Result};
+
+use runner::Mode;
+
+/// How a broker runs.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// The lease owner name (default: `broker-{pid}-{random}`).
+    pub owner: String,
+    /// Queues processed at once.
+    pub concurrency: usize,
+    /// Events per claimed queue per turn (bounds how long a hot queue holds
+    /// its lease before others get a turn).
+    pub batch: usize,
+    /// Lease length on the store's clock.
+    pub lease: Duration,
+    /// How often leases of running batches are renewed (default: lease / 3).
+    pub renew_every: Option<Duration>,
+    /// Fallback polling period when no wake-up arrives.
+    pub poll: Duration,
+    /// Events read per correlation step.
+    pub correlate_batch: usize,
+    /// How long shutdown waits for in-flight batches.
+    pub grace: Duration,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            owner: default_owner(),
+            concurrency: 32,
+            batch: 100,
+            lease: Duration::from_secs(30),
+            renew_every: None,
+            poll: Duration::from_secs(1),
+            correlate_batch: 1000,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BrokerOptions {
+    /// Sets the owner name.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Sets the concurrency.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the batch size.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
+    /// Sets the lease length.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets the renewal period.
+    pub fn renew_every(mut self, every: Duration) -> Self {
+        self.renew_every = Some(every);
+        self
+    }
+
+    /// Sets the polling period.
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Sets the shutdown grace period.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    pub(crate) fn renew_period(&self) -> Duration {
+        self.renew_every.unwrap_or(self.lease / 3)
+    }
+}
+
+fn default_owner() -> String {
+    format!(
+        "broker-{}-{:06x}",
+        std::process::id(),
+        fastrand::u32(..0x100_0000)
+    )
+}
+
+/// What a broker did. Counters only grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Events acknowledged (every reaction for them succeeded or was skipped).
+    pub events: u64,
+    /// Successful handler calls.
+    pub reactions: u64,
+    /// Failures scheduled for retry.
+    pub retries: u64,
+    /// Queues blocked.
+    pub blocked: u64,
+    /// Reactions skipped after exhausting retries.
+    pub skipped: u64,
+    /// Queues claimed.
+    pub claims: u64,
+    /// Events correlated (read past the checkpoint).
+    pub correlated: u64,
+    /// Settlements, renewals or releases the store refused (stale lease).
+    pub rejected: u64,
+    /// Leases lost while a batch ran.
+    pub lost: u64,
+    /// Store calls that failed and were retried.
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub events: AtomicU64,
+    pub reactions: AtomicU64,
+    pub retries: AtomicU64,
+    pub blocked: AtomicU64,
+    pub skipped: AtomicU64,
+    pub claims: AtomicU64,
+    pub correlated: AtomicU64,
+    pub rejected: AtomicU64,
+    pub lost: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Stats {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            events: r(&self.events),
+            reactions: r(&self.reactions),
+            retries: r(&self.retries),
+            blocked: r(&self.blocked),
+            skipped: r(&self.skipped),
+            claims: r(&self.claims),
+            correlated: r(&self.correlated),
+            rejected: r(&self.rejected),
+            lost: r(&self.lost),
+            errors: r(&self.errors),
+        }
+    }
+}
+
+/// A broker of one application. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    act: Act,
+    options: BrokerOptions,
+    counters: Arc<Counters>,
+}
+
+impl Broker {
+    /// A broker for `act` (usually through [`Act::broker`]).
+    pub fn new(act: Act, options: BrokerOptions) -> Self {
+        Broker {
+            act,
+            options,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &BrokerOptions {
+        &self.options
+    }
+
+    /// What it did so far, over all runs.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Runs until no due work is left now: everything correlated, nothing
+    /// claimable, nothing in flight. Scheduled retries and queues leased by
+    /// other brokers are not waited for. Returns the counters of this broker.
+    pub async fn settle(&self) -> Result<Stats> {
+        self.run(Mode::Settle, CancellationToken::new()).await
+    }
+
+    /// Runs until every queue is caught up or blocked, waiting out scheduled
+    /// retries and other brokers' leases.
+    pub async fn catch_up(&self) -> Result<Stats> {
+        self.run(Mode::CatchUp, CancellationToken::new()).await
+    }
+
+    /// Runs in the background until shut down.
+    pub fn start(&self) -> BrokerHandle {
+        let shutdown = CancellationToken::new();
+        let me = self.clone();
+        let token = shutdown.clone();
+        let join = tokio::spawn(async move { me.run(Mode::Forever, token).await });
+        BrokerHandle {
+            shutdown,
+            join: Some(join),
+            counters: self.counters.clone(),
+        }
+    }
+
+    async fn run(&self, mode: Mode, shutdown: CancellationToken) -> Result<Stats> {
+        runner::Runner::new(
+            self.act.clone(),
+            self.options.clone(),
+            self.counters.clone(),
+            shutdown,
+        )
+        .run(mode)
+        .await?;
+        Ok(self.stats())
+    }
+}
+
+/// A running broker. [`BrokerHandle::shutdown`] stops it gracefully; dropping
+/// the handle aborts it (its leases then expire on the store's clock).
+#[derive(Debug)]
+pub struct BrokerHandle {
+    shutdown: CancellationToken,
+    join: Option<JoinHandle<Result<Stats>>>,
+    counters: Arc<Counters>,
+}
+
+impl BrokerHandle {
+    /// What it did so far.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Stops claiming, waits for in-flight batches up to the grace period,
+    /// settles them, releases every lease, and returns the counters.
+    pub async fn shutdown(mut self) -> Result<Stats> {
+        self.shutdown.cancel();
+        match self.join.take() {
+            Some(join) => join.await.map_err(|e| Error::Store {
+                store: "broker".into(),
+                source: Box::new(e),
+            })?,
+            None => Ok(self.stats()),
+        }
+    }
+
+    /// True once the loop has ended (an error, or after shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.join.as_ref().is_none_or(|j| j.is_finished())
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        if let Some(join) = self.join.take() {
+            join.abort();
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! What a handler gets besides its event: the queue it runs for, the attempt
+//! number, a way to run actions that carry correlation, causation and an
+//! idempotency key, and a signal that its lease was lost or shutdown began.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Act, Invocation};
+use crate::error::Result;
+use crate::event::{Actor, Append, Causation, Event};
+use crate::state::{Snapshot, State};
+use crate::store::Store;
+
+/// The context of one handler call. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    act: Act,
+    stream: String,
+    reaction: String,
+    source: Arc<Event>,
+    attempt: u32,
+    lease_lost: CancellationToken,
+    shutdown: CancellationToken,
+    appends: AtomicU32,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("stream", &self.inner.stream)
+            .field("reaction", &self.inner.reaction)
+            .field("event", &self.inner.source.id)
+            .field("attempt", &self.inner.attempt)
+            .finish()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(
+        act: Act,
+        stream: &str,
+        reaction: &str,
+        source: Arc<Event>,
+        attempt: u32,
+        lease_lost: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Context {
+            inner: Arc::new(Inner {
+                act,
+                stream: stream.to_string(),
+                reaction: reaction.to_string(),
+                source,
+                attempt,
+                lease_lost,
+                shutdown,
+                appends: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    /// The queue (target stream) this call runs for.
+    pub fn stream(&self) -> &str {
+        &self.inner.stream
+    }
+
+    /// The reaction's name.
+    pub fn reaction(&self) -> &str {
+        &self.inner.reaction
+    }
+
+    /// The event being handled.
+    pub fn event(&self) -> &Arc<Event> {
+        &self.inner.source
+    }
+
+    /// 1 for the first attempt at this event, 2 after one stored failure, …
+    /// Read from the queue's stored retry count, so it holds across brokers
+    /// and restarts.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// The application, for loads and queries.
+    pub fn app(&self) -> &Act {
+        &self.inner.act
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.inner.act.store()
+    }
+
+    /// True once the broker could not renew this queue's lease: another broker
+    /// may now own it. Stop and return; what this call writes with
+    /// [`Context::act`] stays idempotent, other effects are not fenced.
+    pub fn lease_lost(&self) -> bool {
+        self.inner.lease_lost.is_cancelled()
+    }
+
+    /// True once the broker began shutting down. Finish quickly or return.
+    pub fn shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Resolves when the lease is lost or shutdown begins.
+    pub async fn cancelled(&self) {
+        tokio::select! {
+            _ = self.inner.lease_lost.cancelled() => {}
+            _ = self.inner.shutdown.cancelled() => {}
+        }
+    }
+
+    /// The idempotency key of this call's next append:
+    /// `{reaction}:{source event id}:{stream}:{n}` where `n` counts this
+    /// call's appends. A redelivered, deterministic handler makes the same keys.
+    fn next_key(&self, stream: &str) -> String {
+        let n = self.inner.appends.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{}:{}:{}:{}",
+            self.inner.reaction, self.inner.source.id, stream, n
+        )
+    }
+
+    fn invocation(&self, stream: &str) -> Invocation {
+        Invocation {
+            actor: Actor::system(self.inner.reaction.clone()),
+            correlation: Some(self.inner.source.meta.correlation.clone()),
+            causation_event: Some(self.inner.source.reference()),
+            idempotency_key: Some(self.next_key(stream)),
+        }
+    }
+
+    /// Runs an action on `stream` as this reaction: the events carry the source
+    /// event's correlation, name it as their cause, and are appended with an
+    /// idempotency key, so a redelivery does not append them twice.
+    pub async fn act<S: State>(&self, stream: &str, action: &S::Action) -> Result<Snapshot<S>> {
+        let how = self.invocation(stream);
+        self.inner.act.execute::<S>(stream, action, how).await
+    }
+
+    /// Appends raw messages as this reaction (correlation, causation and an
+    /// idempotency key filled in unless already set).
+    pub async fn append(&self, mut append: Append) -> Result<Vec<Arc<Event>>> {
+        let how = self.invocation(&append.stream);
+        if append.correlation.is_none() {
+            append.correlation = how.correlation;
+        }
+        if append.causation == Causation::default() {
+            append.causation.event = how.causation_event;
+        }
+        if append.idempotency_key.is_none() {
+            append.idempotency_key = how.idempotency_key;
+        }
+        if append.actor == Actor::default() {
+            append.actor = how.actor;
+        }
+        self.inner.act.store().append(append).await
+    }
+}

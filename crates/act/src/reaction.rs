@@ -1,0 +1,303 @@
+//! Reactions: for one or more event names, a resolver that picks the target
+//! stream (the queue) and a handler the broker calls for each event in that
+//! queue, in order.
+//!
+//! ```
+//! use act::{Reaction, Resolver};
+//! let audit = Reaction::on("Deposited")
+//!     .also("Withdrawn")
+//!     .named("audit")
+//!     .to(|e| e.stream.strip_prefix("account-").map(|n| format!("audit-{n}")))
+//!     .handle(|event, ctx| async move {
+//!         // ctx.act::<Audit>(ctx.stream(), …) appends idempotently
+//!         Ok(())
+//!     });
+//! assert_eq!(audit.name(), "audit");
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::Backoff;
+use crate::context::Context;
+use crate::error::BoxError;
+use crate::event::Event;
+
+/// The future a handler returns.
+pub type HandlerFuture = BoxFuture<'static, Result<(), HandlerError>>;
+
+/// A type-erased handler.
+pub type Handler = Arc<dyn Fn(Arc<Event>, Context) -> HandlerFuture + Send + Sync>;
+
+/// A dynamic resolver function.
+pub type ResolveFn = dyn Fn(&Event) -> Option<String> + Send + Sync;
+
+/// Maps an event to the stream (queue) that reacts to it.
+#[derive(Clone)]
+pub enum Resolver {
+    /// Every event goes to this one queue.
+    Static(String),
+    /// A pure function of the event: `None` skips the event. It runs at
+    /// correlation and again at delivery, so it must give the same answer.
+    Dynamic(Arc<ResolveFn>),
+}
+
+impl Resolver {
+    /// The target stream of `event`, if any.
+    pub fn resolve(&self, event: &Event) -> Option<String> {
+        match self {
+            Resolver::Static(s) => Some(s.clone()),
+            Resolver::Dynamic(f) => f(event),
+        }
+    }
+
+    /// True when `event` targets `stream` (no allocation for static targets).
+    pub fn targets(&self, event: &Event, stream: &str) -> bool {
+        match self {
+            Resolver::Static(s) => s == stream,
+            Resolver::Dynamic(f) => f(event).as_deref() == Some(stream),
+        }
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resolver::Static(s) => write!(f, "Static({s:?})"),
+            Resolver::Dynamic(_) => f.write_str("Dynamic(..)"),
+        }
+    }
+}
+
+/// What to do when a reaction has failed more than `max_retries` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Exhausted {
+    /// Block the queue until an operator unblocks or resets it (default).
+    #[default]
+    Block,
+    /// Log the failure, acknowledge the event and go on with the queue.
+    Skip,
+}
+
+/// Retry and priority options of a reaction.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReactionOptions {
+    /// Retries after the first failed attempt (3: four attempts in all).
+    pub max_retries: u32,
+    /// Delays between attempts.
+    pub backoff: Backoff,
+    /// What to do when retries run out.
+    pub exhausted: Exhausted,
+    /// Claim priority of the queues this reaction targets (higher first).
+    pub priority: i32,
+}
+
+impl Default for ReactionOptions {
+    fn default() -> Self {
+        ReactionOptions {
+            max_retries: 3,
+            backoff: Backoff::default(),
+            exhausted: Exhausted::Block,
+            priority: 0,
+        }
+    }
+}
+
+/// A handler's failure. Transient by default (retried with backoff);
+/// [`HandlerError::permanent`] blocks the queue at once.
+#[derive(Debug)]
+pub struct HandlerError {
+    error: BoxError,
+    permanent: bool,
+}
+
+impl HandlerError {
+    /// A failure worth retrying.
+    pub fn transient(error: impl Into<BoxError>) -> Self {
+        HandlerError {
+            error: error.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure retrying cannot fix: the queue blocks at once.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        HandlerError {
+            error: error.into(),
+            permanent: true,
+        }
+    }
+
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The underlying error.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.error
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)?;
+        let mut source = self.error.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError>> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        HandlerError::transient(e)
+    }
+}
+
+/// A registered reaction. Build one with [`Reaction::on`].
+#[derive(Clone)]
+pub struct Reaction {
+    name: String,
+    events: Vec<String>,
+    resolver: Resolver,
+    options: ReactionOptions,
+    handler: Handler,
+}
+
+impl std::fmt::Debug for Reaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reaction")
+            .field("name", &self.name)
+            .field("events", &self.events)
+            .field("resolver", &self.resolver)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reaction {
+    /// Starts a reaction to events named `event`.
+    pub fn on(event: impl Into<String>) -> ReactionBuilder {
+        let event = event.into();
+        ReactionBuilder {
+            name: None,
+            events: vec![event],
+            resolver: None,
+            options: ReactionOptions::default(),
+        }
+    }
+
+    /// The reaction's name (part of the idempotency key of what it appends).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The event names it reacts to.
+    pub fn events(&self) -> &[String] {
+        &self.events
+    }
+
+    /// Its resolver.
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &ReactionOptions {
+        &self.options
+    }
+
+    /// Calls the handler.
+    pub fn call(&self, event: Arc<Event>, ctx: Context) -> HandlerFuture {
+        (self.handler)(event, ctx)
+    }
+}
+
+/// Builds a [`Reaction`]; finish with [`ReactionBuilder::handle`].
+#[must_use = "a reaction does nothing until `.handle(…)` builds it and it is registered"]
+pub struct ReactionBuilder {
+    name: Option<String>,
+    events: Vec<String>,
+    resolver: Option<Resolver>,
+    options: ReactionOptions,
+}
+
+impl ReactionBuilder {
+    /// Also react to events named `event`.
+    pub fn also(mut self, event: impl Into<String>) -> Self {
+        self.events.push(event.into());
+        self
+    }
+
+    /// Names the reaction (default: the first event name). The name is part
+    /// of the idempotency key of the events the handler appends, so keep it
+    /// stable across deployments.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sends every event to one queue.
+    pub fn to_stream(mut self, stream: impl Into<String>) -> Self {
+        self.resolver = Some(Resolver::Static(stream.into()));
+        self
+    }
+
+    /// Picks the queue per event (`None` skips it). Must be pure.
+    pub fn to<F>(mut self, resolve: F) -> Self
+    where
+        F: Fn(&Event) -> Option<String> + Send + Sync + 'static,
+    {
+        self.resolver = Some(Resolver::Dynamic(Arc::new(resolve)));
+        self
+    }
+
+    /// Sets all options.
+    pub fn options(mut self, options: ReactionOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the number of retries before the queue blocks.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.options.max_retries = n;
+        self
+    }
+
+    /// Sets the backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.options.backoff = backoff;
+        self
+    }
+
+    /// Sets the priority of the target queues.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.options.priority = priority;
+        self
+    }
+
+    /// Finishes the reaction with its handler. Without a resolver, each event
+    /// goes to a queue named after its own stream.
+    pub fn handle<F, Fut>(self, handler: F) -> Reaction
+    where
+        F: Fn(Arc<Event>, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let name = self.name.unwrap_or_else(|| self.events[0].clone());
+        Reaction {
+            name,
+            events: self.events,
+            resolver: self
+                .resolver
+                .unwrap_or_else(|| Resolver::Dynamic(Arc::new(|e: &Event| Some(e.stream.clone())))),
+            options: self.options,
+            handler: Arc::new(move |e, ctx| Box::pin(handler(e, ctx))),
+        }
+    }
+}
