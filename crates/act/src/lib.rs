@@ -101,3 +101,8 @@ pub use reaction::{
 };
 pub use state::{Action, Invariant, Snapshot, State};
 pub use store::{EventStore, QueueStore, Store};
+
+/// The README's code runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

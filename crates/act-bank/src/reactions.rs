@@ -1,0 +1,103 @@
+//! The bank's reactions.
+//!
+//! - `audit` (dynamic): every `Deposited`/`Withdrawn` on `account-{n}` goes to
+//!   queue `audit-{n}`, whose handler appends `Recorded { source }` there.
+//! - `totals` (static): the same events go to queue `totals`, whose handler
+//!   appends `Totaled { source, total }` with the running sum.
+//!
+//! A deposit carrying `fail: k` makes both handlers fail their first `k`
+//! attempts (the attempt number comes from the queue's stored retry count, so
+//! it holds across brokers and restarts); `poison: true` makes the audit
+//! handler fail every time, so that `audit-{n}` ends blocked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use act::{Act, Backoff, Context, Event, HandlerError, Reaction, Store};
+
+use crate::model::{account_number, Audit, AuditAction, Totals, TotalsAction};
+
+/// Retries before a queue blocks (a `fail: k` deposit needs `k <= MAX_RETRIES`).
+pub const MAX_RETRIES: u32 = 3;
+
+/// Backoff of both reactions: quick, so the demo exercises retries in
+/// milliseconds.
+pub fn backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_millis(10),
+        factor: 2.0,
+        cap: Duration::from_secs(2),
+        jitter: 0.2,
+    }
+}
+
+/// The bank on `store`, with both reactions registered.
+pub fn app(store: Arc<dyn Store>) -> act::Result<Act> {
+    Act::builder(store).reactions(reactions()).build()
+}
+
+/// The two reactions.
+pub fn reactions() -> Vec<Reaction> {
+    vec![
+        Reaction::on("Deposited")
+            .also("Withdrawn")
+            .named("audit")
+            .to(|e| account_number(&e.stream).map(|n| format!("audit-{n}")))
+            .max_retries(MAX_RETRIES)
+            .backoff(backoff())
+            .handle(|e, ctx| async move { audit(e, ctx).await }),
+        Reaction::on("Deposited")
+            .also("Withdrawn")
+            .named("totals")
+            .to_stream("totals")
+            .max_retries(MAX_RETRIES)
+            .backoff(backoff())
+            .handle(|e, ctx| async move { totals(e, ctx).await }),
+    ]
+}
+
+async fn audit(e: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
+    simulated_failure(&e, ctx.attempt())?;
+    if e.data.get("poison").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(HandlerError::transient("poisoned deposit"));
+    }
+    ctx.act::<Audit>(ctx.stream(), &AuditAction::Record { source: e.id })
+        .await?;
+    Ok(())
+}
+
+async fn totals(e: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
+    simulated_failure(&e, ctx.attempt())?;
+    let amount = signed_amount(&e).ok_or_else(|| {
+        HandlerError::permanent(format!("event {} has no integer `amount`", e.id))
+    })?;
+    ctx.act::<Totals>(
+        ctx.stream(),
+        &TotalsAction::Add {
+            source: e.id,
+            amount,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The amount of a `Deposited` (positive) or `Withdrawn` (negative) event.
+pub fn signed_amount(e: &Event) -> Option<i64> {
+    let amount = e.data.get("amount")?.as_i64()?;
+    match e.name.as_str() {
+        "Deposited" => Some(amount),
+        "Withdrawn" => Some(-amount),
+        _ => None,
+    }
+}
+
+fn simulated_failure(e: &Event, attempt: u32) -> Result<(), HandlerError> {
+    let fail = e.data.get("fail").and_then(|v| v.as_u64()).unwrap_or(0);
+    if u64::from(attempt) <= fail {
+        return Err(HandlerError::transient(format!(
+            "simulated failure: attempt {attempt} of the first {fail}"
+        )));
+    }
+    Ok(())
+}
