@@ -17,6 +17,6 @@ pub mod reactions;
 pub mod verify;
 pub mod workload;
 
-pub use reactions::app;
+pub use reactions::{app, app_with, Options};
 pub use verify::{verify, Verdict};
 pub use workload::{Report, Workload};

@@ -31,13 +31,27 @@ pub fn backoff() -> Backoff {
     }
 }
 
+/// How the bank's handlers behave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The fix for poisoned deposits is deployed: the audit handler records
+    /// them like any other deposit. Models an operator fixing the cause of a
+    /// blocked queue before `act unblock`.
+    pub cured: bool,
+}
+
 /// The bank on `store`, with both reactions registered.
 pub fn app(store: Arc<dyn Store>) -> act::Result<Act> {
-    Act::builder(store).reactions(reactions()).build()
+    app_with(store, Options::default())
+}
+
+/// The bank with explicit handler options.
+pub fn app_with(store: Arc<dyn Store>, options: Options) -> act::Result<Act> {
+    Act::builder(store).reactions(reactions(options)).build()
 }
 
 /// The two reactions.
-pub fn reactions() -> Vec<Reaction> {
+pub fn reactions(options: Options) -> Vec<Reaction> {
     vec![
         Reaction::on("Deposited")
             .also("Withdrawn")
@@ -45,7 +59,7 @@ pub fn reactions() -> Vec<Reaction> {
             .to(|e| account_number(&e.stream).map(|n| format!("audit-{n}")))
             .max_retries(MAX_RETRIES)
             .backoff(backoff())
-            .handle(|e, ctx| async move { audit(e, ctx).await }),
+            .handle(move |e, ctx| async move { audit(e, ctx, options).await }),
         Reaction::on("Deposited")
             .also("Withdrawn")
             .named("totals")
@@ -56,9 +70,9 @@ pub fn reactions() -> Vec<Reaction> {
     ]
 }
 
-async fn audit(e: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
+async fn audit(e: Arc<Event>, ctx: Context, options: Options) -> Result<(), HandlerError> {
     simulated_failure(&e, ctx.attempt())?;
-    if e.data.get("poison").and_then(|v| v.as_bool()) == Some(true) {
+    if !options.cured && e.data.get("poison").and_then(|v| v.as_bool()) == Some(true) {
         return Err(HandlerError::transient("poisoned deposit"));
     }
     ctx.act::<Audit>(ctx.stream(), &AuditAction::Record { source: e.id })

@@ -2,7 +2,8 @@
 //!
 //! - every `Deposited`/`Withdrawn` on `account-{n}` has exactly one
 //!   `Recorded` in `audit-{n}` and one `Totaled` in `totals`, in source order
-//!   — except that an account's audit stops before its first poisoned deposit;
+//!   — except that an account's audit stops before its first poisoned deposit
+//!   while its queue is blocked (once cured and unblocked, it is complete);
 //! - each `Totaled` carries the running sum up to its source;
 //! - exactly the audit queues of poisoned accounts are blocked (with the
 //!   poison error), and every other queue is caught up.
@@ -30,6 +31,8 @@ pub struct Verdict {
     pub poisoned: Vec<String>,
     /// Queues that are blocked.
     pub blocked: Vec<String>,
+    /// Poisoned audit queues that were unblocked after a fix and are complete.
+    pub cured: Vec<String>,
     /// Everything that is wrong (empty when the log is right).
     pub problems: Vec<String>,
 }
@@ -103,20 +106,36 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
     v.recorded = recorded.values().map(|r| r.len() as u64).sum();
     v.totaled = totaled.len() as u64;
 
+    let queues = store.queues(&QueueFilter::default()).await?;
+    let is_blocked: BTreeSet<&str> = queues
+        .iter()
+        .filter(|q| q.blocked)
+        .map(|q| q.stream.as_str())
+        .collect();
     let mut poisoned_at: BTreeMap<String, i64> = BTreeMap::new();
     for (n, list) in &sources {
+        let queue = format!("audit-{n}");
         let stop = list.iter().position(|s| s.poison);
-        let expected: Vec<i64> = list[..stop.unwrap_or(list.len())]
+        if let Some(p) = stop {
+            poisoned_at.insert(queue.clone(), list[p].id);
+        }
+        // A poisoned queue stops at the poison while blocked; once cured and
+        // unblocked it must hold every receipt.
+        let cut = if is_blocked.contains(queue.as_str()) {
+            stop
+        } else {
+            None
+        };
+        if stop.is_some() && cut.is_none() {
+            v.cured.push(queue.clone());
+        }
+        let expected: Vec<i64> = list[..cut.unwrap_or(list.len())]
             .iter()
             .map(|s| s.id)
             .collect();
-        if let Some(p) = stop {
-            poisoned_at.insert(format!("audit-{n}"), list[p].id);
-        }
         let got = recorded.remove(n).unwrap_or_default();
         if got != expected {
-            v.problems
-                .push(describe(&format!("audit-{n}"), &expected, &got));
+            v.problems.push(describe(&queue, &expected, &got));
         }
     }
     for (n, got) in recorded {
@@ -143,7 +162,6 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
     }
 
     v.poisoned = poisoned_at.keys().cloned().collect();
-    let queues = store.queues(&QueueFilter::default()).await?;
     let mut blocked = BTreeSet::new();
     for q in &queues {
         if q.blocked {
@@ -173,13 +191,6 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
             v.problems.push(format!(
                 "queue {} is not caught up: {} events pending",
                 q.stream, q.lag
-            ));
-        }
-    }
-    for q in poisoned_at.keys() {
-        if !blocked.contains(q) {
-            v.problems.push(format!(
-                "queue {q} has a poisoned deposit but is not blocked"
             ));
         }
     }

@@ -5,10 +5,15 @@ use clap::{Args, Parser, Subcommand};
 use crate::stores;
 
 /// act: event sourcing with an event-driven queue store and broker.
+///
+/// Every command takes `--store URL` (sqlite://PATH, memory:; default
+/// sqlite://act.db in the current directory, or $ACT_STORE) and `--json`
+/// (one JSON object per line). Exit codes: 0 success, 1 operational error
+/// (message on stderr), 2 usage error.
 #[derive(Debug, Parser)]
-#[command(name = "act", version, about, long_about = None)]
+#[command(name = "act", version, about, long_about)]
 pub struct Cli {
-    /// The store: memory:
+    /// The store: sqlite://PATH or memory:
     #[arg(long, global = true, env = "ACT_STORE", default_value = stores::DEFAULT)]
     pub store: String,
 
@@ -25,6 +30,65 @@ pub struct Cli {
 pub enum Command {
     /// Append the bank demo workload, deliver every reaction, check the log.
     Demo(DemoArgs),
+    /// Run the bank demo's broker until SIGINT/SIGTERM, then shut down
+    /// gracefully (finish in-flight handlers, release leases, exit 0).
+    Worker(WorkerArgs),
+    /// Run a broker until every queue is caught up or blocked, then exit.
+    Settle(SettleArgs),
+    /// One row per queue: position, head, lag, retries, next attempt, block, lease.
+    Status(StatusArgs),
+    /// The blocked queues and their errors.
+    Blocked,
+    /// Clear the block of queues: each resumes at the event that failed.
+    Unblock(UnblockArgs),
+    /// Move a queue to a position: replay from there (or skip ahead).
+    Reset(ResetArgs),
+    /// Print events from the log.
+    Events(EventsArgs),
+}
+
+/// Broker tuning shared by `worker`, `settle` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// Queues processed at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Lease length in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub lease: f64,
+    /// Events per queue per claim.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Fallback polling period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub poll_ms: u64,
+}
+
+/// Arguments of `act worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Seconds shutdown waits for in-flight handlers.
+    #[arg(long, default_value_t = 10.0)]
+    pub grace: f64,
+    /// Name of this worker in leases (default: broker-PID-RANDOM).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The fix for poisoned deposits is deployed: audit records them (use
+    /// with `act unblock` to let blocked audit queues finish).
+    #[arg(long)]
+    pub cured: bool,
+}
+
+/// Arguments of `act settle`.
+#[derive(Debug, Args)]
+pub struct SettleArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The fix for poisoned deposits is deployed (see `act worker --cured`).
+    #[arg(long)]
+    pub cured: bool,
 }
 
 /// Arguments of `act demo`.
@@ -48,10 +112,58 @@ pub struct DemoArgs {
     /// Concurrent writers.
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
-    /// Queues the broker processes at once.
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
     /// Only append: leave delivery to `act worker` processes.
     #[arg(long)]
     pub no_settle: bool,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// Arguments of `act status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this queue.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Only queues with pending events.
+    #[arg(long)]
+    pub pending: bool,
+    /// At most this many rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// Arguments of `act unblock`.
+#[derive(Debug, Args)]
+pub struct UnblockArgs {
+    /// The queues to unblock.
+    #[arg(required = true)]
+    pub streams: Vec<String>,
+}
+
+/// Arguments of `act reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The queue.
+    pub stream: String,
+    /// The new position: events after it are delivered (again). 0 replays all.
+    #[arg(long)]
+    pub to: i64,
+}
+
+/// Arguments of `act events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this stream (`*` and `?` make it a pattern, e.g. 'account-*').
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Only events with an id above this.
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// At most this many events (not counting those printed by --follow).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Keep printing new events as they are committed, until interrupted.
+    #[arg(long)]
+    pub follow: bool,
 }

@@ -44,6 +44,31 @@ pub fn bar(json: bool, len: Option<u64>, what: &str) -> ProgressBar {
     pb
 }
 
+/// A plain table: a header row and left-aligned columns padded to fit.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut parts = Vec::new();
+        for (cell, w) in cells.zip(&widths) {
+            parts.push(format!("{cell:<w$}"));
+        }
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    push(&mut header.iter().copied());
+    for r in rows {
+        push(&mut r.iter().map(String::as_str));
+    }
+    out.pop();
+    out
+}
+
 /// `n / seconds`, 0 when no time passed.
 pub fn rate(n: u64, d: Duration) -> f64 {
     let s = d.as_secs_f64();

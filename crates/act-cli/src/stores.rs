@@ -2,23 +2,26 @@
 //!
 //! | URL | store |
 //! |---|---|
+//! | `sqlite://PATH` | SQLite file (created when missing); the default is `sqlite://act.db` |
 //! | `memory:` | in memory, gone when the process ends |
-//! | `sqlite://PATH` | not yet built |
 
 use std::sync::Arc;
 
 use act::{Error, MemoryStore, Store};
 
 /// The store used when `--store` is not given.
-pub const DEFAULT: &str = "memory:";
+pub const DEFAULT: &str = "sqlite://act.db";
 
 /// The schemes this build understands, for error messages.
-pub const SUPPORTED: &str = "memory:";
+pub const SUPPORTED: &str = "sqlite://PATH, memory:";
 
 /// Opens the store named by `url`.
 pub async fn open(url: &str) -> act::Result<Arc<dyn Store>> {
     if url == "memory:" || url == "memory://" {
         return Ok(Arc::new(MemoryStore::new()));
+    }
+    if url.starts_with("sqlite://") {
+        return Ok(Arc::new(act_sqlite::SqliteStore::open_url(url).await?));
     }
     Err(Error::UnknownStore {
         url: act::redact_url(url),

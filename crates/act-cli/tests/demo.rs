@@ -57,7 +57,10 @@ fn an_unknown_store_url_is_an_operational_error_listing_the_schemes() {
         err.contains("unknown store URL `mysql://root:***@db/x`"),
         "{err}"
     );
-    assert!(err.contains("supported schemes are memory:"), "{err}");
+    assert!(
+        err.contains("supported schemes are sqlite://PATH, memory:"),
+        "{err}"
+    );
 }
 
 #[test]

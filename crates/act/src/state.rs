@@ -147,6 +147,12 @@ pub async fn load<S: State>(store: &dyn Store, stream: &str) -> Result<Snapshot<
                 let events = store.query(&q).await?;
                 let short = events.len() < page;
                 for e in events {
+                    if before.is_some_and(|b| e.id >= b) {
+                        return Err(Error::InvalidInput(format!(
+                            "the store returned event {} of `{stream}` out of order in a backward read",
+                            e.id
+                        )));
+                    }
                     before = Some(e.id);
                     if e.name == SNAPSHOT {
                         base = Some(e);

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use act::BrokerOptions;
 use act_bank::{verify, Workload};
 use serde_json::json;
 
@@ -79,7 +78,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
         return Ok(());
     }
 
-    let broker = app.broker(BrokerOptions::default().concurrency(args.concurrency));
+    let broker = app.broker(super::broker_options(&args.broker)?);
     let pb = bar(cli.json, None, "deliver");
     let started = Instant::now();
     let delivery = {

@@ -119,6 +119,9 @@ impl Backend for Memory {
     }
 }
 
+/// How long one kit test may run before it counts as hung (failed).
+pub const TEST_LIMIT: Duration = Duration::from_secs(120);
+
 /// Expands to one test per kit test for `$backend` (an expression building a
 /// [`Backend`]). The caller needs `tokio` (with `macros` and `rt-multi-thread`)
 /// among its dev-dependencies.
@@ -204,7 +207,11 @@ macro_rules! tck_tests {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                $crate::tck::$module::$name(&$backend).await;
+                // A broken backend must fail the kit, not hang it.
+                let limit = $crate::tck::TEST_LIMIT;
+                if ::tokio::time::timeout(limit, $crate::tck::$module::$name(&$backend)).await.is_err() {
+                    panic!("{} did not finish within {limit:?}", stringify!($name));
+                }
             }
         )*
     };
