@@ -1,0 +1,489 @@
+//! # act-pg
+//!
+//! The PostgreSQL backend of act, for many brokers on many machines.
+//!
+//! - **Everything in one schema** of your choice (`?schema=NAME`, default
+//!   `act`), so several apps and parallel tests share one server. Numbered
+//!   migrations, recorded, applied under an advisory lock.
+//! - **Appends** are one call of the `act_append` function: optimistic
+//!   concurrency enforced by `UNIQUE (stream, version)`, conflicts reported as
+//!   [`act::Error::Concurrency`], idempotency keys in their own table.
+//! - **Visibility** (contract promise 4) without a global lock: ids are
+//!   `(transaction id << 16) + n`, and readers that follow ids stop below the
+//!   oldest running transaction, so no event can appear behind a reader.
+//!   Appends from many clients run in parallel (see `docs/postgres.md`).
+//! - **Claim** is one statement: `FOR UPDATE SKIP LOCKED` over the
+//!   `queues_due` index, leases on the database clock, the claimed queues'
+//!   events fetched in the same round trip. Settle, renew and release are one
+//!   function call each for a whole batch, fenced by tokens.
+//! - **Wake-up** with `LISTEN/NOTIFY`, sent after commits (never inside them),
+//!   with reconnection and polling as the fallback.
+//!
+//! ```no_run
+//! # async fn demo() -> act::Result<()> {
+//! let store = act_pg::PgStore::open("postgres://postgres@127.0.0.1:5432/test?schema=myapp").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! TLS is not supported yet: use a local socket, a private network or an
+//! SSL-terminating proxy.
+
+mod error;
+mod events;
+mod notify;
+mod queues;
+mod schema;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use act::{Append, Error, Event, EventStore, ExpectedVersion, Query};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+pub use schema::SCHEMA_VERSION;
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// The PostgreSQL schema holding act's tables (created when missing).
+    pub schema: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long a call waits for a free connection.
+    pub pool_timeout: Duration,
+    /// Listen for commits by other processes (`LISTEN/NOTIFY`).
+    pub listen: bool,
+    /// Added to the database clock, in microseconds. Zero in production;
+    /// tests move it forward instead of sleeping. Shared by clones.
+    pub clock_offset: Arc<AtomicI64>,
+    /// Test-only negative control: ids from a plain sequence and readers
+    /// without the visibility bound, as a naive store would do.
+    #[cfg(feature = "test-hooks")]
+    pub naive_ids: bool,
+    /// Test-only: each append sleeps a random time up to this before it
+    /// commits, so commits land out of id order.
+    #[cfg(feature = "test-hooks")]
+    pub commit_delay_ms: i32,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: "act".into(),
+            pool_size: 16,
+            pool_timeout: Duration::from_secs(30),
+            listen: true,
+            clock_offset: Arc::default(),
+            #[cfg(feature = "test-hooks")]
+            naive_ids: false,
+            #[cfg(feature = "test-hooks")]
+            commit_delay_ms: 0,
+        }
+    }
+}
+
+/// Both ports on PostgreSQL. Share it behind an `Arc`; dropping the last
+/// handle stops its listener and closes its connections.
+pub struct PgStore {
+    pub(crate) pool: Pool,
+    pub(crate) schema: String,
+    pub(crate) name: String,
+    pub(crate) offset: Arc<AtomicI64>,
+    pub(crate) naive: bool,
+    pub(crate) delay_ms: i32,
+    wake: Arc<watch::Sender<u64>>,
+    poke: Arc<Notify>,
+    recheck: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("store", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Splits `postgres://…?schema=…&pool_size=…` into the driver's
+/// configuration and act's options (other parameters go to the driver).
+pub fn parse_url(url: &str) -> act::Result<(tokio_postgres::Config, PgOptions)> {
+    let invalid = |m: String| Error::InvalidInput(m);
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let mut options = PgOptions::default();
+    let mut rest: Vec<&str> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "schema" => options.schema = value.to_string(),
+            "pool_size" => {
+                options.pool_size = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| invalid(format!("pool_size must be 1–1000, got `{value}`")))?
+            }
+            "listen" => options.listen = value != "false" && value != "0",
+            _ => rest.push(pair),
+        }
+    }
+    schema::validate(&options.schema)?;
+    let driver_url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    let config = tokio_postgres::Config::from_str(&driver_url).map_err(|e| {
+        invalid(format!(
+            "bad PostgreSQL URL `{}`: {e}",
+            act::redact_url(url)
+        ))
+    })?;
+    Ok((config, options))
+}
+
+impl PgStore {
+    /// Opens a store from a URL (`postgres://user:pass@host:port/db?schema=NAME&pool_size=N`),
+    /// creating or upgrading its schema.
+    pub async fn open(url: &str) -> act::Result<Self> {
+        let (config, options) = parse_url(url)?;
+        PgStore::open_with(config, options, &act::redact_url(url)).await
+    }
+
+    /// Opens with an explicit driver configuration and options; `label` names
+    /// the store in errors (never put a password in it).
+    pub async fn open_with(
+        config: tokio_postgres::Config,
+        options: PgOptions,
+        label: &str,
+    ) -> act::Result<Self> {
+        schema::validate(&options.schema)?;
+        let name = format!("{label} (schema {})", options.schema);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .wait_timeout(Some(options.pool_timeout))
+            .create_timeout(Some(options.pool_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::InvalidInput(format!("cannot build the connection pool: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| error::pool(&name, e))?;
+        schema::migrate(&mut client, &options.schema, &name).await?;
+        drop(client);
+        let wake = Arc::new(watch::Sender::new(0));
+        let poke = Arc::new(Notify::new());
+        let channel = channel(&options.schema);
+        let recheck = Arc::new(Notify::new());
+        let mut tasks = vec![
+            notify::notifier(pool.clone(), channel.clone(), poke.clone()),
+            notify::rechecker(recheck.clone(), wake.clone()),
+        ];
+        if options.listen {
+            tasks.push(notify::listener(config, channel, wake.clone()));
+        }
+        #[cfg(feature = "test-hooks")]
+        let (naive, delay_ms) = (options.naive_ids, options.commit_delay_ms);
+        #[cfg(not(feature = "test-hooks"))]
+        let (naive, delay_ms) = (false, 0);
+        Ok(PgStore {
+            pool,
+            schema: options.schema,
+            name,
+            offset: options.clock_offset,
+            naive,
+            delay_ms,
+            wake,
+            poke,
+            recheck,
+            tasks,
+        })
+    }
+
+    /// The schema holding the store.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub(crate) async fn client(&self) -> act::Result<Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| error::pool(&self.name, e))
+    }
+
+    pub(crate) fn offset_us(&self) -> i64 {
+        self.offset.load(Ordering::SeqCst)
+    }
+
+    /// Wakes brokers here at once and, through the notifier, elsewhere.
+    pub(crate) fn notify(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        self.poke.notify_one();
+    }
+
+    pub(crate) fn err(&self, e: tokio_postgres::Error) -> Error {
+        error::map(&self.name, e)
+    }
+
+    /// Runs `f` on a pooled connection, again (up to 5 times) when the server
+    /// aborted it for a deadlock or a serialization failure.
+    pub(crate) async fn retrying<T, F, Fut>(&self, f: F) -> act::Result<T>
+    where
+        F: Fn(Object) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let client = self.client().await?;
+            match f(client).await {
+                Err(e) if error::is_retryable(&e) && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..10 * attempt))).await;
+                }
+                other => return other.map_err(|e| self.err(e)),
+            }
+        }
+    }
+
+    fn bounded(&self) -> bool {
+        !self.naive
+    }
+}
+
+/// The NOTIFY channel of a schema (at most 63 bytes).
+fn channel(schema: &str) -> String {
+    let mut c = format!("act_{schema}");
+    c.truncate(63);
+    c
+}
+
+const MAX_EVENTS_PER_APPEND: usize = 65_535;
+
+/// How long a forward read waits for events committed before it to pass the
+/// visibility bound (they are behind transactions still running).
+const VISIBILITY_WAIT: Duration = Duration::from_millis(50);
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn append(&self, a: Append) -> act::Result<Vec<Arc<Event>>> {
+        if a.messages.len() > MAX_EVENTS_PER_APPEND {
+            return Err(Error::InvalidInput(format!(
+                "an append holds at most {MAX_EVENTS_PER_APPEND} events on PostgreSQL, got {}",
+                a.messages.len()
+            )));
+        }
+        let expected: Option<i64> = match a.expected {
+            ExpectedVersion::Any => None,
+            ExpectedVersion::NoStream => Some(-1),
+            ExpectedVersion::Exact(v) => Some(v),
+        };
+        let names: Vec<&str> = a.messages.iter().map(|m| m.name.as_str()).collect();
+        let data: Vec<&Value> = a.messages.iter().map(|m| &m.data).collect();
+        let causation = (a.causation != act::Causation::default())
+            .then(|| serde_json::to_value(&a.causation))
+            .transpose()
+            .map_err(|e| Error::decode("causation", e))?;
+        let actor = (a.actor != act::Actor::default())
+            .then(|| serde_json::to_value(&a.actor))
+            .transpose()
+            .map_err(|e| Error::decode("actor", e))?;
+        let correlation = a.correlation_or_new();
+        let sql = format!(
+            "SELECT {} FROM {}.act_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            events::COLUMNS,
+            self.schema
+        );
+        let mut attempts = 0;
+        loop {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(&sql).await.map_err(|e| self.err(e))?;
+            let rows = client
+                .query(
+                    &stmt,
+                    &[
+                        &a.stream,
+                        &expected,
+                        &names,
+                        &data,
+                        &correlation,
+                        &causation,
+                        &actor,
+                        &a.idempotency_key,
+                        &self.offset_us(),
+                        &self.naive,
+                        &self.delay_ms,
+                    ],
+                )
+                .await;
+            match rows {
+                Ok(rows) => {
+                    let out = rows
+                        .iter()
+                        .map(|r| events::event(r, 0))
+                        .collect::<act::Result<Vec<_>>>()?;
+                    if !out.is_empty() {
+                        self.notify();
+                    }
+                    return Ok(out);
+                }
+                Err(e) if e.code().is_some_and(|c| c.code() == "AC409") => {
+                    let actual = e
+                        .as_db_error()
+                        .and_then(|d| d.message().parse::<i64>().ok());
+                    return Err(Error::Concurrency {
+                        stream: a.stream.clone(),
+                        expected: a.expected,
+                        actual: actual.into(),
+                    });
+                }
+                Err(e) if error::violates(&e, "events_stream_version") => {
+                    // A concurrent append of the same version committed first.
+                    let sql = format!(
+                        "SELECT max(version) FROM {}.events WHERE stream = $1",
+                        self.schema
+                    );
+                    let actual: Option<i64> = client
+                        .query_one(&sql, &[&a.stream])
+                        .await
+                        .map_err(|e| self.err(e))?
+                        .get(0);
+                    return Err(Error::Concurrency {
+                        stream: a.stream.clone(),
+                        expected: a.expected,
+                        actual: actual.into(),
+                    });
+                }
+                // A concurrent append with the same key committed first: the
+                // next attempt returns its events.
+                Err(e)
+                    if (error::violates(&e, "appends_pkey") || error::is_retryable(&e))
+                        && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
+    async fn query(&self, q: &Query) -> act::Result<Vec<Arc<Event>>> {
+        if q.limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let bounded = self.bounded() && events::follows_ids(q);
+        let sql = events::query(&self.schema, q, bounded);
+        if !bounded {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(&sql.text)
+                .await
+                .map_err(|e| self.err(e))?;
+            let rows = client
+                .query(&stmt, &sql.params())
+                .await
+                .map_err(|e| self.err(e))?;
+            return rows.iter().map(|r| events::event(r, 0)).collect();
+        }
+        // Read your writes: wait (briefly) until every event committed before
+        // this call is below the visibility bound.
+        let waited_until = tokio::time::Instant::now() + VISIBILITY_WAIT;
+        let mut target: Option<i64> = None;
+        loop {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(&sql.text)
+                .await
+                .map_err(|e| self.err(e))?;
+            let rows = client
+                .query(&stmt, &sql.params())
+                .await
+                .map_err(|e| self.err(e))?;
+            drop(client);
+            let (bound, top): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
+            let events = rows
+                .iter()
+                .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+                .map(|r| events::event(r, 2))
+                .collect::<act::Result<Vec<_>>>()?;
+            let target = *target.get_or_insert(top);
+            let full = q.limit.is_some_and(|n| events.len() >= n);
+            if full || bound > target || tokio::time::Instant::now() >= waited_until {
+                if bound <= top {
+                    // Committed events are still hidden behind a running
+                    // transaction: wake brokers again shortly.
+                    self.recheck.notify_one();
+                }
+                return Ok(events);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The highest committed event id. Readers that follow ids may see it a
+    /// moment later, once older transactions have ended.
+    async fn head(&self) -> act::Result<i64> {
+        let sql = format!("SELECT coalesce(max(id), 0) FROM {}.events", self.schema);
+        let client = self.client().await?;
+        let row = client.query_one(&sql, &[]).await.map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    fn wake(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_driver_config_and_options() {
+        let (c, o) =
+            parse_url("postgres://bob:pw@db:5433/app?schema=shop&pool_size=4&connect_timeout=3")
+                .unwrap();
+        assert_eq!((o.schema.as_str(), o.pool_size), ("shop", 4));
+        assert_eq!(c.get_dbname(), Some("app"));
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        let (_, o) = parse_url("postgres://db/app").unwrap();
+        assert_eq!(o.schema, "act");
+        let e = parse_url("postgres://db/app?schema=Bad-Name")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schema `Bad-Name`"), "{e}");
+        let e = parse_url("postgres://u:secret@db/app?nonsense=1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("u:***@db") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn channels_fit_in_an_identifier() {
+        assert_eq!(channel("act"), "act_act");
+        assert_eq!(channel(&"x".repeat(63)).len(), 63);
+    }
+}
