@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use act::{Act, Actor, Error, Snapshot, State};
+use act::{Act, Actor, Error, Invocation, Snapshot, State};
 use serde::Serialize;
 
 use crate::model::{account, Account, AccountAction};
@@ -183,9 +183,9 @@ impl Workload {
             opens.spawn(async move {
                 let mut r = Report::default();
                 for n in mine {
+                    let open = AccountAction::Open;
                     let before =
-                        act_retrying::<Account>(&app, &account(n), &AccountAction::Open, &mut r)
-                            .await?;
+                        act_retrying::<Account>(&app, &account(n), &open, None, &mut r).await?;
                     r.opened += before.events.len() as u64;
                 }
                 Ok::<_, Error>(r)
@@ -198,14 +198,17 @@ impl Workload {
         for (i, op) in ops.into_iter().enumerate() {
             shards[i % writers].push(op);
         }
+        // One key per operation of this run: a retried operation keeps it.
+        let run = format!("demo-{}-{:016x}", self.seed, fastrand::u64(..));
         let mut tasks = tokio::task::JoinSet::new();
-        for shard in shards {
+        for (w, shard) in shards.into_iter().enumerate() {
             let app = app.clone();
             let done = done.clone();
+            let run = run.clone();
             tasks.spawn(async move {
                 let mut r = Report::default();
-                for op in shard {
-                    apply(&app, op, &mut r).await?;
+                for (i, op) in shard.into_iter().enumerate() {
+                    apply(&app, op, format!("{run}:{w}:{i}"), &mut r).await?;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok::<_, Error>(r)
@@ -228,7 +231,7 @@ async fn join_into(
     Ok(())
 }
 
-async fn apply(app: &Act, op: Op, r: &mut Report) -> act::Result<()> {
+async fn apply(app: &Act, op: Op, key: String, r: &mut Report) -> act::Result<()> {
     match op {
         Op::Deposit {
             account: n,
@@ -241,13 +244,14 @@ async fn apply(app: &Act, op: Op, r: &mut Report) -> act::Result<()> {
                 fail,
                 poison,
             };
-            act_retrying::<Account>(app, &account(n), &action, r).await?;
+            act_retrying::<Account>(app, &account(n), &action, Some(key), r).await?;
             r.deposits += 1;
             r.failing += u64::from(fail > 0);
             r.poisoned += u64::from(poison);
         }
         Op::Withdraw { account: n, amount } => {
-            match act_retrying::<Account>(app, &account(n), &AccountAction::Withdraw { amount }, r)
+            let withdraw = AccountAction::Withdraw { amount };
+            match act_retrying::<Account>(app, &account(n), &withdraw, Some(format!("{key}:w")), r)
                 .await
             {
                 Ok(_) => r.withdrawals += 1,
@@ -258,7 +262,8 @@ async fn apply(app: &Act, op: Op, r: &mut Report) -> act::Result<()> {
                         fail: 0,
                         poison: false,
                     };
-                    act_retrying::<Account>(app, &account(n), &action, r).await?;
+                    act_retrying::<Account>(app, &account(n), &action, Some(format!("{key}:d")), r)
+                        .await?;
                     r.deposits += 1;
                 }
                 Err(e) => return Err(e),
@@ -269,20 +274,27 @@ async fn apply(app: &Act, op: Op, r: &mut Report) -> act::Result<()> {
 }
 
 /// Runs an action, reloading and retrying on a concurrency conflict and
-/// waiting out a store that is briefly unavailable.
+/// waiting out a store that is briefly unavailable. The idempotency key makes
+/// the retry safe when the connection dropped after the store had applied
+/// the append: the retry then returns what the first attempt wrote.
 async fn act_retrying<S: State>(
     app: &Act,
     stream: &str,
     action: &S::Action,
+    key: Option<String>,
     r: &mut Report,
 ) -> act::Result<Snapshot<S>> {
-    let actor = Actor {
-        id: "demo".into(),
-        name: "bank demo".into(),
+    let how = Invocation {
+        actor: Actor {
+            id: "demo".into(),
+            name: "bank demo".into(),
+        },
+        idempotency_key: key,
+        ..Default::default()
     };
     let mut unavailable = 0u32;
     loop {
-        match app.act::<S>(stream, action, &actor).await {
+        match app.execute::<S>(stream, action, how.clone()).await {
             Err(Error::Concurrency { .. }) => {
                 r.conflicts += 1;
                 tokio::task::yield_now().await;

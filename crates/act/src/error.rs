@@ -72,7 +72,10 @@ pub enum Error {
     },
 
     /// The store cannot be reached or is busy; the operation may succeed if
-    /// retried later. Nothing was changed by the failed call.
+    /// retried later. When the connection was lost while the call was in
+    /// flight, the store may or may not have applied it: retry appends with
+    /// an idempotency key (reactions' appends have one) so a retry cannot
+    /// apply them twice.
     #[error("store `{store}` unavailable: {source}")]
     Unavailable {
         /// The store (URL with password redacted, or a file path).

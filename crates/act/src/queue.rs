@@ -102,7 +102,9 @@ pub enum Outcome {
     },
 }
 
-/// A broker's write-back for one claimed queue. Always releases the lease.
+/// A broker's write-back for one claimed queue. When the store applies it,
+/// it also releases the lease; when the store rejects it (stale or expired
+/// lease, moved position), nothing about the queue changes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settlement {
     /// The lease the broker holds.

@@ -225,13 +225,16 @@ impl Broker {
 
     /// Runs until no due work is left now: everything correlated, nothing
     /// claimable, nothing in flight. Scheduled retries and queues leased by
-    /// other brokers are not waited for. Returns the counters of this broker.
+    /// other brokers are not waited for; committed events the store cannot
+    /// show followers yet (PostgreSQL: behind a transaction still running)
+    /// are waited for up to 1 s. Returns the counters of this broker.
     pub async fn settle(&self) -> Result<Stats> {
         self.run(Mode::Settle, CancellationToken::new()).await
     }
 
-    /// Runs until every queue is caught up or blocked, waiting out scheduled
-    /// retries and other brokers' leases.
+    /// Runs until every committed event is correlated and every queue is
+    /// caught up or blocked, waiting out scheduled retries, other brokers'
+    /// leases and transactions that hide committed events.
     pub async fn catch_up(&self) -> Result<Stats> {
         self.run(Mode::CatchUp, CancellationToken::new()).await
     }

@@ -35,6 +35,14 @@ pub(crate) enum Mode {
 /// Consecutive store failures a one-shot run tolerates before it gives up.
 const ONE_SHOT_FAILURES: u32 = 12;
 
+/// How soon a one-shot run looks again for committed events the store does
+/// not show followers yet.
+const HIDDEN_RECHECK: Duration = Duration::from_millis(5);
+
+/// How long `settle` waits for such events before it returns (`catch_up`
+/// waits until they are delivered).
+const SETTLE_HIDDEN_PATIENCE: Duration = Duration::from_secs(1);
+
 struct Running {
     lease: LeaseRef,
     lost: CancellationToken,
@@ -85,6 +93,7 @@ impl Runner {
         let mut stopping = false;
         let mut grace_end: Option<Instant> = None;
         let mut due_at: Option<Instant> = None;
+        let mut hidden_since: Option<Instant> = None;
         let mut next_poll = Instant::now() + self.opts.poll;
 
         loop {
@@ -130,17 +139,46 @@ impl Runner {
                 return Ok(());
             }
             let woken = wake_open && wake.has_changed().unwrap_or(false);
-            let busy = correlate || claim || failed || woken;
-            let idle = self.running.is_empty() && self.done.is_empty() && !busy;
-            if idle && !stopping {
-                match mode {
-                    Mode::Forever => {}
-                    Mode::Settle => return Ok(()),
-                    Mode::CatchUp => match store.next_due().await {
-                        Ok(None) => return Ok(()),
-                        Ok(Some(d)) => due_at = Some(Instant::now() + d),
-                        Err(e) => failed = self.fail("next_due", e, mode)?,
+            // Quiet: nothing running, nothing to write back, correlation and
+            // claim found nothing. A pending wake-up alone does not make the
+            // run busy when the store is only re-waking us for hidden events.
+            let quiet =
+                self.running.is_empty() && self.done.is_empty() && !correlate && !claim && !failed;
+            if !quiet {
+                hidden_since = None;
+            }
+            if quiet && !stopping && mode != Mode::Forever {
+                // Committed events a store cannot show followers yet (on
+                // PostgreSQL: behind a transaction still running) are work
+                // too: look again shortly.
+                match store.head().await {
+                    Ok(head) if head > self.checkpoint.unwrap_or(0) => {
+                        let since = *hidden_since.get_or_insert_with(Instant::now);
+                        let waited = since.elapsed();
+                        if mode == Mode::Settle && waited >= SETTLE_HIDDEN_PATIENCE {
+                            return Ok(());
+                        }
+                        if waited >= Duration::from_secs(1)
+                            && waited.as_millis() % 1000 < HIDDEN_RECHECK.as_millis()
+                        {
+                            tracing::info!(head, checkpoint = ?self.checkpoint, ?waited,
+                                "waiting for committed events hidden behind running transactions");
+                        }
+                        correlate = true;
+                        due_at = Some(Instant::now() + HIDDEN_RECHECK);
+                    }
+                    Ok(_) if woken => {}
+                    Ok(_) => match mode {
+                        Mode::CatchUp => match store.next_due().await {
+                            Ok(None) => return Ok(()),
+                            Ok(Some(d)) => {
+                                due_at = Some(Instant::now() + d.max(Duration::from_millis(1)))
+                            }
+                            Err(e) => failed = self.fail("next_due", e, mode)?,
+                        },
+                        _ => return Ok(()),
                     },
+                    Err(e) => failed = self.fail("head", e, mode)?,
                 }
             }
 

@@ -580,6 +580,32 @@ pub async fn a_commit_wakes_an_idle_broker(b: &impl Backend) {
     assert_eq!(probe.delivered("q"), vec![first.id, second.id]);
 }
 
+/// A commit through another handle on the same store (another process)
+/// wakes an idle broker: the backend's cross-process push works.
+pub async fn a_commit_through_another_handle_wakes_an_idle_broker(b: &impl Backend) {
+    let f = b.open().await;
+    let other = b.reopen(&f).await;
+    let probe = Probe::new();
+    let app = app(
+        f.store.clone(),
+        vec![probe.reaction(Reaction::on("Ping").to_stream("q"))],
+    );
+    let handle = app
+        .broker(broker_options("A").poll(Duration::from_secs(3600)))
+        .start();
+    let first = ping(&*other, "a", json!({})).await;
+    probe.until("the first event", |c| c.len() == 1).await;
+    let second = ping(&*other, "a", json!({})).await;
+    probe
+        .until(
+            "the second event, woken by a commit through another handle",
+            |c| c.len() == 2,
+        )
+        .await;
+    handle.shutdown().await.unwrap();
+    assert_eq!(probe.delivered("q"), vec![first.id, second.id]);
+}
+
 /// Two brokers on one store share the work: every event once, in order.
 pub async fn two_brokers_deliver_every_event_once_in_order(b: &impl Backend) {
     let f = b.open().await;

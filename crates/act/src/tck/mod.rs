@@ -187,6 +187,7 @@ macro_rules! tck_suite {
             broker::shutdown_lets_in_flight_handlers_finish_and_releases_leases,
             broker::shutdown_aborts_handlers_past_the_grace_period_and_releases_leases,
             broker::a_commit_wakes_an_idle_broker,
+            broker::a_commit_through_another_handle_wakes_an_idle_broker,
             broker::two_brokers_deliver_every_event_once_in_order,
             broker::derived_events_carry_correlation_and_causation,
             broker::a_redelivered_reaction_does_not_duplicate_what_it_wrote,
