@@ -37,6 +37,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod conn;
 mod error;
 mod events;
@@ -164,6 +166,7 @@ impl EventStore for RedisStore {
         events::query(&self.conn, query).await
     }
 
+    /// One `GET`.
     async fn head(&self) -> act::Result<i64> {
         self.conn.counter("seq").await
     }
@@ -175,10 +178,12 @@ impl EventStore for RedisStore {
 
 #[async_trait]
 impl QueueStore for RedisStore {
+    /// One `GET`.
     async fn checkpoint(&self) -> act::Result<i64> {
         queues::checkpoint(&self.conn).await
     }
 
+    /// One script: O(log n) per work item and touched queue.
     async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> act::Result<i64> {
         if to < from {
             return Err(Error::InvalidInput(format!(
@@ -192,10 +197,13 @@ impl QueueStore for RedisStore {
         Ok(cp)
     }
 
+    /// One script, one round trip: O(log N) in the number of queues, plus
+    /// the claimed queues' events.
     async fn claim(&self, claim: &Claim) -> act::Result<Vec<Batch>> {
         queues::claim(&self.conn, claim).await
     }
 
+    /// One script for the whole call (atomic, like a transaction).
     async fn settle(&self, settlements: &[Settlement]) -> act::Result<Vec<Result<(), Rejection>>> {
         if let Some(s) = settlements.iter().find(|s| s.to < s.from) {
             return Err(Error::InvalidInput(format!(
@@ -210,6 +218,7 @@ impl QueueStore for RedisStore {
         Ok(results)
     }
 
+    /// One script for the whole call.
     async fn renew(
         &self,
         leases: &[LeaseRef],
@@ -218,6 +227,7 @@ impl QueueStore for RedisStore {
         queues::renew(&self.conn, leases, lease).await
     }
 
+    /// One script for the whole call.
     async fn release(&self, leases: &[LeaseRef]) -> act::Result<Vec<Result<(), Rejection>>> {
         let out = queues::release(&self.conn, leases).await?;
         if out.iter().any(Result::is_ok) {
@@ -240,10 +250,13 @@ impl QueueStore for RedisStore {
         Ok(out)
     }
 
+    /// One round trip per page of 500 queues (`blocked` reads only the
+    /// blocked ones; `pending` reads all of them).
     async fn queues(&self, filter: &QueueFilter) -> act::Result<Vec<QueueState>> {
         queues::queues(&self.conn, filter).await
     }
 
+    /// One read-only script: the first member of `due` or `delayed`.
     async fn next_due(&self) -> act::Result<Option<Duration>> {
         queues::next_due(&self.conn).await
     }
