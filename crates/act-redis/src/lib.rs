@@ -28,8 +28,8 @@
 //! - **Single node only**: Redis Cluster is not supported (the scripts
 //!   derive per-queue keys at run time, which Cluster forbids). All keys of a
 //!   store share the hash tag `{prefix}`, so they would land in one slot.
-//!   Replicas and Sentinel failover work as Redis does, with the durability
-//!   caveat above.
+//!   Point the URL at the primary (an address that follows it across a
+//!   failover); no Sentinel discovery is built in.
 //!
 //! ```no_run
 //! # async fn demo() -> act::Result<()> {
