@@ -6,14 +6,15 @@ use crate::stores;
 
 /// act: event sourcing with an event-driven queue store and broker.
 ///
-/// Every command takes `--store URL` (sqlite://PATH, memory:; default
-/// sqlite://act.db in the current directory, or $ACT_STORE) and `--json`
-/// (one JSON object per line). Exit codes: 0 success, 1 operational error
+/// Every command takes `--store URL` (sqlite://PATH,
+/// redis://HOST[:PORT][/DB][?prefix=NAME], memory:; default sqlite://act.db
+/// in the current directory, or $ACT_STORE) and `--json` (one JSON object
+/// per line). Exit codes: 0 success, 1 operational error
 /// (message on stderr), 2 usage error.
 #[derive(Debug, Parser)]
 #[command(name = "act", version, about, long_about)]
 pub struct Cli {
-    /// The store: sqlite://PATH or memory:
+    /// The store: sqlite://PATH, redis://HOST[:PORT][/DB][?prefix=NAME] or memory:
     #[arg(long, global = true, env = "ACT_STORE", default_value = stores::DEFAULT)]
     pub store: String,
 

@@ -58,7 +58,9 @@ fn an_unknown_store_url_is_an_operational_error_listing_the_schemes() {
         "{err}"
     );
     assert!(
-        err.contains("supported schemes are sqlite://PATH, memory:"),
+        err.contains(
+            "supported schemes are sqlite://PATH, postgres://USER@HOST/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME], memory:"
+        ),
         "{err}"
     );
 }

@@ -1,0 +1,263 @@
+//! # act-redis
+//!
+//! The Redis backend of act: the event log and the queue store on one Redis
+//! server, for teams that already run Redis. The same application code as on
+//! SQLite or in memory, the same conformance kit, and the same promises where
+//! Redis can keep them — with one plain exception: **durability is Redis's
+//! persistence setting**. With RDB snapshots or AOF `everysec`, a crash (or a
+//! failover to a replica that had not received them) loses acknowledged
+//! appends, acks and leases; only AOF `appendfsync always` on a single node
+//! keeps every acknowledged write. See `docs/redis.md`.
+//!
+//! - **Atomic steps.** Every operation that touches more than one key or
+//!   reads then writes is one Lua script (sent with `EVALSHA`, reloaded on
+//!   `NOSCRIPT`): append with its version check and idempotency key,
+//!   correlation (compare-and-set on the checkpoint), claim, settle, renew,
+//!   release, unblock, reset. Redis runs each script alone, so ids (from
+//!   `INCRBY` inside the append) become visible in order.
+//! - **The store's clock** is the Redis server's `TIME`, read inside each
+//!   script: leases and retry times mean the same for every process.
+//! - **Claim costs the same with 100 or 1,000,000 queues**: claimable queues
+//!   sit in a sorted set in claim order, leased and retrying ones in another
+//!   scored by when they become claimable; no `KEYS` or `SCAN` anywhere.
+//! - **Wake-ups** across processes by pub/sub, with a listener that
+//!   reconnects after a server restart; brokers poll meanwhile.
+//! - **Safety checks on open**: `maxmemory-policy` must be `noeviction`
+//!   (other policies silently delete keys); a prefix written by a newer
+//!   act-rs is refused.
+//! - **Single node only**: Redis Cluster is not supported (the scripts
+//!   derive per-queue keys at run time, which Cluster forbids). All keys of a
+//!   store share the hash tag `{prefix}`, so they would land in one slot.
+//!   Point the URL at the primary (an address that follows it across a
+//!   failover); no Sentinel discovery is built in.
+//!
+//! ```no_run
+//! # async fn demo() -> act::Result<()> {
+//! let store = act_redis::RedisStore::open("redis://127.0.0.1:6379/0?prefix=myapp").await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod conn;
+mod error;
+mod events;
+mod options;
+mod queues;
+mod reply;
+mod schema;
+mod scripts;
+mod wake;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use act::{
+    Append, Batch, Claim, Error, Event, EventStore, LeaseRef, Query, QueueFilter, QueueState,
+    QueueStore, Rejection, Settlement, Work,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use conn::Conn;
+pub use error::ConfigError;
+pub use options::{check_prefix, parse_url, RedisOptions, DEFAULT_PREFIX};
+pub use schema::SCHEMA_VERSION;
+
+/// Both ports on one Redis server, under one key prefix. Dropping it closes
+/// its connections and stops its wake-up listener.
+pub struct RedisStore {
+    conn: Conn,
+    prefix: String,
+    wake: Arc<watch::Sender<u64>>,
+    _listener: wake::Listener,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("store", &self.conn.store())
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Opens a store from a URL:
+    /// `redis://[[user]:password@]host[:port][/db][?prefix=NAME&assume_noeviction=true&timeout_ms=N&connect_timeout_ms=N]`
+    /// (see [`parse_url`]). Connects, checks `maxmemory-policy`, reads or
+    /// writes the schema marker, and subscribes to wake-ups: a few round
+    /// trips.
+    pub async fn open(url: &str) -> act::Result<Self> {
+        let (client_url, options) = parse_url(url)?;
+        Self::connect(url, &client_url, options).await
+    }
+
+    /// Opens with explicit options: `url` names the server; act options in
+    /// its query are ignored in favour of `options`.
+    pub async fn open_with(url: &str, options: RedisOptions) -> act::Result<Self> {
+        check_prefix(&options.prefix)?;
+        let (client_url, _) = parse_url(url)?;
+        Self::connect(url, &client_url, options).await
+    }
+
+    async fn connect(url: &str, client_url: &str, options: RedisOptions) -> act::Result<Self> {
+        let name: Arc<str> = Arc::from(act::redact_url(url));
+        let client = redis::Client::open(client_url)
+            .map_err(|e| Error::InvalidInput(format!("`{name}` is not a usable Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.response_timeout))
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let manager = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| error::map(&name, e))?;
+        let conn = Conn::new(
+            manager,
+            &options.prefix,
+            name.clone(),
+            options.clock_offset.clone(),
+        );
+        schema::check_eviction(&conn, options.assume_noeviction).await?;
+        schema::open(&conn, &options.prefix).await?;
+        let wake = Arc::new(watch::Sender::new(0));
+        let listener = wake::listen(
+            client,
+            conn.key("wake"),
+            wake.clone(),
+            name,
+            options.connect_timeout.max(options.response_timeout),
+        )
+        .await?;
+        Ok(RedisStore {
+            conn,
+            prefix: options.prefix,
+            wake,
+            _listener: listener,
+        })
+    }
+
+    /// The key prefix: every key of this store starts with `{prefix}:`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn notify(&self) {
+        wake::bump(&self.wake);
+    }
+}
+
+#[async_trait]
+impl EventStore for RedisStore {
+    /// One script, one round trip.
+    async fn append(&self, append: Append) -> act::Result<Vec<Arc<Event>>> {
+        let (events, written) = events::append(&self.conn, append).await?;
+        if written {
+            self.notify();
+        }
+        Ok(events)
+    }
+
+    /// One round trip per page of up to 500 events.
+    async fn query(&self, query: &Query) -> act::Result<Vec<Arc<Event>>> {
+        events::query(&self.conn, query).await
+    }
+
+    /// One `GET`.
+    async fn head(&self) -> act::Result<i64> {
+        self.conn.counter("seq").await
+    }
+
+    fn wake(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+}
+
+#[async_trait]
+impl QueueStore for RedisStore {
+    /// One `GET`.
+    async fn checkpoint(&self) -> act::Result<i64> {
+        queues::checkpoint(&self.conn).await
+    }
+
+    /// One script: O(log n) per work item and touched queue.
+    async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> act::Result<i64> {
+        if to < from {
+            return Err(Error::InvalidInput(format!(
+                "checkpoint cannot move backwards (from {from} to {to})"
+            )));
+        }
+        let (cp, recorded) = queues::enqueue(&self.conn, work, from, to).await?;
+        if recorded {
+            self.notify();
+        }
+        Ok(cp)
+    }
+
+    /// One script, one round trip: O(log N) in the number of queues, plus
+    /// the claimed queues' events.
+    async fn claim(&self, claim: &Claim) -> act::Result<Vec<Batch>> {
+        queues::claim(&self.conn, claim).await
+    }
+
+    /// One script for the whole call (atomic, like a transaction).
+    async fn settle(&self, settlements: &[Settlement]) -> act::Result<Vec<Result<(), Rejection>>> {
+        if let Some(s) = settlements.iter().find(|s| s.to < s.from) {
+            return Err(Error::InvalidInput(format!(
+                "settlement of `{}` moves its position backwards ({} to {})",
+                s.lease.stream, s.from, s.to
+            )));
+        }
+        let (results, applied) = queues::settle(&self.conn, settlements).await?;
+        if applied {
+            self.notify();
+        }
+        Ok(results)
+    }
+
+    /// One script for the whole call.
+    async fn renew(
+        &self,
+        leases: &[LeaseRef],
+        lease: Duration,
+    ) -> act::Result<Vec<Result<DateTime<Utc>, Rejection>>> {
+        queues::renew(&self.conn, leases, lease).await
+    }
+
+    /// One script for the whole call.
+    async fn release(&self, leases: &[LeaseRef]) -> act::Result<Vec<Result<(), Rejection>>> {
+        let out = queues::release(&self.conn, leases).await?;
+        if out.iter().any(Result::is_ok) {
+            self.notify();
+        }
+        Ok(out)
+    }
+
+    async fn unblock(&self, streams: &[String]) -> act::Result<Vec<String>> {
+        let out = queues::unblock(&self.conn, streams).await?;
+        if !out.is_empty() {
+            self.notify();
+        }
+        Ok(out)
+    }
+
+    async fn reset(&self, stream: &str, position: i64) -> act::Result<QueueState> {
+        let out = queues::reset(&self.conn, stream, position).await?;
+        self.notify();
+        Ok(out)
+    }
+
+    /// One round trip per page of 500 queues (`blocked` reads only the
+    /// blocked ones; `pending` reads all of them).
+    async fn queues(&self, filter: &QueueFilter) -> act::Result<Vec<QueueState>> {
+        queues::queues(&self.conn, filter).await
+    }
+
+    /// One read-only script: the first member of `due` or `delayed`.
+    async fn next_due(&self) -> act::Result<Option<Duration>> {
+        queues::next_due(&self.conn).await
+    }
+}

@@ -1,0 +1,318 @@
+//! Queues on Redis: correlation checkpoint, work index, claim with leases
+//! and fencing tokens, settle, renew, release, unblock, reset, listing.
+//!
+//! Each queue is a hash (`q:{stream}`: position, work mark, priority,
+//! retries, retry time, block, error, token, lease) and a sorted set of its
+//! work (`w:{stream}`: event ids). A queue with pending work sits in exactly
+//! one of two indexes: `due` (claimable now, members ordered by priority,
+//! then oldest pending event, then stream) or `delayed` (leased or waiting
+//! for a retry, scored by when that ends). Claim moves the `delayed` queues
+//! whose time has come back to `due` and takes the first members of `due`:
+//! its cost depends on the queues it takes, not on how many queues exist.
+//! Times are the Redis server's `TIME` (plus the test offset), read inside
+//! each script.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use act::{
+    Batch, Claim, Error, Event, Lease, LeaseRef, Outcome, QueueFilter, QueueState, Rejection,
+    Settlement, Work,
+};
+use chrono::{DateTime, Utc};
+use redis::Value;
+
+use crate::conn::Conn;
+use crate::events::decode;
+use crate::reply::{at, int, items, opt_bytes, opt_int, opt_text, text, Bad};
+use crate::scripts;
+
+/// Longest lease, retry delay or wait the store records (100 years): keeps
+/// times well inside the 2^53 microseconds Lua numbers hold exactly.
+const LONGEST_US: i64 = 100 * 365 * 24 * 3600 * 1_000_000;
+
+/// Queues listed per round trip.
+const LIST_PAGE: usize = 500;
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(LONGEST_US)
+}
+
+fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A count for a script: Lua numbers print exactly only well below 2^53,
+/// and no claim needs more than 2^31 queues or events.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX).min(1 << 31)
+}
+
+pub(crate) async fn checkpoint(conn: &Conn) -> act::Result<i64> {
+    conn.counter("checkpoint").await
+}
+
+/// Records work and moves the checkpoint; returns the checkpoint after the
+/// call and whether work was recorded.
+pub(crate) async fn enqueue(
+    conn: &Conn,
+    work: &[Work],
+    from: i64,
+    to: i64,
+) -> act::Result<(i64, bool)> {
+    let mut inv = conn.script(&scripts::ENQUEUE);
+    inv.arg(from).arg(to);
+    for w in work {
+        inv.arg(&w.stream).arg(w.event).arg(w.priority);
+    }
+    let reply = conn.run(&inv).await?;
+    let parse = || -> Result<(i64, bool), Bad> {
+        let r = items(&reply)?;
+        Ok((int(at(r, 0)?)?, int(at(r, 1)?)? == 1))
+    };
+    parse().map_err(|b| conn.bad(b))
+}
+
+pub(crate) async fn claim(conn: &Conn, c: &Claim) -> act::Result<Vec<Batch>> {
+    let mut inv = conn.script(&scripts::CLAIM);
+    inv.arg(&c.owner)
+        .arg(count(c.queues))
+        .arg(count(c.events))
+        .arg(micros(c.lease));
+    let reply = conn.run(&inv).await?;
+    let bad = |b| conn.bad(b);
+    let mut out = Vec::new();
+    for entry in items(&reply).map_err(bad)? {
+        let e = items(entry).map_err(bad)?;
+        let lease = (|| -> Result<Lease, Bad> {
+            Ok(Lease {
+                stream: text(at(e, 0)?)?,
+                owner: c.owner.clone(),
+                token: int(at(e, 1)?)?,
+                expires: time(int(at(e, 2)?)?),
+                position: int(at(e, 3)?)?,
+                retries: u32::try_from(int(at(e, 4)?)?).unwrap_or(u32::MAX),
+            })
+        })()
+        .map_err(bad)?;
+        let ids = items(at(e, 5).map_err(bad)?).map_err(bad)?;
+        let records = items(at(e, 6).map_err(bad)?).map_err(bad)?;
+        let events = ids
+            .iter()
+            .zip(records)
+            .map(|(id, raw)| decode(conn, int(id).map_err(bad)?, opt_bytes(raw).map_err(bad)?))
+            .collect::<act::Result<Vec<Arc<Event>>>>()?;
+        out.push(Batch { lease, events });
+    }
+    Ok(out)
+}
+
+/// Reads one `{code, detail}` verdict of the fencing rule.
+fn verdict(v: &Value, stream: &str, token: i64, from: i64) -> Result<Result<i64, Rejection>, Bad> {
+    let r = items(v)?;
+    let detail = int(at(r, 1)?)?;
+    Ok(match int(at(r, 0)?)? {
+        0 => Ok(detail),
+        1 => Err(Rejection::Unknown(stream.to_string())),
+        2 => Err(Rejection::Stale {
+            stream: stream.to_string(),
+            token,
+            current: detail,
+        }),
+        3 => Err(Rejection::Expired {
+            stream: stream.to_string(),
+            token,
+        }),
+        4 => Err(Rejection::Moved {
+            stream: stream.to_string(),
+            expected: from,
+            actual: detail,
+        }),
+        code => return Err(format!("unknown verdict {code}")),
+    })
+}
+
+/// Applies settlements; returns the results (in the order given) and
+/// whether a settled queue is claimable again.
+pub(crate) async fn settle(
+    conn: &Conn,
+    settlements: &[Settlement],
+) -> act::Result<(Vec<Result<(), Rejection>>, bool)> {
+    let order = act::queue::settle_order(settlements);
+    let mut inv = conn.script(&scripts::SETTLE);
+    inv.arg(settlements.len());
+    for &i in &order {
+        let s = &settlements[i];
+        let (kind, delay, error) = match &s.outcome {
+            Outcome::Ack => ("a", 0, ""),
+            Outcome::Retry { delay, error } => ("r", micros(*delay), error.as_str()),
+            Outcome::Block { error } => ("b", 0, error.as_str()),
+        };
+        inv.arg(&s.lease.stream)
+            .arg(s.lease.token)
+            .arg(s.from)
+            .arg(s.to)
+            .arg(kind)
+            .arg(delay)
+            .arg(error);
+    }
+    let reply = conn.run(&inv).await?;
+    let bad = |b| conn.bad(b);
+    let verdicts = items(&reply).map_err(bad)?;
+    if verdicts.len() != order.len() {
+        return Err(bad(format!(
+            "settle answered {} verdicts for {} settlements",
+            verdicts.len(),
+            order.len()
+        )));
+    }
+    let mut results = vec![Ok(()); settlements.len()];
+    let mut ok = false;
+    for (&i, v) in order.iter().zip(verdicts) {
+        let s = &settlements[i];
+        results[i] = verdict(v, &s.lease.stream, s.lease.token, s.from)
+            .map_err(bad)?
+            .map(|_| ());
+        ok |= results[i].is_ok();
+    }
+    Ok((results, ok))
+}
+
+pub(crate) async fn renew(
+    conn: &Conn,
+    leases: &[LeaseRef],
+    lease: Duration,
+) -> act::Result<Vec<Result<DateTime<Utc>, Rejection>>> {
+    let mut inv = conn.script(&scripts::RENEW);
+    inv.arg(micros(lease));
+    for l in leases {
+        inv.arg(&l.stream).arg(l.token);
+    }
+    let reply = conn.run(&inv).await?;
+    let bad = |b| conn.bad(b);
+    let verdicts = items(&reply).map_err(bad)?;
+    leases
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let v = at(verdicts, i).map_err(bad)?;
+            Ok(verdict(v, &l.stream, l.token, 0).map_err(bad)?.map(time))
+        })
+        .collect()
+}
+
+pub(crate) async fn release(
+    conn: &Conn,
+    leases: &[LeaseRef],
+) -> act::Result<Vec<Result<(), Rejection>>> {
+    let mut inv = conn.script(&scripts::RELEASE);
+    for l in leases {
+        inv.arg(&l.stream).arg(l.token);
+    }
+    let reply = conn.run(&inv).await?;
+    let bad = |b| conn.bad(b);
+    let verdicts = items(&reply).map_err(bad)?;
+    leases
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let v = at(verdicts, i).map_err(bad)?;
+            Ok(verdict(v, &l.stream, l.token, 0).map_err(bad)?.map(|_| ()))
+        })
+        .collect()
+}
+
+pub(crate) async fn unblock(conn: &Conn, streams: &[String]) -> act::Result<Vec<String>> {
+    let mut inv = conn.script(&scripts::UNBLOCK);
+    for s in streams {
+        inv.arg(s);
+    }
+    let reply = conn.run(&inv).await?;
+    let bad = |b| conn.bad(b);
+    items(&reply)
+        .map_err(bad)?
+        .iter()
+        .map(|v| text(v).map_err(bad))
+        .collect()
+}
+
+pub(crate) async fn reset(conn: &Conn, stream: &str, position: i64) -> act::Result<QueueState> {
+    if position < 0 {
+        return Err(Error::InvalidInput(format!(
+            "cannot reset `{stream}` to a negative position ({position})"
+        )));
+    }
+    let mut inv = conn.script(&scripts::RESET);
+    inv.arg(stream).arg(position);
+    let reply = conn.run(&inv).await?;
+    if reply == Value::Nil {
+        return Err(Error::UnknownQueue(stream.to_string()));
+    }
+    state(&reply).map_err(|b| conn.bad(b))
+}
+
+/// Reads one row of `state` in `common.lua`.
+fn state(v: &Value) -> Result<QueueState, Bad> {
+    let r = items(v)?;
+    let f = |i| at(r, i);
+    Ok(QueueState {
+        stream: text(f(0)?)?,
+        position: int(f(1)?)?,
+        head: int(f(2)?)?,
+        next: opt_int(f(3)?)?,
+        lag: u64::try_from(int(f(4)?)?).unwrap_or(0),
+        priority: i32::try_from(int(f(5)?)?).map_err(|_| "priority out of range".to_string())?,
+        retries: u32::try_from(int(f(6)?)?).unwrap_or(u32::MAX),
+        retry_at: opt_int(f(7)?)?.map(time),
+        blocked: int(f(8)?)? == 1,
+        error: opt_text(f(9)?)?,
+        token: int(f(10)?)?,
+        lease_owner: opt_text(f(11)?)?,
+        lease_expires: opt_int(f(12)?)?.map(time),
+    })
+}
+
+pub(crate) async fn queues(conn: &Conn, filter: &QueueFilter) -> act::Result<Vec<QueueState>> {
+    let limit = filter.limit.unwrap_or(usize::MAX);
+    let keep = |q: &QueueState| (!filter.blocked || q.blocked) && (!filter.pending || q.lag > 0);
+    let bad = |b| conn.bad(b);
+    let mut out = Vec::new();
+    if let Some(s) = &filter.stream {
+        let mut inv = conn.script(&scripts::LIST);
+        inv.arg("one").arg(s);
+        for row in items(&conn.run(&inv).await?).map_err(bad)? {
+            let q = state(row).map_err(bad)?;
+            if keep(&q) && out.len() < limit {
+                out.push(q);
+            }
+        }
+        return Ok(out);
+    }
+    let index = if filter.blocked { "blocked" } else { "all" };
+    let mut after = String::new();
+    while out.len() < limit {
+        let mut inv = conn.script(&scripts::LIST);
+        inv.arg(index).arg(&after).arg(LIST_PAGE);
+        let reply = conn.run(&inv).await?;
+        let rows = items(&reply).map_err(bad)?;
+        for row in rows {
+            let q = state(row).map_err(bad)?;
+            after.clone_from(&q.stream);
+            if keep(&q) && out.len() < limit {
+                out.push(q);
+            }
+        }
+        if rows.len() < LIST_PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn next_due(conn: &Conn) -> act::Result<Option<Duration>> {
+    let reply = conn.run(&conn.script(&scripts::NEXT_DUE)).await?;
+    let us = int(&reply).map_err(|b| conn.bad(b))?;
+    Ok(u64::try_from(us).ok().map(Duration::from_micros))
+}

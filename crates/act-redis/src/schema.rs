@@ -1,0 +1,119 @@
+//! What `open` checks before the store is used: that Redis will not evict
+//! keys (`maxmemory-policy noeviction`), and the schema marker under the
+//! prefix (`{prefix}:meta`, field `schema`), written on first open. A prefix
+//! written by a newer act-rs, or holding act-like keys without a marker, is
+//! refused.
+
+use act::Error;
+use redis::Value;
+
+use crate::conn::Conn;
+use crate::error::ConfigError;
+use crate::reply::{int, items, text};
+use crate::scripts;
+
+/// The layout version this build writes under a prefix.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Refuses a server that may evict keys. A server that does not let us read
+/// the policy is refused too, unless `assume` (the URL's
+/// `assume_noeviction=true`) says the operator checked it.
+pub(crate) async fn check_eviction(conn: &Conn, assume: bool) -> act::Result<()> {
+    let reply = conn
+        .command(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
+        .await;
+    let policy = match reply {
+        Ok(v) => policy(&v).ok_or_else(|| "the server did not report it".to_string()),
+        // Unreachable: report that, not a configuration problem.
+        Err(e @ Error::Unavailable { .. }) => return Err(e),
+        Err(e) => Err(match &e {
+            Error::Store { source, .. } => source.to_string(),
+            other => other.to_string(),
+        }),
+    };
+    decide(policy, assume).map_err(|c| Error::Store {
+        store: conn.store().to_string(),
+        source: Box::new(c),
+    })
+}
+
+/// The value of a `CONFIG GET` reply (an array of name, value; a map in RESP3).
+fn policy(v: &Value) -> Option<String> {
+    match v {
+        Value::Map(pairs) => pairs.first().and_then(|(_, v)| text(v).ok()),
+        v => items(v).ok()?.get(1).and_then(|v| text(v).ok()),
+    }
+}
+
+fn decide(policy: Result<String, String>, assume: bool) -> Result<(), ConfigError> {
+    match policy {
+        Ok(p) if p.eq_ignore_ascii_case("noeviction") => Ok(()),
+        Ok(p) => Err(ConfigError::Eviction { policy: p }),
+        Err(_) if assume => {
+            tracing::info!("maxmemory-policy cannot be read; trusting assume_noeviction=true");
+            Ok(())
+        }
+        Err(reason) => Err(ConfigError::PolicyUnreadable { reason }),
+    }
+}
+
+/// Reads the schema marker, writing it under an empty prefix.
+pub(crate) async fn open(conn: &Conn, prefix: &str) -> act::Result<()> {
+    let mut inv = conn.script(&scripts::OPEN);
+    inv.arg(SCHEMA_VERSION);
+    let found = int(&conn.run(&inv).await?).map_err(|b| conn.bad(b))?;
+    let refuse = |message: String| {
+        Err(Error::Schema {
+            store: conn.store().to_string(),
+            message,
+        })
+    };
+    match found {
+        -1 => refuse(format!(
+            "prefix `{prefix}` holds act keys but no schema marker ({{{prefix}}}:meta); refusing to touch them"
+        )),
+        v if v < 1 => refuse(format!(
+            "the schema marker {{{prefix}}}:meta is corrupt; refusing to touch prefix `{prefix}`"
+        )),
+        v if v > SCHEMA_VERSION => refuse(format!(
+            "prefix `{prefix}` was written by a newer act-rs: schema version {v}, this build knows versions up to {SCHEMA_VERSION}; upgrade act-rs to open it"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_noeviction_is_accepted_and_assume_covers_only_an_unreadable_policy() {
+        assert_eq!(decide(Ok("noeviction".into()), false), Ok(()));
+        assert_eq!(
+            decide(Ok("allkeys-lru".into()), true),
+            Err(ConfigError::Eviction {
+                policy: "allkeys-lru".into()
+            })
+        );
+        assert!(matches!(
+            decide(Err("NOPERM".into()), false),
+            Err(ConfigError::PolicyUnreadable { .. })
+        ));
+        assert_eq!(decide(Err("NOPERM".into()), true), Ok(()));
+    }
+
+    #[test]
+    fn config_get_replies_in_both_protocols() {
+        let name = || Value::BulkString(b"maxmemory-policy".to_vec());
+        let value = || Value::BulkString(b"noeviction".to_vec());
+        assert_eq!(
+            policy(&Value::Array(vec![name(), value()])).as_deref(),
+            Some("noeviction")
+        );
+        assert_eq!(
+            policy(&Value::Map(vec![(name(), value())])).as_deref(),
+            Some("noeviction")
+        );
+        assert_eq!(policy(&Value::Array(vec![])), None);
+    }
+}

@@ -1,0 +1,120 @@
+//! Wake-ups across processes: every script that commits claimable work
+//! publishes on the store's channel (`{prefix}:wake`); a listener task owned
+//! by the store subscribes and bumps the `watch` channel brokers wait on.
+//!
+//! The listener pings the server when the channel is quiet, and after the
+//! connection is lost (a server restart, a killed client) it reconnects with
+//! backoff and bumps the channel once, since messages published meanwhile
+//! are gone. Brokers poll as well, so a missed message delays work but never
+//! loses it. Dropping the store aborts the task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::PubSub;
+use redis::{Client, RedisResult};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long the channel may stay quiet before the listener pings.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Reconnection backoff bounds.
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const LONGEST_PAUSE: Duration = Duration::from_secs(5);
+
+/// The listener task; aborted on drop.
+pub(crate) struct Listener {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Signals a change to every receiver.
+pub(crate) fn bump(wake: &watch::Sender<u64>) {
+    wake.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Subscribes now (so wake-ups flow as soon as the store is open) and
+/// starts the task that keeps the subscription alive.
+pub(crate) async fn listen(
+    client: Client,
+    channel: String,
+    wake: Arc<watch::Sender<u64>>,
+    store: Arc<str>,
+    timeout: Duration,
+) -> act::Result<Listener> {
+    let first = subscribe(&client, &channel, timeout)
+        .await
+        .map_err(|e| crate::error::map(&store, e))?;
+    let task = tokio::spawn(run(client, channel, wake, store, first, timeout));
+    Ok(Listener { task })
+}
+
+async fn subscribe(client: &Client, channel: &str, timeout: Duration) -> RedisResult<PubSub> {
+    let timed_out = || {
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "subscribing to wake-ups timed out",
+        ))
+    };
+    let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| timed_out())??;
+    tokio::time::timeout(timeout, pubsub.subscribe(channel))
+        .await
+        .map_err(|_| timed_out())??;
+    Ok(pubsub)
+}
+
+/// Forwards messages until the connection is lost, then reconnects; runs
+/// until aborted.
+async fn run(
+    client: Client,
+    channel: String,
+    wake: Arc<watch::Sender<u64>>,
+    store: Arc<str>,
+    first: PubSub,
+    timeout: Duration,
+) {
+    let mut current = Some(first);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        if let Some(pubsub) = current.take() {
+            let (mut sink, mut messages) = pubsub.split();
+            loop {
+                tokio::select! {
+                    msg = messages.next() => match msg {
+                        Some(_) => bump(&wake),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(KEEPALIVE) => {
+                        let ping = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                        if !matches!(ping, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::warn!(store = %store, "wake-up subscription lost; reconnecting (brokers poll meanwhile)");
+        }
+        tokio::time::sleep(pause).await;
+        match subscribe(&client, &channel, timeout).await {
+            Ok(pubsub) => {
+                tracing::info!(store = %store, "wake-up subscription restored");
+                pause = FIRST_PAUSE;
+                current = Some(pubsub);
+                // Whatever was published while we were away is lost.
+                bump(&wake);
+            }
+            Err(e) => {
+                tracing::debug!(store = %store, error = %e, "cannot subscribe to wake-ups yet");
+                pause = (pause * 2).min(LONGEST_PAUSE);
+            }
+        }
+    }
+}
