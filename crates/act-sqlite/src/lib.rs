@@ -177,7 +177,24 @@ fn thread_error(name: &str, e: std::io::Error) -> Error {
 
 type Connections = (Connection, Vec<Connection>, Option<Connection>);
 
+/// Opens the connections, retrying with backoff (up to 30 s) while other
+/// processes hold locks that opening needs (switching a new file to WAL needs
+/// it to itself for a moment, and SQLite does not wait for that).
 fn connect(path: &Path, name: &str, opts: &SqliteOptions) -> act::Result<Connections> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match try_connect(path, name, opts) {
+            Err(Error::Unavailable { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_connect(path: &Path, name: &str, opts: &SqliteOptions) -> act::Result<Connections> {
     let fail = |e: rusqlite::Error| error::map(name, e);
     let open = || -> act::Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -198,7 +215,13 @@ fn connect(path: &Path, name: &str, opts: &SqliteOptions) -> act::Result<Connect
     let mut writer = open()?;
     // Read-only checks first: a foreign, corrupt or non-database file is
     // refused before anything (even the journal mode) is written to it.
-    schema::is_ours(&writer, name).map_err(|f| f.into_act(name))?;
+    {
+        // One read transaction: both reads see the same snapshot, even while
+        // another process creates the schema.
+        let tx = writer.transaction().map_err(fail)?;
+        schema::is_ours(&tx, name).map_err(|f| f.into_act(name))?;
+        tx.finish().map_err(fail)?;
+    }
     let mode: String = writer
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(fail)?;

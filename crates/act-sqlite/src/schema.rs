@@ -76,7 +76,8 @@ fn foreign(store: &str, message: String) -> Failure {
 
 /// Reads (never writes) whether the file is an act-rs database (`true`), an
 /// empty one (`false`), or something else (an error). Run it before anything
-/// that could write, such as switching the journal to WAL.
+/// that could write, such as switching the journal to WAL, and inside a
+/// transaction: its two reads must see the same snapshot.
 pub(crate) fn is_ours(conn: &Connection, store: &str) -> Result<bool, Failure> {
     let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
     if app_id == APPLICATION_ID {
