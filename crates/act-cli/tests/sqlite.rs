@@ -2,167 +2,38 @@
 //! processes on one file killed with SIGKILL mid-run, unblock after a fix,
 //! reset and replay, the default store, and the documented JSON shapes.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
+use common::{act, json_lines, run, signal, worker_paused_past_its_lease, workers_killed_mid_run};
 use serde_json::Value;
-
-fn act() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_act"));
-    c.env_remove("ACT_STORE").env("ACT_LOG", "error");
-    c
-}
 
 fn url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("act.db").display())
 }
 
-fn run(args: &[&str]) -> Output {
-    let out = act().args(args).output().expect("run act");
-    assert!(
-        out.status.success(),
-        "act {args:?} failed ({:?}): {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn worker(store: &str, name: &str, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    act()
-        .args([
-            "worker",
-            "--store",
-            store,
-            "--lease",
-            "2",
-            "--poll-ms",
-            "200",
-            "--json",
-            "--name",
-            name,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn worker")
-}
-
-/// Waits for a worker's `started` line: from then on it handles SIGTERM.
-fn started(w: &mut Child) {
-    let out = w.stdout.as_mut().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    let v: Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("worker said {line:?}: {e}"));
-    assert_eq!(v["event"], "started");
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
 fn verify(path: PathBuf) -> act_bank::Verdict {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = act_sqlite::SqliteStore::open(path).await.unwrap();
-        act_bank::verify(&store).await.unwrap()
-    })
+    common::verify(&format!("sqlite://{}", path.display()))
 }
 
 #[test]
 fn workers_killed_with_sigkill_mid_run_lose_and_reorder_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = url(dir.path());
-    let log = dir.path().join("workers.log");
-    run(&["status", "--store", &store]); // creates the file
-    let mut workers: Vec<Child> = (0..3)
-        .map(|i| worker(&store, &format!("w{i}"), &log))
-        .collect();
-    let mut demo = act()
-        .args([
-            "demo",
-            "--store",
-            &store,
-            "--no-settle",
-            "--events",
-            "20000",
-            "--accounts",
-            "100",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut rng = fastrand::Rng::with_seed(11);
-    let mut kills = 0;
-    let mut demo_done = None;
-    // Kill a worker every few hundred milliseconds while the demo appends and
-    // the workers deliver, then twice more after the appends are done.
-    while kills < 6 || demo_done.is_none() || kills < 8 {
-        std::thread::sleep(Duration::from_millis(rng.u64(200..700)));
-        let i = kills % workers.len();
-        workers[i].kill().unwrap();
-        workers[i].wait().unwrap();
-        workers[i] = worker(&store, &format!("w{i}-{kills}"), &log);
-        kills += 1;
-        if demo_done.is_none() {
-            demo_done = demo.try_wait().unwrap();
-        }
-    }
-    let out = demo.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "demo: {}",
-        String::from_utf8_lossy(&out.stderr)
+    workers_killed_mid_run(
+        &url(dir.path()),
+        &[42],
+        20_000,
+        &dir.path().join("workers.log"),
     );
-    let summary = json_lines(&out).remove(0);
-    assert_eq!(summary["events"], 20_000);
-    // The survivors stop gracefully on SIGTERM: exit 0.
-    for w in &mut workers {
-        started(w);
-        signal(w, "-TERM");
-    }
-    for mut w in workers {
-        let status = w.wait().unwrap();
-        assert!(
-            status.success(),
-            "a worker did not shut down cleanly: {status:?}"
-        );
-    }
-    let before = verify(dir.path().join("act.db"));
-    assert!(
-        before.totaled > 0,
-        "the workers delivered before the final settle"
-    );
-    run(&["settle", "--store", &store, "--lease", "2"]);
-    let v = verify(dir.path().join("act.db"));
-    assert!(v.ok(), "{:#?}", v.problems);
-    assert_eq!(v.sources, 20_000);
-    assert_eq!(v.totaled, 20_000);
-    assert_eq!(v.blocked.len(), 2, "the two poisoned audit queues");
-    assert_eq!(v.blocked, v.poisoned, "nothing else is blocked");
-    let errors = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!errors.contains("panicked"), "a worker panicked:\n{errors}");
+}
+
+#[test]
+fn a_worker_paused_past_its_lease_cannot_ack_what_another_took_over() {
+    let dir = tempfile::tempdir().unwrap();
+    worker_paused_past_its_lease(&url(dir.path()), &dir.path().join("workers.log"));
 }
 
 #[test]

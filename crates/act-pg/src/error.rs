@@ -20,11 +20,43 @@ pub(crate) fn violates(e: &tokio_postgres::Error, constraint: &str) -> bool {
     })
 }
 
+/// A server error with its SQLSTATE and message (the driver's own Display
+/// only says "db error").
+#[derive(Debug)]
+struct ServerError {
+    code: String,
+    message: String,
+    detail: Option<String>,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
+        if let Some(d) = &self.detail {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+fn explain(e: tokio_postgres::Error) -> act::BoxError {
+    match e.as_db_error() {
+        Some(db) => Box::new(ServerError {
+            code: db.code().code().to_string(),
+            message: db.message().to_string(),
+            detail: db.detail().map(str::to_string),
+        }),
+        None => Box::new(e),
+    }
+}
+
 /// Maps a driver error to what a caller can act on.
 pub(crate) fn map(store: &str, e: tokio_postgres::Error) -> Error {
     let unavailable = |e: tokio_postgres::Error| Error::Unavailable {
         store: store.to_string(),
-        source: Box::new(e),
+        source: explain(e),
     };
     let Some(db) = e.as_db_error() else {
         // Not a server error: the connection is gone (I/O, closed, could not
@@ -65,7 +97,7 @@ pub(crate) fn map(store: &str, e: tokio_postgres::Error) -> Error {
     }
     Error::Store {
         store: store.to_string(),
-        source: Box::new(e),
+        source: explain(e),
     }
 }
 

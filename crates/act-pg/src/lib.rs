@@ -102,6 +102,14 @@ pub struct PgStore {
     poke: Arc<Notify>,
     recheck: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
+    listener: Option<Listener>,
+}
+
+/// The cross-process listener, started on the first subscription.
+struct Listener {
+    config: tokio_postgres::Config,
+    channel: String,
+    task: std::sync::OnceLock<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -115,6 +123,9 @@ impl std::fmt::Debug for PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(t) = self.listener.as_ref().and_then(|l| l.task.get()) {
             t.abort();
         }
     }
@@ -198,13 +209,17 @@ impl PgStore {
         let poke = Arc::new(Notify::new());
         let channel = channel(&options.schema);
         let recheck = Arc::new(Notify::new());
-        let mut tasks = vec![
+        let tasks = vec![
             notify::notifier(pool.clone(), channel.clone(), poke.clone()),
             notify::rechecker(recheck.clone(), wake.clone()),
         ];
-        if options.listen {
-            tasks.push(notify::listener(config, channel, wake.clone()));
-        }
+        // The LISTEN connection is opened on the first `wake()`: one-shot
+        // commands (status, reset…) never need it.
+        let listener = options.listen.then(|| Listener {
+            config,
+            channel,
+            task: std::sync::OnceLock::new(),
+        });
         #[cfg(feature = "test-hooks")]
         let (naive, delay_ms) = (options.naive_ids, options.commit_delay_ms);
         #[cfg(not(feature = "test-hooks"))]
@@ -220,6 +235,7 @@ impl PgStore {
             poke,
             recheck,
             tasks,
+            listener,
         })
     }
 
@@ -453,6 +469,13 @@ impl EventStore for PgStore {
     }
 
     fn wake(&self) -> watch::Receiver<u64> {
+        if let Some(l) = &self.listener {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                l.task.get_or_init(|| {
+                    notify::listener(l.config.clone(), l.channel.clone(), self.wake.clone())
+                });
+            }
+        }
         self.wake.subscribe()
     }
 }

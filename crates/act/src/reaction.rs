@@ -73,6 +73,9 @@ impl std::fmt::Debug for Resolver {
 }
 
 /// What to do when a reaction has failed more than `max_retries` times.
+/// Failures caused by the store being unavailable
+/// ([`crate::Error::Unavailable`] returned by the handler) do not count: they
+/// are retried with backoff until the store is back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Exhausted {
     /// Block the queue until an operator unblocks or resets it (default).

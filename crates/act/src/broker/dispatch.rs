@@ -83,7 +83,9 @@ pub(crate) async fn run(
                 done.settlement = Settlement::block(&lease, to, error);
                 return done;
             }
-            if retries > opts.max_retries {
+            // A store that is briefly unreachable is not the handler's fault:
+            // retry with backoff for as long as it takes, never block.
+            if retries > opts.max_retries && !failure.store_unavailable {
                 match opts.exhausted {
                     Exhausted::Block => {
                         done.settlement = Settlement::block(&lease, to, error);
@@ -110,6 +112,8 @@ pub(crate) async fn run(
 struct Failure {
     message: String,
     permanent: bool,
+    /// The handler failed because the store was unavailable.
+    store_unavailable: bool,
 }
 
 async fn call(reaction: &Reaction, event: Arc<Event>, ctx: Context) -> Result<(), Failure> {
@@ -121,10 +125,15 @@ async fn call(reaction: &Reaction, event: Arc<Event>, ctx: Context) -> Result<()
         Ok(Err(e)) => Err(Failure {
             message: e.to_string(),
             permanent: e.is_permanent(),
+            store_unavailable: e
+                .error()
+                .downcast_ref::<crate::Error>()
+                .is_some_and(crate::Error::is_transient),
         }),
         Err(panic) => Err(Failure {
             message: format!("handler panicked: {}", panic_message(&*panic)),
             permanent: false,
+            store_unavailable: false,
         }),
     }
 }

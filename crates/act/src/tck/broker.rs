@@ -233,6 +233,41 @@ pub async fn a_queue_blocks_after_max_retries(b: &impl Backend) {
     assert_eq!(broker.stats().blocked, 1);
 }
 
+/// A handler that fails because the store is unavailable is retried past
+/// `max_retries` without blocking the queue: an outage is not a poison.
+pub async fn a_store_outage_in_a_handler_never_blocks_the_queue(b: &impl Backend) {
+    let f = b.open().await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = {
+        let seen = seen.clone();
+        Reaction::on("Ping")
+            .to_stream("q")
+            .max_retries(1)
+            .backoff(fixed_backoff(Duration::ZERO))
+            .handle(move |e, ctx| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(ctx.attempt());
+                    if ctx.attempt() <= 5 {
+                        return Err(Error::Unavailable {
+                            store: "test".into(),
+                            source: "connection refused".into(),
+                        }
+                        .into());
+                    }
+                    let _ = e;
+                    Ok(())
+                }
+            })
+    };
+    let app = app(f.store.clone(), vec![r]);
+    let e = ping(&*f.store, "a", json!({})).await;
+    app.broker(broker_options("A")).settle().await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 4, 5, 6]);
+    let q = queue(&*f.store, "q").await;
+    assert_eq!((q.blocked, q.position), (false, e.id));
+}
+
 /// A permanent error blocks at once.
 pub async fn a_permanent_error_blocks_at_once(b: &impl Backend) {
     let f = b.open().await;

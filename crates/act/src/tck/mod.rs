@@ -176,6 +176,7 @@ macro_rules! tck_suite {
             broker::a_failed_handler_is_retried_after_its_backoff_by_any_broker,
             broker::a_queue_blocks_after_max_retries,
             broker::a_permanent_error_blocks_at_once,
+            broker::a_store_outage_in_a_handler_never_blocks_the_queue,
             broker::a_panicking_handler_is_retried_like_an_error,
             broker::a_blocked_queue_does_not_delay_others,
             broker::unblock_lets_a_blocked_queue_finish,
