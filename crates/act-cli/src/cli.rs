@@ -46,6 +46,45 @@ pub enum Command {
     Reset(ResetArgs),
     /// Print events from the log.
     Events(EventsArgs),
+    /// Measure act on a store: appends, deliveries, latency, scaling (see BENCH.md).
+    Bench(BenchArgs),
+    /// One broker of the bench's drain app until caught up (used by `bench`).
+    #[command(hide = true)]
+    BenchWorker(BenchWorkerArgs),
+}
+
+/// Arguments of `act bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A workload to run (repeat for several; default: all).
+    #[arg(long = "workload", value_enum)]
+    pub workloads: Vec<crate::bench::Workload>,
+    /// Multiply every workload's event count (0.1 for a quick run).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Queues each broker processes at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Events per queue per claim.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Brokers' fallback polling period in milliseconds (latency without push).
+    #[arg(long, default_value_t = 1000)]
+    pub poll_ms: u64,
+}
+
+/// Arguments of `act bench-worker`.
+#[derive(Debug, Args)]
+pub struct BenchWorkerArgs {
+    /// Queues processed at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Events per queue per claim.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Fallback polling period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub poll_ms: u64,
 }
 
 /// Broker tuning shared by `worker`, `settle` and `demo`.

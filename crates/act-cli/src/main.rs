@@ -5,6 +5,7 @@
 //! results. Exit codes: 0 success, 1 operational error (message on stderr),
 //! 2 usage error.
 
+mod bench;
 mod cli;
 mod commands;
 mod error;

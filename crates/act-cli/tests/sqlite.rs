@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{act, json_lines, run, signal, worker_paused_past_its_lease, workers_killed_mid_run};
+use common::{act, json_lines, run, signal, workers_killed_mid_run};
 use serde_json::Value;
 
 fn url(dir: &Path) -> String {
@@ -28,12 +28,6 @@ fn workers_killed_with_sigkill_mid_run_lose_and_reorder_nothing() {
         20_000,
         &dir.path().join("workers.log"),
     );
-}
-
-#[test]
-fn a_worker_paused_past_its_lease_cannot_ack_what_another_took_over() {
-    let dir = tempfile::tempdir().unwrap();
-    worker_paused_past_its_lease(&url(dir.path()), &dir.path().join("workers.log"));
 }
 
 #[test]

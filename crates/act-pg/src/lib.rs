@@ -244,6 +244,17 @@ impl PgStore {
         &self.schema
     }
 
+    /// Drops the store's schema with everything in it (`DROP SCHEMA …
+    /// CASCADE`): for benchmarks and tests that made a throwaway store.
+    /// Irreversible.
+    pub async fn drop_schema(&self) -> act::Result<()> {
+        let client = self.client().await?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     pub(crate) async fn client(&self) -> act::Result<Object> {
         self.pool
             .get()
@@ -253,6 +264,11 @@ impl PgStore {
 
     pub(crate) fn offset_us(&self) -> i64 {
         self.offset.load(Ordering::SeqCst)
+    }
+
+    /// Wakes brokers of this process only.
+    pub(crate) fn wake_here(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Wakes brokers here at once and, through the notifier, elsewhere.

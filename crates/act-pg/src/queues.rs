@@ -252,7 +252,7 @@ impl QueueStore for PgStore {
             })
             .await?;
         let mut more = false;
-        let results = settlements
+        let results: Vec<Result<(), Rejection>> = settlements
             .iter()
             .zip(&rows)
             .map(|(s, r)| {
@@ -262,6 +262,10 @@ impl QueueStore for PgStore {
             .collect();
         if more {
             self.notify();
+        } else if results.iter().any(Result::is_ok) {
+            // Leases were freed: wake brokers of this process waiting for
+            // them (others poll; a NOTIFY per settle would cost a round trip).
+            self.wake_here();
         }
         Ok(results)
     }

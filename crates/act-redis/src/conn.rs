@@ -84,4 +84,36 @@ impl Conn {
     pub(crate) fn bad(&self, b: Bad) -> act::Error {
         error::malformed(&self.store, b)
     }
+
+    /// Deletes every key under the prefix (SCAN + UNLINK in pages). Not for
+    /// hot paths: it walks the whole keyspace.
+    pub(crate) async fn delete_prefix(&self) -> act::Result<u64> {
+        let mut c = self.manager.clone();
+        let pattern = format!("{}*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| error::map(&self.store, e))?;
+            if !keys.is_empty() {
+                deleted += keys.len() as u64;
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .exec_async(&mut c)
+                    .await
+                    .map_err(|e| error::map(&self.store, e))?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
 }

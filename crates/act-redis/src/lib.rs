@@ -145,6 +145,13 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// Deletes every key of this store (its whole prefix): for benchmarks and
+    /// tests that made a throwaway store. Walks the keyspace with SCAN.
+    /// Irreversible. Returns the number of keys deleted.
+    pub async fn destroy(&self) -> act::Result<u64> {
+        self.conn.delete_prefix().await
+    }
+
     fn notify(&self) {
         wake::bump(&self.wake);
     }

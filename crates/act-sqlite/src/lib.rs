@@ -392,11 +392,12 @@ impl QueueStore for SqliteStore {
         }
         let s = settlements.to_vec();
         let now = self.now();
-        let (results, more) = self
+        let (results, _more) = self
             .writer
             .write(move |tx| queues::settle(tx, &s, now))
             .await?;
-        if more {
+        // Any applied settlement frees a lease: wake brokers waiting for it.
+        if results.iter().any(Result::is_ok) {
             self.notify();
         }
         Ok(results)

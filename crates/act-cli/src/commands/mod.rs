@@ -23,6 +23,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unblock(args) => queues::unblock(&cli, args).await,
         Command::Reset(args) => queues::reset(&cli, args).await,
         Command::Events(args) => events::run(&cli, args).await,
+        Command::Bench(args) => crate::bench::run(&cli, args).await,
+        Command::BenchWorker(args) => crate::bench::worker(&cli, args).await,
     }
 }
 

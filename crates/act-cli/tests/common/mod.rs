@@ -63,15 +63,16 @@ pub struct Worker {
     pub child: Child,
     pub name: String,
     started: bool,
+    log: std::path::PathBuf,
 }
 
 impl Worker {
     /// Starts a worker with 2 s leases, logging to `log`.
-    pub fn start(store: &str, name: &str, log: &Path) -> Worker {
+    pub fn start(store: &str, name: &str, log_path: &Path) -> Worker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)
+            .open(log_path)
             .unwrap();
         let child = act()
             .args([
@@ -94,6 +95,7 @@ impl Worker {
             child,
             name: name.to_string(),
             started: false,
+            log: log_path.to_path_buf(),
         }
     }
 
@@ -111,6 +113,16 @@ impl Worker {
         }
         self.started = true;
         let line = self.line();
+        if line.is_empty() {
+            let status = self.child.wait();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "worker {} exited before starting ({status:?}); its log ends with:\n{}",
+                self.name,
+                tail.join("\n")
+            );
+        }
         let v: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("worker said {line:?}: {e}"));
         assert_eq!(v["event"], "started");

@@ -322,7 +322,10 @@ impl QueueStore for MemoryStore {
                     Some(q) => q.check(&s.lease, now, Some(s.from)),
                 };
                 if results[i].is_ok() {
-                    wake |= inner.update_queue(&stream, |q| q.settle(s, now));
+                    // Any applied settlement frees a lease: a broker waiting
+                    // for it (catch_up) should look again.
+                    inner.update_queue(&stream, |q| q.settle(s, now));
+                    wake = true;
                 }
             }
         }

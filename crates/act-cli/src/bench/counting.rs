@@ -1,0 +1,112 @@
+//! A store wrapper that counts calls: on PostgreSQL and Redis each call is one
+//! round trip (two for the few that retry), so the drain workload reports
+//! how many round trips a claim–fetch–dispatch–settle cycle costs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use act::{
+    Append, Batch, Claim, Event, EventStore, LeaseRef, Query, QueueFilter, QueueState, QueueStore,
+    Rejection, Settlement, Store, Work,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+/// Counts every call to the wrapped store.
+pub struct Counting {
+    inner: Arc<dyn Store>,
+    calls: AtomicU64,
+    claims: AtomicU64,
+}
+
+impl Counting {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Counting {
+            inner,
+            calls: AtomicU64::new(0),
+            claims: AtomicU64::new(0),
+        }
+    }
+
+    /// (store calls, claim calls) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.claims.load(Ordering::Relaxed),
+        )
+    }
+
+    fn tick(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl EventStore for Counting {
+    async fn append(&self, append: Append) -> act::Result<Vec<Arc<Event>>> {
+        self.tick();
+        self.inner.append(append).await
+    }
+    async fn query(&self, query: &Query) -> act::Result<Vec<Arc<Event>>> {
+        self.tick();
+        self.inner.query(query).await
+    }
+    async fn head(&self) -> act::Result<i64> {
+        self.tick();
+        self.inner.head().await
+    }
+    fn wake(&self) -> watch::Receiver<u64> {
+        self.inner.wake()
+    }
+}
+
+#[async_trait]
+impl QueueStore for Counting {
+    async fn checkpoint(&self) -> act::Result<i64> {
+        self.tick();
+        self.inner.checkpoint().await
+    }
+    async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> act::Result<i64> {
+        self.tick();
+        self.inner.enqueue(work, from, to).await
+    }
+    async fn claim(&self, claim: &Claim) -> act::Result<Vec<Batch>> {
+        self.tick();
+        self.claims.fetch_add(1, Ordering::Relaxed);
+        self.inner.claim(claim).await
+    }
+    async fn settle(&self, s: &[Settlement]) -> act::Result<Vec<Result<(), Rejection>>> {
+        self.tick();
+        self.inner.settle(s).await
+    }
+    async fn renew(
+        &self,
+        l: &[LeaseRef],
+        d: Duration,
+    ) -> act::Result<Vec<Result<DateTime<Utc>, Rejection>>> {
+        self.tick();
+        self.inner.renew(l, d).await
+    }
+    async fn release(&self, l: &[LeaseRef]) -> act::Result<Vec<Result<(), Rejection>>> {
+        self.tick();
+        self.inner.release(l).await
+    }
+    async fn unblock(&self, s: &[String]) -> act::Result<Vec<String>> {
+        self.tick();
+        self.inner.unblock(s).await
+    }
+    async fn reset(&self, s: &str, p: i64) -> act::Result<QueueState> {
+        self.tick();
+        self.inner.reset(s, p).await
+    }
+    async fn queues(&self, f: &QueueFilter) -> act::Result<Vec<QueueState>> {
+        self.tick();
+        self.inner.queues(f).await
+    }
+    async fn next_due(&self) -> act::Result<Option<Duration>> {
+        self.tick();
+        self.inner.next_due().await
+    }
+}

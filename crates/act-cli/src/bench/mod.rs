@@ -1,0 +1,255 @@
+//! `act bench`: how fast act is on a store, measured by workloads anyone can
+//! rerun, next to the backend's own limit measured in the same run.
+//!
+//! Workloads (`--workload`, repeatable; all by default):
+//! `limit`, `commit` (1 and 8 writers), `drain`, `demo`, `latency`, `scale`
+//! (1, 2 and 4 brokers), `fanout` (10,000 and 100,000 queues), `backlog`
+//! (20,000 and 200,000 events in one queue). `--scale` multiplies the event
+//! counts. Each workload runs in a fresh namespace of the store (a new SQLite
+//! file, PostgreSQL schema or Redis prefix) removed afterwards.
+//!
+//! Output: one JSON object per result with `--json` (fields in BENCH.md), a
+//! table otherwise. For delivery workloads `events` counts reactions
+//! delivered and `events_per_s` is reactions per second.
+
+mod counting;
+mod limits;
+mod namespace;
+mod rss;
+mod workloads;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::ValueEnum;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::cli::{BenchArgs, BenchWorkerArgs, Cli};
+use crate::error::CliError;
+use crate::output::{bar, json_line, line, table, thousands};
+
+/// The workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// The backend's own limit (see BENCH.md).
+    Limit,
+    /// Appends through actions: 1 and 8 writers.
+    Commit,
+    /// Delivery with count-only handlers, one broker.
+    Drain,
+    /// The bank demo end to end.
+    Demo,
+    /// Commit → handler latency of an idle broker.
+    Latency,
+    /// Drain with 1, 2 and 4 brokers.
+    Scale,
+    /// Many queues with one event each.
+    Fanout,
+    /// One queue with a long backlog.
+    Backlog,
+}
+
+/// What the workloads share.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub store: String,
+    pub scale: f64,
+    pub concurrency: usize,
+    pub batch: usize,
+    pub poll_ms: u64,
+}
+
+impl Settings {
+    /// `n` times `--scale`, at least 1.
+    pub fn scaled(&self, n: usize) -> usize {
+        ((n as f64 * self.scale).round() as usize).max(1)
+    }
+}
+
+/// One result.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Row {
+    pub workload: &'static str,
+    pub store: &'static str,
+    pub events: u64,
+    pub queues: u64,
+    pub workers: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<f64>,
+    pub rss_mb: f64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Row {
+    pub fn new(
+        workload: &'static str,
+        store: &'static str,
+        events: u64,
+        queues: u64,
+        workers: u64,
+        seconds: f64,
+    ) -> Row {
+        Row {
+            workload,
+            store,
+            events,
+            queues,
+            workers,
+            seconds,
+            events_per_s: if seconds > 0.0 {
+                events as f64 / seconds
+            } else {
+                0.0
+            },
+            p50_ms: None,
+            p99_ms: None,
+            max_ms: None,
+            rss_mb: rss::peak_mb(),
+            extra: Map::new(),
+        }
+    }
+}
+
+/// Runs the chosen workloads and prints their rows.
+pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<(), CliError> {
+    let s = Settings {
+        store: cli.store.clone(),
+        scale: args.scale.clamp(0.001, 100.0),
+        concurrency: args.concurrency.max(1),
+        batch: args.batch.max(1),
+        poll_ms: args.poll_ms,
+    };
+    let all = Workload::value_variants().to_vec();
+    let chosen: Vec<Workload> = if args.workloads.is_empty() {
+        all
+    } else {
+        all.into_iter()
+            .filter(|w| args.workloads.contains(w))
+            .collect()
+    };
+    let pb = bar(cli.json, Some(chosen.len() as u64), "bench");
+    let mut rows: Vec<Row> = Vec::new();
+    for w in chosen {
+        pb.set_message(format!("{w:?}").to_lowercase());
+        let started = Instant::now();
+        let new: Vec<Row> = match w {
+            Workload::Limit => limits::limits(&s).await?,
+            Workload::Commit => vec![
+                workloads::commit(&s, 1).await?,
+                workloads::commit(&s, 8).await?,
+            ],
+            Workload::Drain => vec![workloads::drain(&s).await?],
+            Workload::Demo => vec![workloads::demo(&s).await?],
+            Workload::Latency => vec![workloads::latency(&s).await?],
+            Workload::Scale => {
+                let mut r = Vec::new();
+                for n in [1, 2, 4] {
+                    r.push(workloads::scale(&s, n).await?);
+                }
+                r
+            }
+            Workload::Fanout => vec![
+                workloads::fanout(&s, s.scaled(10_000)).await?,
+                workloads::fanout(&s, s.scaled(100_000)).await?,
+            ],
+            Workload::Backlog => vec![
+                workloads::backlog(&s, s.scaled(20_000)).await?,
+                workloads::backlog(&s, s.scaled(200_000)).await?,
+            ],
+        };
+        tracing::info!(workload = ?w, seconds = started.elapsed().as_secs_f64(), "workload done");
+        for mut row in new {
+            compare(&mut row, &rows);
+            if cli.json {
+                pb.suspend(|| json_line(&row))?;
+            }
+            rows.push(row);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if !cli.json {
+        print_table(&rows)?;
+    }
+    Ok(())
+}
+
+/// Puts a row next to the limit measured earlier in the same run: commits
+/// against the one-row transaction rate (same number of clients), deliveries
+/// on memory against the empty-handler call rate.
+fn compare(row: &mut Row, earlier: &[Row]) {
+    let limit = |workers: Option<u64>| {
+        earlier
+            .iter()
+            .find(|r| r.workload == "limit" && workers.is_none_or(|w| r.workers == w))
+            .map(|r| r.events_per_s)
+    };
+    let found = match (row.workload, row.store) {
+        ("commit", "memory") => None,
+        ("commit", _) => limit(Some(row.workers)),
+        ("drain" | "scale" | "fanout" | "backlog", "memory") => limit(None),
+        _ => None,
+    };
+    if let Some(l) = found.filter(|l| *l > 0.0) {
+        row.extra.insert("limit_per_s".into(), json!(l));
+        row.extra
+            .insert("ratio_to_limit".into(), json!(row.events_per_s / l));
+    }
+}
+
+fn print_table(rows: &[Row]) -> Result<(), CliError> {
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.workload.to_string(),
+                r.store.to_string(),
+                r.workers.to_string(),
+                r.queues.to_string(),
+                r.events.to_string(),
+                format!("{:.2}", r.seconds),
+                thousands(r.events_per_s),
+                ms(r.p50_ms),
+                ms(r.p99_ms),
+                ms(r.max_ms),
+                format!("{:.0}", r.rss_mb),
+                r.extra
+                    .get("ratio_to_limit")
+                    .and_then(Value::as_f64)
+                    .map_or("-".into(), |x| format!("{x:.2}")),
+            ]
+        })
+        .collect();
+    line(table(
+        &[
+            "WORKLOAD", "STORE", "WORKERS", "QUEUES", "EVENTS", "SECONDS", "EVENTS/S", "P50 MS",
+            "P99 MS", "MAX MS", "RSS MB", "× LIMIT",
+        ],
+        &body,
+    ))
+}
+
+/// `act bench-worker` (hidden): one broker of the drain app until everything
+/// is delivered; prints `{"reactions": N, …}`. `act bench --workload scale`
+/// starts several.
+pub async fn worker(cli: &Cli, args: &BenchWorkerArgs) -> Result<(), CliError> {
+    let store = crate::stores::open(&cli.store).await?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let app = workloads::drain_app(store, &counter)?;
+    let options = act::BrokerOptions::default()
+        .concurrency(args.concurrency)
+        .batch(args.batch)
+        .poll(std::time::Duration::from_millis(args.poll_ms.max(1)));
+    let stats = app.broker(options).catch_up().await?;
+    json_line(&json!({ "reactions": stats.reactions, "stats": stats }))
+}
