@@ -266,11 +266,6 @@ impl PgStore {
         self.offset.load(Ordering::SeqCst)
     }
 
-    /// Wakes brokers of this process only.
-    pub(crate) fn wake_here(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
     /// Wakes brokers here at once and, through the notifier, elsewhere.
     pub(crate) fn notify(&self) {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));

@@ -260,12 +260,11 @@ impl QueueStore for PgStore {
                 rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from)
             })
             .collect();
-        if more {
+        // Claimable work left, or at least a lease freed: brokers waiting for
+        // either (catch_up waits for other brokers' leases) look again. The
+        // notifier coalesces NOTIFYs, so this costs no round trip here.
+        if more || results.iter().any(Result::is_ok) {
             self.notify();
-        } else if results.iter().any(Result::is_ok) {
-            // Leases were freed: wake brokers of this process waiting for
-            // them (others poll; a NOTIFY per settle would cost a round trip).
-            self.wake_here();
         }
         Ok(results)
     }

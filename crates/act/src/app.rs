@@ -16,8 +16,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::broker::{Broker, BrokerOptions};
+use crate::cache::StateCache;
 use crate::error::{Error, Result};
 use crate::event::{ActionRef, Actor, Append, Causation, Event, EventRef, ExpectedVersion};
+use crate::query::Query;
 use crate::reaction::Reaction;
 use crate::state::{self, Action, Snapshot, State, SNAPSHOT};
 use crate::store::Store;
@@ -79,6 +81,7 @@ pub struct Act {
 struct Inner {
     store: Arc<dyn Store>,
     registry: Registry,
+    cache: StateCache,
 }
 
 impl std::fmt::Debug for Act {
@@ -94,6 +97,7 @@ impl std::fmt::Debug for Act {
 pub struct ActBuilder {
     store: Arc<dyn Store>,
     reactions: Vec<Reaction>,
+    cache: usize,
 }
 
 impl ActBuilder {
@@ -106,6 +110,14 @@ impl ActBuilder {
     /// Registers several reactions.
     pub fn reactions(mut self, reactions: impl IntoIterator<Item = Reaction>) -> Self {
         self.reactions.extend(reactions);
+        self
+    }
+
+    /// How many loaded states to keep (default 10,000; 0 turns the cache off).
+    /// A cached state costs one indexed read of its stream's last event to
+    /// confirm, instead of a replay from the last snapshot.
+    pub fn state_cache(mut self, streams: usize) -> Self {
+        self.cache = streams;
         self
     }
 
@@ -140,6 +152,7 @@ impl ActBuilder {
             inner: Arc::new(Inner {
                 store: self.store,
                 registry,
+                cache: StateCache::new(self.cache),
             }),
         })
     }
@@ -151,6 +164,7 @@ impl Act {
         ActBuilder {
             store,
             reactions: Vec::new(),
+            cache: 10_000,
         }
     }
 
@@ -169,10 +183,31 @@ impl Act {
         Broker::new(self.clone(), options)
     }
 
-    /// Loads `S` from `stream` (one query; from the last snapshot when `S`
-    /// takes snapshots).
+    /// Loads `S` from `stream`: from the state cache when the stream's last
+    /// event is the one cached (one indexed read), else by replaying the
+    /// stream from its last snapshot.
     pub async fn load<S: State>(&self, stream: &str) -> Result<Snapshot<S>> {
-        state::load::<S>(&**self.store(), stream).await
+        if let Some((state, version, since_snapshot)) = self.inner.cache.get::<S>(stream) {
+            let last = self
+                .store()
+                .query(&Query::new().stream(stream).backward().limit(1))
+                .await?;
+            if last.first().map(|e| e.version) == Some(version) {
+                return Ok(Snapshot {
+                    state,
+                    version: Some(version),
+                    since_snapshot,
+                    events: Vec::new(),
+                });
+            }
+        }
+        let snap = state::load::<S>(&**self.store(), stream).await?;
+        if let Some(v) = snap.version {
+            self.inner
+                .cache
+                .put(stream, &snap.state, v, snap.since_snapshot);
+        }
+        Ok(snap)
     }
 
     /// Runs `action` on `stream` as `actor`: loads the state, decides, and
@@ -264,6 +299,11 @@ impl Act {
             snap.state = next;
             snap.since_snapshot = if take_snapshot { 0 } else { since };
             snap.version = committed.last().map(|e| e.version);
+            if let Some(v) = snap.version {
+                self.inner
+                    .cache
+                    .put(stream, &snap.state, v, snap.since_snapshot);
+            }
         }
         // Otherwise the key was used before and the loaded state already
         // holds those events.

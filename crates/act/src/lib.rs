@@ -68,6 +68,7 @@
 mod app;
 pub mod backoff;
 pub mod broker;
+mod cache;
 pub mod clock;
 mod context;
 mod error;

@@ -112,13 +112,19 @@ pub fn encode<E: Serialize>(event: &E) -> Result<Message> {
 }
 
 /// Decodes a stored event into a typed event.
+///
+/// Presents the event as a map with `name` first and `data` borrowed, so
+/// serde's adjacently tagged enums read the tag, then deserialize the payload
+/// in place: no copy of the payload, no intermediate buffering.
 pub fn decode<E: DeserializeOwned>(event: &Event) -> Result<E> {
-    let mut map = serde_json::Map::with_capacity(2);
-    map.insert("name".into(), Value::String(event.name.clone()));
-    if !event.data.is_null() {
-        map.insert("data".into(), event.data.clone());
-    }
-    serde_json::from_value(Value::Object(map)).map_err(|e| {
+    use serde::de::value::MapDeserializer;
+    let name = Value::String(event.name.clone());
+    let entries: [(&str, &Value); 2] = [("name", &name), ("data", &event.data)];
+    let fields = entries
+        .into_iter()
+        .filter(|(k, v)| *k == "name" || !v.is_null());
+    let de: MapDeserializer<'_, _, serde_json::Error> = MapDeserializer::new(fields);
+    E::deserialize(de).map_err(|e| {
         Error::decode(
             format!(
                 "event {} `{}` in stream `{}`",

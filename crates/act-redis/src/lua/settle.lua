@@ -35,9 +35,10 @@ for i = 0, tonumber(ARGV[3]) - 1 do
       redis.call('HDEL', k, 'retry_at')
       redis.call('ZADD', BLOCKED, 0, s)
     end
-    if place(s, now) then
-      wake = true
-    end
+    -- Claimable work left, or at least a lease freed: brokers waiting for
+    -- either (catch_up waits for other brokers' leases) look again.
+    place(s, now)
+    wake = true
   end
   out[#out + 1] = verdict
 end

@@ -861,6 +861,34 @@ pub async fn a_rejected_action_appends_nothing_and_names_the_invariant(b: &impl 
     assert_eq!(f.store.head().await.unwrap(), 0);
 }
 
+/// Two applications (two processes) acting on one stream in turn: each sees
+/// the other's events, whatever it cached.
+pub async fn cached_states_see_appends_by_other_writers(b: &impl Backend) {
+    let f = b.open().await;
+    let other = b.reopen(&f).await;
+    let apps = [app(f.store.clone(), vec![]), app(other, vec![])];
+    let actor = Actor::system("test");
+    for i in 1..=7i64 {
+        let app = &apps[(i % 2) as usize];
+        let s = app
+            .act::<Tally>(
+                "t",
+                &TallyAction::Count {
+                    source: i,
+                    amount: i,
+                },
+                &actor,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (s.state.count, s.state.sum),
+            (i as u64, i * (i + 1) / 2),
+            "after action {i}"
+        );
+    }
+}
+
 /// A state with snapshots stores one every N events and loads to the same
 /// state as folding every event.
 pub async fn states_rebuild_from_snapshots(b: &impl Backend) {

@@ -194,6 +194,7 @@ macro_rules! tck_suite {
             broker::a_redelivered_reaction_does_not_duplicate_what_it_wrote,
             broker::a_rejected_action_appends_nothing_and_names_the_invariant,
             broker::states_rebuild_from_snapshots,
+            broker::cached_states_see_appends_by_other_writers,
         }
         $crate::tck_props! { $backend;
             model::queue_store_matches_the_model,
