@@ -340,7 +340,7 @@ impl EventStore for PgStore {
             .map_err(|e| Error::decode("actor", e))?;
         let correlation = a.correlation_or_new();
         let sql = format!(
-            "SELECT {} FROM {}.act_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "SELECT {}, replay FROM {}.act_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             events::COLUMNS,
             self.schema
         );
@@ -368,10 +368,27 @@ impl EventStore for PgStore {
                 .await;
             match rows {
                 Ok(rows) => {
-                    let out = rows
-                        .iter()
-                        .map(|r| events::event(r, 0))
-                        .collect::<act::Result<Vec<_>>>()?;
+                    if rows.first().is_some_and(|r| r.get::<_, bool>(9)) {
+                        // A used key: the first append's events, as stored.
+                        return rows.iter().map(|r| events::event(r, 0)).collect();
+                    }
+                    // Our own events: the server sent only id, version and time.
+                    let mut out = Vec::with_capacity(rows.len());
+                    for (r, m) in rows.iter().zip(&a.messages) {
+                        out.push(Arc::new(Event {
+                            id: r.get(0),
+                            stream: a.stream.clone(),
+                            version: r.get(2),
+                            name: m.name.clone(),
+                            data: m.data.clone(),
+                            meta: act::Meta {
+                                created: r.get(5),
+                                correlation: correlation.clone(),
+                                causation: a.causation.clone(),
+                                actor: a.actor.clone(),
+                            },
+                        }));
+                    }
                     if !out.is_empty() {
                         self.notify();
                     }

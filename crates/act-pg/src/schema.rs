@@ -68,12 +68,17 @@ CREATE TABLE {s}.work (
 
 -- Append: idempotency key, expected version, insert. One statement.
 -- p_expected: NULL any, -1 no stream, n exact. Raises AC409 on a conflict
--- (message: the actual version, or 'none').
+-- (message: the actual version, or 'none'). Fresh appends return only what
+-- the writer does not know (id, version, created; replay false); a used key
+-- returns the first append's whole events (replay true).
 CREATE FUNCTION {s}.act_append(
     p_stream text, p_expected bigint, p_names text[], p_data jsonb[],
     p_correlation text, p_causation jsonb, p_actor jsonb, p_key text,
     p_offset_us bigint, p_naive boolean, p_delay_ms int
-) RETURNS SETOF {s}.events LANGUAGE plpgsql AS $$
+) RETURNS TABLE (
+    id bigint, stream text, version bigint, name text, data jsonb, created timestamptz,
+    correlation text, causation jsonb, actor jsonb, replay boolean
+) LANGUAGE plpgsql AS $$
 DECLARE
     v_first bigint; v_last bigint; v_actual bigint; v_base bigint;
     v_n int := coalesce(array_length(p_names, 1), 0);
@@ -82,7 +87,7 @@ BEGIN
     IF p_key IS NOT NULL THEN
         SELECT a.first, a.last INTO v_first, v_last FROM {s}.appends a WHERE a.key = p_key;
         IF FOUND THEN
-            RETURN QUERY SELECT * FROM {s}.events e WHERE e.id BETWEEN v_first AND v_last ORDER BY e.id;
+            RETURN QUERY SELECT e.*, true FROM {s}.events e WHERE e.id BETWEEN v_first AND v_last ORDER BY e.id;
             RETURN;
         END IF;
     END IF;
@@ -98,18 +103,19 @@ BEGIN
     ELSE
         v_base := pg_current_xact_id()::text::bigint << 16;
     END IF;
-    RETURN QUERY
-        INSERT INTO {s}.events (id, stream, version, name, data, created, correlation, causation, actor)
+    INSERT INTO {s}.events AS e (id, stream, version, name, data, created, correlation, causation, actor)
         SELECT v_base + i, p_stream, coalesce(v_actual, -1) + i, p_names[i], p_data[i], v_now,
                p_correlation, p_causation, p_actor
-        FROM generate_subscripts(p_names, 1) AS i
-        RETURNING *;
+        FROM generate_subscripts(p_names, 1) AS i;
     IF p_key IS NOT NULL THEN
         INSERT INTO {s}.appends (key, first, last) VALUES (p_key, v_base + 1, v_base + v_n);
     END IF;
     IF p_delay_ms > 0 THEN
         PERFORM pg_sleep(random() * p_delay_ms / 1000.0);
     END IF;
+    RETURN QUERY SELECT v_base + i, NULL::text, coalesce(v_actual, -1) + i, NULL::text, NULL::jsonb, v_now,
+                        NULL::text, NULL::jsonb, NULL::jsonb, false
+                 FROM generate_series(1, v_n) AS i;
 END $$;
 
 -- Correlation: record work and move the checkpoint if it is still p_from.

@@ -239,29 +239,74 @@ impl Act {
         action: &S::Action,
         how: Invocation,
     ) -> Result<Snapshot<S>> {
-        let mut snap = self.load::<S>(stream).await?;
-        let events = match snap.state.decide(action) {
-            Ok(events) => events,
-            Err(invariant) => {
-                if let Some(key) = &how.idempotency_key {
-                    // An empty append with a key only looks the key up.
-                    let lookup = Append::new(stream, Vec::new()).idempotent(key.clone());
-                    let first = self.store().append(lookup).await?;
-                    if !first.is_empty() {
-                        snap.events = first;
-                        return Ok(snap);
-                    }
-                }
-                return Err(Error::Rejected {
-                    stream: stream.to_string(),
-                    action: action.name().to_string(),
-                    reason: invariant.0,
-                });
-            }
+        // Optimistic: a cached state is used without reading the stream. If
+        // it is stale, the append's version check refuses it and we reload;
+        // a refusal or a no-op decided on an unconfirmed state is confirmed
+        // on a fresh load before it is returned.
+        let (mut snap, mut confirmed) = match self.inner.cache.get::<S>(stream) {
+            Some((state, version, since_snapshot)) => (
+                Snapshot {
+                    state,
+                    version: Some(version),
+                    since_snapshot,
+                    events: Vec::new(),
+                },
+                false,
+            ),
+            None => (self.load::<S>(stream).await?, true),
         };
-        if events.is_empty() {
-            return Ok(snap);
+        loop {
+            let decided = snap.state.decide(action);
+            if !confirmed && !matches!(&decided, Ok(events) if !events.is_empty()) {
+                snap = self.load::<S>(stream).await?;
+                confirmed = true;
+                continue;
+            }
+            let events = match decided {
+                Ok(events) => events,
+                Err(invariant) => {
+                    if let Some(key) = &how.idempotency_key {
+                        // An empty append with a key only looks the key up.
+                        let lookup = Append::new(stream, Vec::new()).idempotent(key.clone());
+                        let first = self.store().append(lookup).await?;
+                        if !first.is_empty() {
+                            snap.events = first;
+                            return Ok(snap);
+                        }
+                    }
+                    return Err(Error::Rejected {
+                        stream: stream.to_string(),
+                        action: action.name().to_string(),
+                        reason: invariant.0,
+                    });
+                }
+            };
+            if events.is_empty() {
+                return Ok(snap);
+            }
+            match self
+                .append_decided(stream, action, &how, &mut snap, events)
+                .await
+            {
+                Err(Error::Concurrency { .. }) if !confirmed => {
+                    snap = self.load::<S>(stream).await?;
+                    confirmed = true;
+                }
+                other => return other.map(|()| snap),
+            }
         }
+    }
+
+    /// Appends what `snap.state` decided, with the version it was read at,
+    /// and moves `snap` (and the cache) to the new state.
+    async fn append_decided<S: State>(
+        &self,
+        stream: &str,
+        action: &S::Action,
+        how: &Invocation,
+        snap: &mut Snapshot<S>,
+        events: Vec<S::Event>,
+    ) -> Result<()> {
         let mut messages = Vec::with_capacity(events.len() + 1);
         let mut next = snap.state.clone();
         for e in &events {
@@ -279,22 +324,36 @@ impl Act {
             stream: stream.to_string(),
             messages,
             expected: ExpectedVersion::after(snap.version),
-            correlation: how.correlation,
+            correlation: how.correlation.clone(),
             causation: Causation {
                 action: Some(ActionRef {
                     name: action.name().to_string(),
                     stream: stream.to_string(),
                 }),
-                event: how.causation_event,
+                event: how.causation_event.clone(),
             },
-            actor: how.actor,
-            idempotency_key: how.idempotency_key,
+            actor: how.actor.clone(),
+            idempotency_key: how.idempotency_key.clone(),
         };
+        // With a key, the store may answer with the events of an earlier
+        // append: keep what we sent to tell them apart.
+        let sent: Option<Vec<crate::event::Message>> = how
+            .idempotency_key
+            .as_ref()
+            .map(|_| append.messages.clone());
+        let first_version = snap.version.map_or(0, |v| v + 1);
         let committed = self.store().append(append).await?;
-        let fresh = committed
+        let ours = committed
             .first()
-            .is_some_and(|e| snap.version.is_none_or(|v| e.version > v));
-        if fresh {
+            .is_some_and(|e| e.version == first_version)
+            && sent.as_ref().is_none_or(|sent| {
+                sent.len() == committed.len()
+                    && sent
+                        .iter()
+                        .zip(&committed)
+                        .all(|(m, e)| m.name == e.name && m.data == e.data)
+            });
+        if ours {
             // Our own events: the state is the one we decided.
             snap.state = next;
             snap.since_snapshot = if take_snapshot { 0 } else { since };
@@ -304,14 +363,19 @@ impl Act {
                     .cache
                     .put(stream, &snap.state, v, snap.since_snapshot);
             }
+        } else if !committed.is_empty() {
+            // The key was used before: the stream holds that append's events;
+            // read the state as it is.
+            let fresh = self.load::<S>(stream).await?;
+            snap.state = fresh.state;
+            snap.version = fresh.version;
+            snap.since_snapshot = fresh.since_snapshot;
         }
-        // Otherwise the key was used before and the loaded state already
-        // holds those events.
         snap.events = committed
             .into_iter()
             .filter(|e| e.name != SNAPSHOT)
             .collect();
-        Ok(snap)
+        Ok(())
     }
 }
 

@@ -749,6 +749,12 @@ impl State for Tally {
         if *source <= 0 {
             return Err(Invariant::new("source must be a positive event id"));
         }
+        if self.sum + amount < 0 {
+            return Err(Invariant::new(format!(
+                "the sum cannot go below zero ({} {amount:+})",
+                self.sum
+            )));
+        }
         Ok(vec![TallyEvent::Counted {
             source: *source,
             amount: *amount,
@@ -887,6 +893,60 @@ pub async fn cached_states_see_appends_by_other_writers(b: &impl Backend) {
             "after action {i}"
         );
     }
+}
+
+/// An action that a stale cached state would refuse is decided again on the
+/// current state: refusals are never based on an unconfirmed cache.
+pub async fn a_refusal_is_decided_on_the_current_state(b: &impl Backend) {
+    let f = b.open().await;
+    let other = b.reopen(&f).await;
+    let (a, bb) = (app(f.store.clone(), vec![]), app(other, vec![]));
+    let actor = Actor::system("test");
+    a.act::<Tally>(
+        "t",
+        &TallyAction::Count {
+            source: 1,
+            amount: 0,
+        },
+        &actor,
+    )
+    .await
+    .unwrap();
+    bb.act::<Tally>(
+        "t",
+        &TallyAction::Count {
+            source: 2,
+            amount: 5,
+        },
+        &actor,
+    )
+    .await
+    .unwrap();
+    // `a` cached sum 0, where -3 is refused; the stream's sum is 5.
+    let s = a
+        .act::<Tally>(
+            "t",
+            &TallyAction::Count {
+                source: 3,
+                amount: -3,
+            },
+            &actor,
+        )
+        .await
+        .expect("decided on the current state, not the cached one");
+    assert_eq!(s.state.sum, 2);
+    let err = a
+        .act::<Tally>(
+            "t",
+            &TallyAction::Count {
+                source: 4,
+                amount: -3,
+            },
+            &actor,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Rejected { .. }), "{err:?}");
 }
 
 /// A state with snapshots stores one every N events and loads to the same

@@ -195,6 +195,7 @@ macro_rules! tck_suite {
             broker::a_rejected_action_appends_nothing_and_names_the_invariant,
             broker::states_rebuild_from_snapshots,
             broker::cached_states_see_appends_by_other_writers,
+            broker::a_refusal_is_decided_on_the_current_state,
         }
         $crate::tck_props! { $backend;
             model::queue_store_matches_the_model,
