@@ -152,7 +152,17 @@ pub fn parse_url(url: &str) -> act::Result<(tokio_postgres::Config, PgOptions)> 
                     .filter(|n| (1..=1000).contains(n))
                     .ok_or_else(|| invalid(format!("pool_size must be 1–1000, got `{value}`")))?
             }
-            "listen" => options.listen = value != "false" && value != "0",
+            "listen" => {
+                options.listen = match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(invalid(format!(
+                            "listen must be true or false, got `{value}`"
+                        )))
+                    }
+                }
+            }
             _ => rest.push(pair),
         }
     }
@@ -530,6 +540,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("u:***@db") && !e.contains("secret"), "{e}");
+        assert!(
+            !parse_url("postgres://db/app?listen=false")
+                .unwrap()
+                .1
+                .listen
+        );
+        assert!(parse_url("postgres://db/app?listen=1").unwrap().1.listen);
+        let e = parse_url("postgres://db/app?listen=nope")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen must be true or false"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Dropping the store closes the lanes; the threads finish their current job,
 //! close their connections and exit.
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,23 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use crate::error::Failure;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+thread_local! {
+    /// The `synchronous` setting of the connection owned by this thread, once
+    /// a write has set it (each lane thread owns exactly one connection).
+    static SYNC_FULL: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// How a write reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sync {
+    /// `synchronous=FULL`: fsynced before the commit returns.
+    Full,
+    /// `synchronous=NORMAL`: in the WAL, not yet fsynced. A crash of the
+    /// process keeps it; a power loss or OS crash may lose it and every later
+    /// write, never an earlier one (the WAL is replayed as a prefix).
+    Normal,
+}
 
 /// How long a write keeps retrying while other processes hold the lock.
 const BUSY_PATIENCE: Duration = Duration::from_secs(30);
@@ -75,15 +93,21 @@ impl Lane {
         }
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing on success.
-    /// While another connection holds the write lock, waits and retries with
-    /// backoff (up to 30 s) before reporting [`act::Error::Unavailable`].
-    pub(crate) async fn write<R, F>(&self, f: F) -> act::Result<R>
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing on success
+    /// with the given durability. While another connection holds the write
+    /// lock, waits and retries with backoff (up to 30 s) before reporting
+    /// [`act::Error::Unavailable`].
+    pub(crate) async fn write<R, F>(&self, sync: Sync, f: F) -> act::Result<R>
     where
         R: Send + 'static,
         F: Fn(&Transaction) -> Result<R, Failure> + Send + 'static,
     {
         self.run(move |conn| {
+            let full = sync == Sync::Full;
+            if SYNC_FULL.get() != Some(full) {
+                conn.pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+                SYNC_FULL.set(Some(full));
+            }
             let deadline = Instant::now() + BUSY_PATIENCE;
             let mut pause = Duration::from_millis(1);
             loop {

@@ -4,8 +4,11 @@
 //! with no server. It is the embedded default of the `act` command
 //! (`sqlite://act.db`).
 //!
-//! - **Crash safety.** WAL journal with `synchronous=FULL`: a committed
-//!   append is on disk before `append` returns and survives power loss. Every
+//! - **Crash safety.** WAL journal with `synchronous=FULL` for appends: a
+//!   committed append is on disk before `append` returns and survives power
+//!   loss. Queue bookkeeping commits with `NORMAL` unless
+//!   [`SqliteOptions::fsync_queue_writes`]: a power loss may undo its last
+//!   writes, which redelivers events and loses none (docs/sqlite.md). Every
 //!   write (append, enqueue, claim, settle…) is one `BEGIN IMMEDIATE`
 //!   transaction, so a `kill -9` at any moment leaves either all of it or none.
 //! - **Several processes on one file.** `BEGIN IMMEDIATE` takes the write lock
@@ -52,7 +55,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::watch;
 
-use lanes::Lane;
+use lanes::{Lane, Sync};
 pub use schema::SCHEMA_VERSION;
 
 /// How a store is opened.
@@ -67,6 +70,12 @@ pub struct SqliteOptions {
     /// (`PRAGMA data_version`); `None` disables cross-process wake-ups (brokers
     /// then rely on in-process wake-ups and polling).
     pub watch_every: Option<Duration>,
+    /// Whether queue bookkeeping (correlation, claims, acks, retries,
+    /// blocks, lease renewals and releases) is fsynced like appends. Appends,
+    /// `unblock` and `reset` always are. When false (the default) those
+    /// writes commit with `synchronous=NORMAL`: a power loss may undo the
+    /// last of them, which only redelivers events (see docs/sqlite.md).
+    pub fsync_queue_writes: bool,
     /// The store's clock (leases, retry times, `created`).
     pub clock: Arc<dyn Clock>,
 }
@@ -77,6 +86,7 @@ impl Default for SqliteOptions {
             readers: 2,
             busy_timeout: Duration::from_secs(5),
             watch_every: Some(Duration::from_millis(2)),
+            fsync_queue_writes: false,
             clock: Arc::new(SystemClock),
         }
     }
@@ -88,6 +98,8 @@ pub struct SqliteStore {
     name: Arc<str>,
     path: PathBuf,
     writer: Lane,
+    /// How queue bookkeeping reaches the disk.
+    queue_sync: Sync,
     readers: Lane,
     clock: Arc<dyn Clock>,
     wake: Arc<watch::Sender<u64>>,
@@ -112,7 +124,8 @@ impl SqliteStore {
 
     /// Opens a store from a URL: `sqlite://PATH` (relative or absolute, e.g.
     /// `sqlite://act.db`, `sqlite:///var/lib/app/act.db`). Query parameters:
-    /// `readers=N`, `busy_timeout_ms=N`, `watch_ms=N` (0 disables).
+    /// `readers=N`, `busy_timeout_ms=N`, `watch_ms=N` (0 disables),
+    /// `queue_sync=normal|full` (see [`SqliteOptions::fsync_queue_writes`]).
     pub async fn open_url(url: &str) -> act::Result<Self> {
         let (path, options) = parse_url(url)?;
         SqliteStore::open_with(path, options).await
@@ -147,6 +160,11 @@ impl SqliteStore {
             name,
             path,
             writer,
+            queue_sync: if options.fsync_queue_writes {
+                Sync::Full
+            } else {
+                Sync::Normal
+            },
             readers,
             clock: options.clock,
             wake,
@@ -307,6 +325,17 @@ pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
         match key {
             "readers" => options.readers = number()?.clamp(1, 64) as usize,
             "busy_timeout_ms" => options.busy_timeout = Duration::from_millis(number()?),
+            "queue_sync" => {
+                options.fsync_queue_writes = match value {
+                    "full" => true,
+                    "normal" => false,
+                    _ => {
+                        return Err(Error::InvalidInput(format!(
+                            "`queue_sync` in `{url}` must be `full` or `normal`, got `{value}`"
+                        )))
+                    }
+                }
+            }
             "watch_ms" => {
                 options.watch_every = match number()? {
                     0 => None,
@@ -315,7 +344,7 @@ pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
             }
             _ => {
                 return Err(Error::InvalidInput(format!(
-                    "unknown option `{key}` in `{url}`: known options are readers, busy_timeout_ms, watch_ms"
+                    "unknown option `{key}` in `{url}`: known options are readers, busy_timeout_ms, watch_ms, queue_sync"
                 )))
             }
         }
@@ -330,7 +359,7 @@ impl EventStore for SqliteStore {
         let now = self.now();
         let out = self
             .writer
-            .write(move |tx| events::append(tx, &encoded, now))
+            .write(Sync::Full, move |tx| events::append(tx, &encoded, now))
             .await?;
         if !out.is_empty() {
             self.notify();
@@ -367,7 +396,9 @@ impl QueueStore for SqliteStore {
         let work = work.to_vec();
         let (cp, any) = self
             .writer
-            .write(move |tx| queues::enqueue(tx, &work, from, to))
+            .write(self.queue_sync, move |tx| {
+                queues::enqueue(tx, &work, from, to)
+            })
             .await?;
         if any {
             self.notify();
@@ -379,7 +410,7 @@ impl QueueStore for SqliteStore {
         let c = claim.clone();
         let now = self.now();
         self.writer
-            .write(move |tx| queues::claim(tx, &c, now))
+            .write(self.queue_sync, move |tx| queues::claim(tx, &c, now))
             .await
     }
 
@@ -394,7 +425,7 @@ impl QueueStore for SqliteStore {
         let now = self.now();
         let (results, _more) = self
             .writer
-            .write(move |tx| queues::settle(tx, &s, now))
+            .write(self.queue_sync, move |tx| queues::settle(tx, &s, now))
             .await?;
         // Any applied settlement frees a lease: wake brokers waiting for it.
         if results.iter().any(Result::is_ok) {
@@ -411,13 +442,16 @@ impl QueueStore for SqliteStore {
         let l = leases.to_vec();
         let now = self.now();
         self.writer
-            .write(move |tx| queues::renew(tx, &l, lease, now))
+            .write(self.queue_sync, move |tx| queues::renew(tx, &l, lease, now))
             .await
     }
 
     async fn release(&self, leases: &[LeaseRef]) -> act::Result<Vec<Result<(), Rejection>>> {
         let l = leases.to_vec();
-        let out = self.writer.write(move |tx| queues::release(tx, &l)).await?;
+        let out = self
+            .writer
+            .write(self.queue_sync, move |tx| queues::release(tx, &l))
+            .await?;
         if out.iter().any(Result::is_ok) {
             self.notify();
         }
@@ -426,7 +460,10 @@ impl QueueStore for SqliteStore {
 
     async fn unblock(&self, streams: &[String]) -> act::Result<Vec<String>> {
         let s = streams.to_vec();
-        let out = self.writer.write(move |tx| queues::unblock(tx, &s)).await?;
+        let out = self
+            .writer
+            .write(Sync::Full, move |tx| queues::unblock(tx, &s))
+            .await?;
         if !out.is_empty() {
             self.notify();
         }
@@ -437,7 +474,7 @@ impl QueueStore for SqliteStore {
         let s = stream.to_string();
         let out = self
             .writer
-            .write(move |tx| queues::reset(tx, &s, position))
+            .write(Sync::Full, move |tx| queues::reset(tx, &s, position))
             .await?;
         self.notify();
         Ok(out)
@@ -470,6 +507,17 @@ mod tests {
             (o.readers, o.watch_every, o.busy_timeout),
             (4, None, Duration::from_millis(100))
         );
+        assert!(!o.fsync_queue_writes);
+        assert!(
+            parse_url("sqlite://x.db?queue_sync=full")
+                .unwrap()
+                .1
+                .fsync_queue_writes
+        );
+        assert!(parse_url("sqlite://x.db?queue_sync=sometimes")
+            .unwrap_err()
+            .to_string()
+            .contains("`full` or `normal`"));
         assert!(parse_url("sqlite://")
             .unwrap_err()
             .to_string()

@@ -73,7 +73,7 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<(), CliError> {
         .count();
     let totals = json!({
         "queues": queues.len(), "lag": lag, "blocked": blocked, "retrying": retrying, "leased": leased,
-        "head": head, "checkpoint": checkpoint, "uncorrelated": head - checkpoint,
+        "head": head, "checkpoint": checkpoint, "correlated": checkpoint >= head,
     });
     if cli.json {
         for q in &queues {
