@@ -100,6 +100,8 @@ pub struct PgStore {
     pub(crate) delay_ms: i32,
     wake: Arc<watch::Sender<u64>>,
     poke: Arc<Notify>,
+    /// Pokes for news other processes need only eventually (freed leases).
+    soft_poke: Arc<Notify>,
     recheck: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
     listener: Option<Listener>,
@@ -217,10 +219,17 @@ impl PgStore {
         drop(client);
         let wake = Arc::new(watch::Sender::new(0));
         let poke = Arc::new(Notify::new());
+        let soft_poke = Arc::new(Notify::new());
         let channel = channel(&options.schema);
         let recheck = Arc::new(Notify::new());
         let tasks = vec![
-            notify::notifier(pool.clone(), channel.clone(), poke.clone()),
+            notify::notifier(pool.clone(), channel.clone(), poke.clone(), notify::PACE),
+            notify::notifier(
+                pool.clone(),
+                channel.clone(),
+                soft_poke.clone(),
+                notify::SOFT_PACE,
+            ),
             notify::rechecker(recheck.clone(), wake.clone()),
         ];
         // The LISTEN connection is opened on the first `wake()`: one-shot
@@ -243,6 +252,7 @@ impl PgStore {
             delay_ms,
             wake,
             poke,
+            soft_poke,
             recheck,
             tasks,
             listener,
@@ -280,6 +290,16 @@ impl PgStore {
     pub(crate) fn notify(&self) {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
         self.poke.notify_one();
+    }
+
+    /// Wakes brokers here at once and elsewhere within [`notify::SOFT_PACE`]:
+    /// for news that only a broker waiting on another process's lease needs
+    /// (a settle freed leases). Brokers here reclaim what they settled; waking
+    /// every other process after every settle made each of them query for
+    /// work that was not theirs, and more brokers delivered less.
+    pub(crate) fn notify_soon(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        self.soft_poke.notify_one();
     }
 
     pub(crate) fn err(&self, e: tokio_postgres::Error) -> Error {

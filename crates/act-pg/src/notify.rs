@@ -81,22 +81,25 @@ async fn listen_once(
 /// How often, at most, the notifier sends while commits keep coming. Each
 /// NOTIFY is a transaction of its own: one per append cost a single writer a
 /// fifth of its throughput. When commits are sparse it sends at once.
-const NOTIFY_PACE: Duration = Duration::from_millis(2);
+pub(crate) const PACE: Duration = Duration::from_millis(2);
+
+/// The pace of NOTIFYs for freed leases (see `PgStore::notify_soon`).
+pub(crate) const SOFT_PACE: Duration = Duration::from_millis(50);
 
 /// Sends `pg_notify(channel)` after each poke, coalescing pokes that arrive
-/// while one is in flight or within [`NOTIFY_PACE`] of the last, until
-/// aborted.
+/// while one is in flight or within `pace` of the last, until aborted.
 pub(crate) fn notifier(
     pool: deadpool_postgres::Pool,
     channel: String,
     poke: Arc<Notify>,
+    pace: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: Option<tokio::time::Instant> = None;
         loop {
             poke.notified().await;
             if let Some(t) = last {
-                tokio::time::sleep_until(t + NOTIFY_PACE).await;
+                tokio::time::sleep_until(t + pace).await;
             }
             last = Some(tokio::time::Instant::now());
             let sent = async {

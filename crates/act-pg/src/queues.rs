@@ -260,11 +260,12 @@ impl QueueStore for PgStore {
                 rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from)
             })
             .collect();
-        // Claimable work left, or at least a lease freed: brokers waiting for
-        // either (catch_up waits for other brokers' leases) look again. The
-        // notifier coalesces NOTIFYs, so this costs no round trip here.
+        // Claimable work left, or at least a lease freed: brokers here look
+        // again at once; brokers elsewhere (catch_up waits for other brokers'
+        // leases) within the soft pace. The notifier coalesces NOTIFYs, so
+        // this costs no round trip here.
         if more || results.iter().any(Result::is_ok) {
-            self.notify();
+            self.notify_soon();
         }
         Ok(results)
     }
