@@ -120,13 +120,20 @@ END $$;
 
 -- Correlation: record work and move the checkpoint if it is still p_from.
 -- Locks the checkpoint row (enqueues are serialized), then queue rows in
--- stream order (as settle does), so the two cannot deadlock.
+-- stream order (as settle does), so the two cannot deadlock. While another
+-- broker holds the checkpoint (it is correlating), returns the committed
+-- checkpoint at once instead of waiting for it: the caller's read is stale
+-- either way, and waiting made every extra broker slower.
 CREATE FUNCTION {s}.act_enqueue(
     p_from bigint, p_to bigint, p_streams text[], p_events bigint[], p_priorities int[]
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE v_cp bigint;
 BEGIN
-    SELECT c.position INTO v_cp FROM {s}.checkpoint c WHERE c.id = 1 FOR UPDATE;
+    SELECT c.position INTO v_cp FROM {s}.checkpoint c WHERE c.id = 1 FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        SELECT c.position INTO v_cp FROM {s}.checkpoint c WHERE c.id = 1;
+        RETURN v_cp;
+    END IF;
     IF v_cp <> p_from THEN
         RETURN v_cp;
     END IF;

@@ -57,7 +57,10 @@ pub trait QueueStore: Send + Sync {
     /// (compare-and-set). When the checkpoint is no longer `from` (another
     /// broker correlated first), nothing is written. Creates queues on first
     /// sight, moves their work marks up, never down. Enqueueing an event a
-    /// queue already has is a no-op. Returns the checkpoint after the call.
+    /// queue already has is a no-op. Returns the checkpoint after the call;
+    /// while another broker is in the middle of moving it, a store may
+    /// return the last committed checkpoint at once instead of waiting (the
+    /// caller then sees no progress and leaves correlation to the other).
     async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> Result<i64>;
 
     /// Leases up to `claim.queues` queues with due work (pending, not blocked,

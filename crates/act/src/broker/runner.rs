@@ -43,6 +43,14 @@ const HIDDEN_RECHECK: Duration = Duration::from_millis(5);
 /// waits until they are delivered).
 const SETTLE_HIDDEN_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How long a broker that lost a correlation race leaves
+/// correlation to the winner before trying again. Every broker reads and
+/// decodes the events it correlates; when all of them do it on every wake-up,
+/// all but one of them wait for the checkpoint and throw their reads away,
+/// and more brokers deliver less. If the winner stops, another broker takes
+/// over within this time.
+const FOLLOW: Duration = Duration::from_millis(100);
+
 struct Running {
     lease: LeaseRef,
     lost: CancellationToken,
@@ -55,6 +63,9 @@ pub(crate) struct Runner {
     counters: Arc<Counters>,
     shutdown: CancellationToken,
     checkpoint: Option<i64>,
+    /// Set when this broker lost a correlation race: correlation waits until
+    /// then.
+    follow_until: Option<Instant>,
     tasks: JoinSet<Finished>,
     running: HashMap<Id, Running>,
     done: Vec<Finished>,
@@ -75,6 +86,7 @@ impl Runner {
             counters,
             shutdown,
             checkpoint: None,
+            follow_until: None,
             tasks: JoinSet::new(),
             running: HashMap::new(),
             done: Vec::new(),
@@ -107,11 +119,15 @@ impl Runner {
                     Err(e) => failed = self.fail("settle", e, mode)?,
                 }
             }
-            if correlate && !stopping && !failed {
+            let following = self.follow_until.is_some_and(|t| Instant::now() < t);
+            if correlate && !stopping && !failed && !following {
                 match self.correlate().await {
-                    Ok(()) => {
+                    Ok(lost) => {
                         correlate = false;
                         claim = true;
+                        // A run never counts itself quiet while following:
+                        // `correlate` stays set until it has looked again.
+                        self.follow_until = lost.then(|| Instant::now() + FOLLOW);
                     }
                     Err(e) => failed = self.fail("correlate", e, mode)?,
                 }
@@ -191,6 +207,9 @@ impl Runner {
                 deadline = deadline.min(t);
             }
             if let Some(t) = due_at {
+                deadline = deadline.min(t);
+            }
+            if let Some(t) = self.follow_until.filter(|_| correlate) {
                 deadline = deadline.min(t);
             }
             if failed {
@@ -281,13 +300,16 @@ impl Runner {
         }
     }
 
-    async fn correlate(&mut self) -> Result<()> {
+    /// Routes new events to queues; true when another broker moved the
+    /// checkpoint first (this broker's last read was wasted).
+    async fn correlate(&mut self) -> Result<bool> {
         let store = self.act.store().clone();
         let mut cp = match self.checkpoint {
             Some(c) => c,
             None => store.checkpoint().await?,
         };
         let batch = self.opts.correlate_batch.max(1);
+        let mut lost = false;
         loop {
             let events = store.query(&Query::new().after(cp).limit(batch)).await?;
             let Some(last) = events.last() else { break };
@@ -311,6 +333,7 @@ impl Runner {
                 }
             }
             let after = store.enqueue(&work, cp, to).await?;
+            lost = after != to;
             if after == to {
                 Counters::add(&self.counters.correlated, events.len() as u64);
             }
@@ -325,7 +348,7 @@ impl Runner {
             }
         }
         self.checkpoint = Some(cp);
-        Ok(())
+        Ok(lost)
     }
 
     /// Claims up to the free slots; true when every slot was filled (more may
