@@ -14,7 +14,7 @@ use crate::stores;
 #[derive(Debug, Parser)]
 #[command(name = "act", version, about, long_about)]
 pub struct Cli {
-    /// The store: sqlite://PATH, redis://HOST[:PORT][/DB][?prefix=NAME] or memory:
+    /// The store: sqlite://PATH, postgres://USER@HOST[:PORT]/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME] or memory:
     #[arg(long, global = true, env = "ACT_STORE", default_value = stores::DEFAULT)]
     pub store: String,
 
