@@ -26,4 +26,5 @@ for c in 1 8; do
   rb -n 100000 -c "$c" eval "redis.call('INCR', KEYS[1]); return redis.call('SET', KEYS[2], ARGV[1])" 2 act_bench:n act_bench:k v |
     sed "s/^eval.* v:/EVAL ($c):/"
 done
-redis-cli -h 127.0.0.1 -p 6379 del act_bench:n act_bench:k >/dev/null
+# redis-benchmark -t set,incr writes key:__rand_int__ and counter:__rand_int__.
+redis-cli -h 127.0.0.1 -p 6379 del act_bench:n act_bench:k key:__rand_int__ counter:__rand_int__ >/dev/null
