@@ -282,6 +282,20 @@ impl PgStore {
             .map_err(|e| error::pool(&self.name, e))
     }
 
+    /// Runs an event query on a pooled connection (returned to the pool
+    /// before the rows are decoded).
+    async fn read(&self, sql: &events::Sql) -> act::Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&sql.text)
+            .await
+            .map_err(|e| self.err(e))?;
+        client
+            .query(&stmt, &sql.params())
+            .await
+            .map_err(|e| self.err(e))
+    }
+
     pub(crate) fn offset_us(&self) -> i64 {
         self.offset.load(Ordering::SeqCst)
     }
@@ -471,15 +485,7 @@ impl EventStore for PgStore {
         let bounded = self.bounded() && events::follows_ids(q);
         let sql = events::query(&self.schema, q, bounded);
         if !bounded {
-            let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(&sql.text)
-                .await
-                .map_err(|e| self.err(e))?;
-            let rows = client
-                .query(&stmt, &sql.params())
-                .await
-                .map_err(|e| self.err(e))?;
+            let rows = self.read(&sql).await?;
             return rows.iter().map(|r| events::event(r, 0)).collect();
         }
         // Read your writes: wait (briefly) until every event committed before
@@ -487,16 +493,7 @@ impl EventStore for PgStore {
         let waited_until = tokio::time::Instant::now() + VISIBILITY_WAIT;
         let mut target: Option<i64> = None;
         loop {
-            let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(&sql.text)
-                .await
-                .map_err(|e| self.err(e))?;
-            let rows = client
-                .query(&stmt, &sql.params())
-                .await
-                .map_err(|e| self.err(e))?;
-            drop(client);
+            let rows = self.read(&sql).await?;
             let (bound, top): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
             let events = rows
                 .iter()
