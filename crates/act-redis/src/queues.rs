@@ -20,7 +20,7 @@ use act::{
     Settlement, Work,
 };
 use chrono::{DateTime, Utc};
-use redis::Value;
+use redis::{ScriptInvocation, Value};
 
 use crate::conn::Conn;
 use crate::events::decode;
@@ -187,27 +187,26 @@ pub(crate) async fn renew(
 ) -> act::Result<Vec<Result<DateTime<Utc>, Rejection>>> {
     let mut inv = conn.script(&scripts::RENEW);
     inv.arg(micros(lease));
-    for l in leases {
-        inv.arg(&l.stream).arg(l.token);
-    }
-    let reply = conn.run(&inv).await?;
-    let bad = |b| conn.bad(b);
-    let verdicts = items(&reply).map_err(bad)?;
-    leases
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let v = at(verdicts, i).map_err(bad)?;
-            Ok(verdict(v, &l.stream, l.token, 0).map_err(bad)?.map(time))
-        })
-        .collect()
+    let verdicts = lease_verdicts(conn, inv, leases).await?;
+    Ok(verdicts.into_iter().map(|v| v.map(time)).collect())
 }
 
 pub(crate) async fn release(
     conn: &Conn,
     leases: &[LeaseRef],
 ) -> act::Result<Vec<Result<(), Rejection>>> {
-    let mut inv = conn.script(&scripts::RELEASE);
+    let inv = conn.script(&scripts::RELEASE);
+    let verdicts = lease_verdicts(conn, inv, leases).await?;
+    Ok(verdicts.into_iter().map(|v| v.map(|_| ())).collect())
+}
+
+/// Runs a per-lease script (renew, release) with each lease's stream and
+/// token appended to `inv`, and reads one verdict per lease.
+async fn lease_verdicts(
+    conn: &Conn,
+    mut inv: ScriptInvocation<'static>,
+    leases: &[LeaseRef],
+) -> act::Result<Vec<Result<i64, Rejection>>> {
     for l in leases {
         inv.arg(&l.stream).arg(l.token);
     }
@@ -219,7 +218,7 @@ pub(crate) async fn release(
         .enumerate()
         .map(|(i, l)| {
             let v = at(verdicts, i).map_err(bad)?;
-            Ok(verdict(v, &l.stream, l.token, 0).map_err(bad)?.map(|_| ()))
+            verdict(v, &l.stream, l.token, 0).map_err(bad)
         })
         .collect()
 }
