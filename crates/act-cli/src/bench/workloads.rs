@@ -159,6 +159,15 @@ pub(crate) async fn commit(s: &Settings, writers: usize) -> Result<Row, CliError
     Ok(row)
 }
 
+/// Resets the peak memory mark, then lets one broker deliver everything
+/// correlatable; the seconds it took.
+async fn timed_delivery(s: &Settings, app: &Act) -> Result<f64, CliError> {
+    rss::reset_peak();
+    let started = Instant::now();
+    app.broker(broker_options(s)).catch_up().await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// `drain`: `n` committed events, two reactions each (static + dynamic per
 /// source stream), delivered by one broker; reactions/s and store calls.
 pub(crate) async fn drain(s: &Settings) -> Result<Row, CliError> {
@@ -176,10 +185,7 @@ pub(crate) async fn drain(s: &Settings) -> Result<Row, CliError> {
     let counter = Arc::new(AtomicU64::new(0));
     let counted = Arc::new(Counting::new(ns.store.clone()));
     let app = drain_app(counted.clone(), &counter)?;
-    rss::reset_peak();
-    let started = Instant::now();
-    app.broker(broker_options(s)).catch_up().await?;
-    let secs = started.elapsed().as_secs_f64();
+    let secs = timed_delivery(s, &app).await?;
     let reactions = counter.load(Ordering::Relaxed);
     let (calls, claims) = counted.counts();
     let mut row = Row::new("drain", ns.backend(), reactions, 100 + 1, 1, secs);
@@ -401,10 +407,7 @@ pub(crate) async fn fanout(s: &Settings, queues: usize) -> Result<Row, CliError>
             &counter,
         ))
         .build()?;
-    rss::reset_peak();
-    let started = Instant::now();
-    app.broker(broker_options(s)).catch_up().await?;
-    let secs = started.elapsed().as_secs_f64();
+    let secs = timed_delivery(s, &app).await?;
     let row = Row::new(
         "fanout",
         ns.backend(),
@@ -433,10 +436,7 @@ pub(crate) async fn backlog(s: &Settings, events: usize) -> Result<Row, CliError
     let app = Act::builder(ns.store.clone())
         .reaction(counting(Reaction::on("Log").to_stream("backlog"), &counter))
         .build()?;
-    rss::reset_peak();
-    let started = Instant::now();
-    app.broker(broker_options(s)).catch_up().await?;
-    let secs = started.elapsed().as_secs_f64();
+    let secs = timed_delivery(s, &app).await?;
     let row = Row::new(
         "backlog",
         ns.backend(),
