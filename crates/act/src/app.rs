@@ -23,18 +23,32 @@ use crate::query::Query;
 use crate::reaction::Reaction;
 use crate::state::{self, Action, Snapshot, State, SNAPSHOT};
 use crate::store::Store;
+use crate::subscription::{Subscription, SubscriptionState};
 
-/// The reactions of an application, indexed by event name.
+/// The reactions of an application, indexed by event name and by name.
 #[derive(Debug, Default)]
 pub struct Registry {
     reactions: Vec<Arc<Reaction>>,
     by_event: HashMap<String, Vec<Arc<Reaction>>>,
+    by_name: HashMap<String, Arc<Reaction>>,
+    retired: Vec<String>,
 }
 
 impl Registry {
     /// Every reaction, in registration order.
     pub fn reactions(&self) -> &[Arc<Reaction>] {
         &self.reactions
+    }
+
+    /// The reaction named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Reaction>> {
+        self.by_name.get(name)
+    }
+
+    /// Names of reactions the application declares retired
+    /// ([`ActBuilder::retire`]).
+    pub fn retired(&self) -> &[String] {
+        &self.retired
     }
 
     /// The reactions to events named `name`, in registration order.
@@ -97,6 +111,7 @@ impl std::fmt::Debug for Act {
 pub struct ActBuilder {
     store: Arc<dyn Store>,
     reactions: Vec<Reaction>,
+    retired: Vec<String>,
     cache: usize,
 }
 
@@ -113,6 +128,15 @@ impl ActBuilder {
         self
     }
 
+    /// Declares a reaction the application no longer has. When a broker
+    /// registers the application, the store retires it: its pending work is
+    /// dropped (and logged with its count), and no broker runs it again.
+    /// Until then, queues with its work wait for a broker that has it.
+    pub fn retire(mut self, name: impl Into<String>) -> Self {
+        self.retired.push(name.into());
+        self
+    }
+
     /// How many loaded states to keep (default 10,000; 0 turns the cache off).
     /// A cached state costs one indexed read of its stream's last event to
     /// confirm, instead of a replay from the last snapshot.
@@ -122,16 +146,32 @@ impl ActBuilder {
     }
 
     /// Checks the registrations and builds the application. Fails when two
-    /// reactions share a name (their idempotency keys would collide) or a
-    /// reaction listens to the reserved snapshot event.
+    /// reactions share a name (their subscriptions and idempotency keys
+    /// would collide), a name breaks the limits ([`crate::limits`]), a
+    /// reaction listens to the reserved snapshot event, or a reaction is
+    /// both registered and retired.
     pub fn build(self) -> Result<Act> {
         let mut registry = Registry::default();
+        for name in &self.retired {
+            crate::limits::check_name("a retired reaction's name", name)?;
+        }
+        registry.retired = self.retired;
         for r in self.reactions {
-            if registry.reactions.iter().any(|x| x.name() == r.name()) {
+            crate::limits::check_name("the reaction name", r.name())?;
+            if registry.by_name.contains_key(r.name()) {
                 return Err(Error::InvalidInput(format!(
                     "two reactions are named `{}`: names must be unique",
                     r.name()
                 )));
+            }
+            if registry.retired.iter().any(|n| n == r.name()) {
+                return Err(Error::InvalidInput(format!(
+                    "reaction `{}` is registered and declared retired",
+                    r.name()
+                )));
+            }
+            if let Some(target) = r.resolver().target() {
+                crate::limits::check_name(&format!("the target of reaction `{}`", r.name()), target)?;
             }
             if r.events().iter().any(|e| e == SNAPSHOT) {
                 return Err(Error::InvalidInput(format!(
@@ -140,6 +180,7 @@ impl ActBuilder {
                 )));
             }
             let r = Arc::new(r);
+            registry.by_name.insert(r.name().to_string(), r.clone());
             for e in r.events() {
                 let list = registry.by_event.entry(e.clone()).or_default();
                 if !list.iter().any(|x| Arc::ptr_eq(x, &r)) {
@@ -164,6 +205,7 @@ impl Act {
         ActBuilder {
             store,
             reactions: Vec::new(),
+            retired: Vec::new(),
             cache: 10_000,
         }
     }
@@ -181,6 +223,68 @@ impl Act {
     /// A broker for this application (not started).
     pub fn broker(&self, options: BrokerOptions) -> Broker {
         Broker::new(self.clone(), options)
+    }
+
+    /// Registers the application's reactions with the store (brokers do this
+    /// when they start, and again every heartbeat): each reaction the store
+    /// has not seen gets its start ([`crate::subscription::resolve_start`]);
+    /// reactions declared retired ([`ActBuilder::retire`]) are retired.
+    /// Returns every subscription the store holds. Call it at startup to
+    /// fail fast on an undeclared start. Costs two or three round trips
+    /// (four when retiring).
+    pub async fn register(&self) -> Result<Vec<SubscriptionState>> {
+        let store = self.store();
+        let known = store.subscriptions().await?;
+        let is_known = |name: &str| known.iter().any(|s| s.name == name);
+        let registry = self.registry();
+        let retire: Vec<String> = registry
+            .retired()
+            .iter()
+            .filter(|n| known.iter().any(|s| &s.name == *n && s.retired.is_none()))
+            .cloned()
+            .collect();
+        if !retire.is_empty() {
+            for r in store.retire(&retire).await? {
+                tracing::warn!(reaction = %r.name, dropped = r.dropped, queues = r.queues,
+                    "retired a reaction the application no longer has: its pending work was dropped");
+            }
+        }
+        let new: Vec<&Arc<Reaction>> = registry
+            .reactions()
+            .iter()
+            .filter(|r| !is_known(r.name()))
+            .collect();
+        let (head, legacy) = if new.is_empty() {
+            (0, 0)
+        } else {
+            (store.head().await?, store.legacy_checkpoint().await?)
+        };
+        let first = known.is_empty();
+        let mut subscriptions = Vec::with_capacity(registry.reactions().len());
+        for r in registry.reactions() {
+            let start = if is_known(r.name()) {
+                0
+            } else {
+                crate::subscription::resolve_start(r.name(), r.start(), head, legacy, first)?
+            };
+            subscriptions.push(Subscription {
+                name: r.name().to_string(),
+                events: r.events().to_vec(),
+                target: r.resolver().target().map(str::to_string),
+                start,
+            });
+        }
+        if first && head > 0 && new.iter().any(|r| r.start().is_none()) {
+            tracing::info!(head, legacy, "first registration of this application's reactions: those without a declared start handle the log from {}",
+                if legacy > 0 { "where the schema-1 checkpoint was" } else { "the beginning" });
+        }
+        let states = store.subscribe(&subscriptions).await?;
+        for s in &states {
+            if s.retired.is_some() && registry.get(&s.name).is_some() {
+                tracing::warn!(reaction = %s.name, "this reaction is retired in the store: no broker runs it (register it under a new name to run it again)");
+            }
+        }
+        Ok(states)
     }
 
     /// Loads `S` from `stream`: from the state cache when the stream's last

@@ -27,6 +27,7 @@ struct Inner {
     attempt: u32,
     lease_lost: CancellationToken,
     shutdown: CancellationToken,
+    timed_out: CancellationToken,
     appends: AtomicU32,
 }
 
@@ -60,6 +61,7 @@ impl Context {
                 attempt,
                 lease_lost,
                 shutdown,
+                timed_out: CancellationToken::new(),
                 appends: AtomicU32::new(0),
             }),
         }
@@ -109,12 +111,25 @@ impl Context {
         self.inner.shutdown.is_cancelled()
     }
 
-    /// Resolves when the lease is lost or shutdown begins.
+    /// True once the call ran past its reaction's timeout: the broker has
+    /// counted it as a failure and is dropping it. Work the handler spawned
+    /// should stop.
+    pub fn timed_out(&self) -> bool {
+        self.inner.timed_out.is_cancelled()
+    }
+
+    /// Resolves when the lease is lost, shutdown begins, or the call runs
+    /// past its timeout.
     pub async fn cancelled(&self) {
         tokio::select! {
             _ = self.inner.lease_lost.cancelled() => {}
             _ = self.inner.shutdown.cancelled() => {}
+            _ = self.inner.timed_out.cancelled() => {}
         }
+    }
+
+    pub(crate) fn timeout_token(&self) -> CancellationToken {
+        self.inner.timed_out.clone()
     }
 
     /// The idempotency key of this call's next append:

@@ -62,6 +62,10 @@ pub enum Error {
     #[error("no queue named `{0}`")]
     UnknownQueue(String),
 
+    /// An operator command named a reaction the store has never registered.
+    #[error("no reaction named `{0}` is registered in this store")]
+    UnknownReaction(String),
+
     /// A store URL with a scheme act does not know.
     #[error("unknown store URL `{url}`: supported schemes are {supported}")]
     UnknownStore {

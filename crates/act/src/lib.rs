@@ -51,6 +51,7 @@
 //!     .reaction(
 //!         Reaction::on("Incremented")
 //!             .to_stream("log")
+//!             .from_beginning()
 //!             .handle(|event, _ctx| async move {
 //!                 println!("counter moved: {}", event.data);
 //!                 Ok(())
@@ -79,6 +80,8 @@ pub mod queue;
 mod reaction;
 pub mod state;
 mod store;
+pub mod subscription;
+pub mod limits;
 #[cfg(feature = "tck")]
 pub mod tck;
 
@@ -94,12 +97,14 @@ pub use event::{
 pub use memory::MemoryStore;
 pub use query::{Query, StreamFilter};
 pub use queue::{
-    Batch, Claim, Lease, LeaseRef, Outcome, QueueFilter, QueueState, Rejection, Settlement, Work,
+    Batch, Claim, Lease, LeaseRef, Outcome, Pending, QueueFilter, QueueState, Rejection,
+    Settlement, Work,
 };
 pub use reaction::{
     Exhausted, Handler, HandlerError, HandlerFuture, Reaction, ReactionBuilder, ReactionOptions,
-    Resolver,
+    Resolver, DEFAULT_TIMEOUT,
 };
+pub use subscription::{Correlation, Replay, Retired, Start, Subscription, SubscriptionState};
 pub use state::{Action, Invariant, Snapshot, State};
 pub use store::{EventStore, QueueStore, Store};
 

@@ -1,25 +1,40 @@
 //! Queues, leases and the outcomes a broker writes back.
 //!
-//! A queue is one target stream of reactions. It holds a *position* (the id of
-//! the last event it acknowledged), a *work mark* (`head`: the id of the last
-//! event enqueued for it), `next` (the first pending event, if any), retry and
-//! block state, a lease, and a fencing `token` that increases on every claim,
-//! unblock and reset. Every write a broker makes names the token it was given
+//! A queue is one target stream of reactions. Its pending work is a set of
+//! *items*: (event, reaction) pairs that correlation enqueued for it. An item
+//! leaves the queue when a broker acknowledges it, so what a queue holds is
+//! exactly what is still to be delivered. Besides its items a queue holds a
+//! *position* (the id of the last event it acknowledged), a *work mark*
+//! (`head`: the highest event ever enqueued for it), retry and block state, a
+//! lease, and a fencing `token` that increases on every claim, unblock and
+//! reset. Every write a broker makes names the token it was given
 //! ([`LeaseRef`]); a store rejects it when the token is stale or the lease has
 //! expired on the store's clock.
+//!
+//! Items are delivered in event id order. An item can arrive *below* the
+//! position: a reaction added later backfills its history into a queue that
+//! other reactions already moved on. Such an item is still pending (delivered
+//! next, in id order among the pending items), which is why a settlement
+//! names the queue's *enqueue mark* at claim time: it removes only what the
+//! claimed batch could have contained, never an item enqueued since.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// One event assigned to one queue by correlation.
+use crate::event::Event;
+
+/// One event assigned to one queue for one reaction by correlation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Work {
     /// The queue (target stream).
     pub stream: String,
     /// The event's global id.
     pub event: i64,
+    /// The reaction that will handle it (its subscription name).
+    pub reaction: String,
     /// Priority of the queue (higher is claimed first). The queue keeps the
     /// highest priority ever enqueued for it.
     pub priority: i32,
@@ -36,6 +51,25 @@ pub struct Claim {
     pub events: usize,
     /// How long the lease lasts on the store's clock.
     pub lease: Duration,
+    /// The reactions this broker can run. A queue whose next item is for
+    /// another reaction is not leased: it is marked as waiting for that
+    /// reaction ([`QueueState::waiting`]) and left to a broker that has it.
+    /// A batch stops before the first event with an item for a reaction not
+    /// in this list.
+    pub reactions: Vec<String>,
+}
+
+/// One pending event of a claimed queue and the reactions to run for it, in
+/// the order they were registered by correlation.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The event.
+    pub event: Arc<Event>,
+    /// The reactions whose items for this event are in the batch. Empty for
+    /// an item enqueued by a store of schema version 1 (before items named
+    /// their reaction): the broker then runs every reaction to the event's
+    /// name whose resolver targets the queue, as version 1 did.
+    pub reactions: Vec<String>,
 }
 
 /// A claimed queue and its next events, in id order.
@@ -43,8 +77,8 @@ pub struct Claim {
 pub struct Batch {
     /// The lease to present with every write.
     pub lease: Lease,
-    /// Up to `Claim::events` pending events after `lease.position`.
-    pub events: Vec<std::sync::Arc<crate::Event>>,
+    /// Up to `Claim::events` pending events with their reactions.
+    pub events: Vec<Pending>,
 }
 
 /// A queue held by one broker until `expires` on the store's clock.
@@ -60,8 +94,15 @@ pub struct Lease {
     pub expires: DateTime<Utc>,
     /// The queue's position when claimed (the compare-and-set value of an ack).
     pub position: i64,
-    /// Failed attempts so far at the event after `position`.
+    /// Failed attempts so far at the first pending event, lease expiries
+    /// included.
     pub retries: u32,
+    /// How many of those failed attempts were leases that ended without a
+    /// settlement (a crashed broker, a handler that overran its lease).
+    pub lapses: u32,
+    /// The queue's enqueue mark when claimed: a settlement removes only items
+    /// enqueued up to it.
+    pub mark: i64,
 }
 
 impl Lease {
@@ -86,16 +127,16 @@ pub struct LeaseRef {
 /// What happened to a claimed batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Everything up to `Settlement::to` succeeded.
+    /// Everything up to `Settlement::acked` succeeded.
     Ack,
-    /// The event after `to` failed; try again after `delay` (store's clock).
+    /// The event after `acked` failed; try again after `delay` (store's clock).
     Retry {
         /// Wait at least this long before the next attempt.
         delay: Duration,
         /// The failure, for operators.
         error: String,
     },
-    /// The event after `to` failed for good; stop the queue until unblocked.
+    /// The event after `acked` failed for good; stop the queue until unblocked.
     Block {
         /// The failure, for operators.
         error: String,
@@ -111,47 +152,48 @@ pub struct Settlement {
     pub lease: LeaseRef,
     /// The position read at claim (compare-and-set).
     pub from: i64,
-    /// The new position: the id of the last event that succeeded (`from`
-    /// when none did).
-    pub to: i64,
+    /// The enqueue mark read at claim.
+    pub mark: i64,
+    /// The id of the last event of the batch that every one of its reactions
+    /// handled (`None`: none did). The store removes the queue's items up to
+    /// it (enqueued up to `mark`) and moves the position to it if that is
+    /// forward.
+    pub acked: Option<i64>,
     /// Ack, retry or block.
     pub outcome: Outcome,
 }
 
 impl Settlement {
-    /// Acknowledge everything up to `to`.
-    pub fn ack(lease: &Lease, to: i64) -> Self {
+    fn new(lease: &Lease, acked: Option<i64>, outcome: Outcome) -> Self {
         Settlement {
             lease: lease.reference(),
             from: lease.position,
-            to,
-            outcome: Outcome::Ack,
+            mark: lease.mark,
+            acked,
+            outcome,
         }
     }
 
-    /// Keep progress up to `to` and retry the next event after `delay`.
-    pub fn retry(lease: &Lease, to: i64, delay: Duration, error: impl Into<String>) -> Self {
-        Settlement {
-            lease: lease.reference(),
-            from: lease.position,
-            to,
-            outcome: Outcome::Retry {
-                delay,
-                error: error.into(),
-            },
-        }
+    /// Acknowledge every item of the batch up to event `last`.
+    pub fn ack(lease: &Lease, last: i64) -> Self {
+        Settlement::new(lease, Some(last), Outcome::Ack)
     }
 
-    /// Keep progress up to `to` and block at the next event.
-    pub fn block(lease: &Lease, to: i64, error: impl Into<String>) -> Self {
-        Settlement {
-            lease: lease.reference(),
-            from: lease.position,
-            to,
-            outcome: Outcome::Block {
-                error: error.into(),
-            },
-        }
+    /// Keep progress up to `acked` and retry the next event after `delay`.
+    pub fn retry(
+        lease: &Lease,
+        acked: Option<i64>,
+        delay: Duration,
+        error: impl Into<String>,
+    ) -> Self {
+        let error = error.into();
+        Settlement::new(lease, acked, Outcome::Retry { delay, error })
+    }
+
+    /// Keep progress up to `acked` and block at the next event.
+    pub fn block(lease: &Lease, acked: Option<i64>, error: impl Into<String>) -> Self {
+        let error = error.into();
+        Settlement::new(lease, acked, Outcome::Block { error })
     }
 }
 
@@ -198,15 +240,15 @@ pub struct QueueState {
     pub stream: String,
     /// Id of the last acknowledged event (0: none).
     pub position: i64,
-    /// Work mark: id of the last event enqueued for this queue.
+    /// Work mark: id of the highest event ever enqueued for this queue.
     pub head: i64,
     /// The first pending event, if any.
     pub next: Option<i64>,
-    /// Exact number of events enqueued after `position`.
+    /// Exact number of pending events.
     pub lag: u64,
     /// Claim priority (higher first).
     pub priority: i32,
-    /// Failed attempts at `next`.
+    /// Failed attempts at `next` (lease expiries included).
     pub retries: u32,
     /// Earliest time of the next attempt (store's clock), when retrying.
     pub retry_at: Option<DateTime<Utc>>,
@@ -220,6 +262,15 @@ pub struct QueueState {
     pub lease_owner: Option<String>,
     /// When that lease ends (store's clock).
     pub lease_expires: Option<DateTime<Utc>>,
+    /// The reaction whose item is next and which the last broker that looked
+    /// did not have: the queue waits for a broker that has it.
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// While a reset replays the log into this queue: the event id up to
+    /// which the replay has re-correlated it. Nothing past it is delivered
+    /// until the replay has caught up.
+    #[serde(default)]
+    pub replay: Option<i64>,
 }
 
 /// Which queues to list.
@@ -231,14 +282,18 @@ pub struct QueueFilter {
     pub blocked: bool,
     /// Only queues with pending events (lag > 0).
     pub pending: bool,
-    /// At most this many rows (ordered by stream).
+    /// Only queues whose name sorts after this one (byte order): the cursor
+    /// of the next page is the last stream of the previous one.
+    pub after: Option<String>,
+    /// At most this many rows (ordered by stream, byte order).
     pub limit: Option<usize>,
 }
 
 /// Retry bookkeeping shared by every backend: after a failure with progress
-/// (`to > from`) the count restarts at 1 for the new event, otherwise it grows.
-pub fn retries_after_failure(from: i64, to: i64, retries: u32) -> u32 {
-    if to > from {
+/// (some event acknowledged) the count restarts at 1 for the new event,
+/// otherwise it grows.
+pub fn retries_after_failure(progress: bool, retries: u32) -> u32 {
+    if progress {
         1
     } else {
         retries.saturating_add(1)
@@ -252,4 +307,12 @@ pub fn settle_order(settlements: &[Settlement]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..settlements.len()).collect();
     order.sort_by_key(|&i| !matches!(settlements[i].outcome, Outcome::Block { .. }));
     order
+}
+
+/// The error a store records when it counts a lease that ended without a
+/// settlement as a failed attempt (one text for every backend).
+pub fn lapse_error(owner: &str) -> String {
+    format!(
+        "the lease of `{owner}` expired without a settlement (the process crashed or the handler overran its lease)"
+    )
 }

@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,11 @@ use crate::backoff::Backoff;
 use crate::context::Context;
 use crate::error::BoxError;
 use crate::event::Event;
+use crate::subscription::Start;
+
+/// How long a handler call may run before the broker cancels it and counts
+/// a failure (see [`ReactionOptions::timeout`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The future a handler returns.
 pub type HandlerFuture = BoxFuture<'static, Result<(), HandlerError>>;
@@ -59,6 +65,14 @@ impl Resolver {
         match self {
             Resolver::Static(s) => s == stream,
             Resolver::Dynamic(f) => f(event).as_deref() == Some(stream),
+        }
+    }
+
+    /// The one queue of a static resolver.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Resolver::Static(s) => Some(s),
+            Resolver::Dynamic(_) => None,
         }
     }
 }
@@ -96,6 +110,17 @@ pub struct ReactionOptions {
     pub exhausted: Exhausted,
     /// Claim priority of the queues this reaction targets (higher first).
     pub priority: i32,
+    /// How long one handler call may run ([`DEFAULT_TIMEOUT`], 60 s). Past
+    /// it the broker cancels the call (the handler's context reports
+    /// cancellation and the future is dropped) and counts a failure, retried
+    /// with backoff. `None`: no limit (a handler that never returns then
+    /// stalls its queue, renewing its lease forever).
+    #[serde(default = "default_timeout")]
+    pub timeout: Option<Duration>,
+}
+
+fn default_timeout() -> Option<Duration> {
+    Some(DEFAULT_TIMEOUT)
 }
 
 impl Default for ReactionOptions {
@@ -105,6 +130,7 @@ impl Default for ReactionOptions {
             backoff: Backoff::default(),
             exhausted: Exhausted::Block,
             priority: 0,
+            timeout: default_timeout(),
         }
     }
 }
@@ -170,6 +196,7 @@ pub struct Reaction {
     events: Vec<String>,
     resolver: Resolver,
     options: ReactionOptions,
+    start: Option<Start>,
     handler: Handler,
 }
 
@@ -180,6 +207,7 @@ impl std::fmt::Debug for Reaction {
             .field("events", &self.events)
             .field("resolver", &self.resolver)
             .field("options", &self.options)
+            .field("start", &self.start)
             .finish_non_exhaustive()
     }
 }
@@ -193,12 +221,20 @@ impl Reaction {
             events: vec![event],
             resolver: None,
             options: ReactionOptions::default(),
+            start: None,
         }
     }
 
-    /// The reaction's name (part of the idempotency key of what it appends).
+    /// The reaction's name: its subscription in the store and part of the
+    /// idempotency key of what it appends.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where it starts when the store sees it for the first time (`None`:
+    /// the default of [`crate::subscription::resolve_start`]).
+    pub fn start(&self) -> Option<Start> {
+        self.start
     }
 
     /// The event names it reacts to.
@@ -229,6 +265,7 @@ pub struct ReactionBuilder {
     events: Vec<String>,
     resolver: Option<Resolver>,
     options: ReactionOptions,
+    start: Option<Start>,
 }
 
 impl ReactionBuilder {
@@ -238,8 +275,9 @@ impl ReactionBuilder {
         self
     }
 
-    /// Names the reaction (default: the first event name). The name is part
-    /// of the idempotency key of the events the handler appends, so keep it
+    /// Names the reaction (default: the first event name). The name is the
+    /// reaction's durable subscription (its progress in the store) and part
+    /// of the idempotency key of the events the handler appends: keep it
     /// stable across deployments.
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -285,6 +323,46 @@ impl ReactionBuilder {
         self
     }
 
+    /// Sets how long one handler call may run before it is cancelled and
+    /// counted as a failure (default [`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Lets handler calls run for as long as they take.
+    pub fn no_timeout(mut self) -> Self {
+        self.options.timeout = None;
+        self
+    }
+
+    /// When the store first sees this reaction, it handles the whole log,
+    /// history included: what a projection or read model needs.
+    pub fn from_beginning(self) -> Self {
+        self.start(Start::Beginning)
+    }
+
+    /// When the store first sees this reaction, it handles only events
+    /// committed from then on: what a reaction with side effects (e-mails,
+    /// calls to other systems) added to a running application needs.
+    pub fn from_now(self) -> Self {
+        self.start(Start::Now)
+    }
+
+    /// When the store first sees this reaction, it handles events with an
+    /// id above `id`.
+    pub fn from_event(self, id: i64) -> Self {
+        self.start(Start::After(id))
+    }
+
+    /// Sets where the reaction starts when the store first sees it. Once
+    /// registered, a reaction goes on from its stored progress whatever its
+    /// declaration says.
+    pub fn start(mut self, start: Start) -> Self {
+        self.start = Some(start);
+        self
+    }
+
     /// Finishes the reaction with its handler. Without a resolver, each event
     /// goes to a queue named after its own stream.
     pub fn handle<F, Fut>(self, handler: F) -> Reaction
@@ -300,6 +378,7 @@ impl ReactionBuilder {
                 .resolver
                 .unwrap_or_else(|| Resolver::Dynamic(Arc::new(|e: &Event| Some(e.stream.clone())))),
             options: self.options,
+            start: self.start,
             handler: Arc::new(move |e, ctx| Box::pin(handler(e, ctx))),
         }
     }

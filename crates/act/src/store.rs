@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use crate::error::Result;
 use crate::event::{Append, Event};
 use crate::query::Query;
-use crate::queue::{Batch, Claim, LeaseRef, QueueFilter, QueueState, Rejection, Settlement, Work};
+use crate::queue::{Batch, Claim, LeaseRef, QueueFilter, QueueState, Rejection, Settlement};
+use crate::subscription::{Correlation, Replay, Retired, Subscription, SubscriptionState};
 
 /// The event log.
 #[async_trait]
@@ -46,33 +47,66 @@ pub trait EventStore: Send + Sync {
     fn wake(&self) -> watch::Receiver<u64>;
 }
 
-/// Queues: correlation checkpoint, work index, leases, positions.
+/// Queues: subscriptions and their correlation, the work index, leases,
+/// positions. See [`crate::queue`] and [`crate::subscription`] for the model.
 #[async_trait]
 pub trait QueueStore: Send + Sync {
-    /// The correlation checkpoint: every event with an id up to it has been
-    /// run through the resolvers and its work enqueued.
-    async fn checkpoint(&self) -> Result<i64>;
+    /// The one correlation checkpoint of a store upgraded from schema
+    /// version 1 (0 for a store created by this version): where reactions
+    /// without a declared start go on after the upgrade.
+    async fn legacy_checkpoint(&self) -> Result<i64>;
 
-    /// Atomically records `work` and moves the checkpoint from `from` to `to`
-    /// (compare-and-set). When the checkpoint is no longer `from` (another
-    /// broker correlated first), nothing is written. Creates queues on first
-    /// sight, moves their work marks up, never down. Enqueueing an event a
-    /// queue already has is a no-op. Returns the checkpoint after the call;
-    /// while another broker is in the middle of moving it, a store may
-    /// return the last committed checkpoint at once instead of waiting (the
-    /// caller then sees no progress and leaves correlation to the other).
-    async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> Result<i64>;
+    /// Records each subscription the store has not seen (its checkpoint
+    /// starts at its `start`), refreshes the `seen` time, event names and
+    /// target of those it has (retired ones are left as they are), and
+    /// returns every subscription the store holds, ordered by name. One
+    /// transaction.
+    async fn subscribe(&self, subscriptions: &[Subscription]) -> Result<Vec<SubscriptionState>>;
 
-    /// Leases up to `claim.queues` queues with due work (pending, not blocked,
-    /// retry time passed, no live lease), highest priority first, then the
-    /// oldest pending event first, and returns each with up to `claim.events`
-    /// of its pending events in id order. Every claim increases the queue's
-    /// fencing token. Exclusive: a queue with a live lease is never returned.
+    /// Every subscription, ordered by name. Read only.
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionState>>;
+
+    /// Retires reactions: marks them retired, drops their pending items from
+    /// every queue (a queue waiting for one of them stops waiting) and their
+    /// replays. A retired reaction is never correlated or enqueued again.
+    /// Fails with [`crate::Error::UnknownReaction`] (changing nothing) when a
+    /// name is not a subscription.
+    async fn retire(&self, names: &[String]) -> Result<Vec<Retired>>;
+
+    /// Applies one correlation step (see [`Correlation`]): for each of its
+    /// reactions whose checkpoint (or, for a replay step, whose replay on
+    /// that queue) is at `step.from`, moves it to `step.to` and records its
+    /// items of `step.work`; the items of the other reactions are dropped.
+    /// Items for events at or below a queue's reset floor are dropped; items
+    /// a queue already holds are not added twice. Creates queues on first
+    /// sight, moves work marks and priorities up, never down. A replay that
+    /// reaches its `until` ends. Returns, per reaction of the step, its
+    /// checkpoint (replay position) after the call, `None` when it is
+    /// retired, unknown, or (replay) has no replay on that queue.
+    async fn enqueue(&self, step: &Correlation) -> Result<Vec<Option<i64>>>;
+
+    /// The replays under way (reset queues being re-correlated), ordered by
+    /// stream then reaction.
+    async fn replays(&self) -> Result<Vec<Replay>>;
+
+    /// Leases up to `claim.queues` queues with due work (pending, not
+    /// blocked, retry time passed, no live lease, not waiting for a reaction
+    /// outside `claim.reactions`), highest priority first, then the oldest
+    /// pending event first, and returns each with up to `claim.events` of its
+    /// pending events in id order (never past a replay's position). Every
+    /// claim increases the queue's fencing token. A queue whose lease ended
+    /// without a settlement counts that as a failed attempt ([`Lease::lapses`],
+    /// error [`crate::queue::lapse_error`]) before it is leased again. A queue
+    /// whose first pending event has an item for a reaction this broker lacks
+    /// is not leased but marked as waiting for it; a batch stops before the
+    /// first such event. Exclusive: a queue with a live lease is never
+    /// returned.
     async fn claim(&self, claim: &Claim) -> Result<Vec<Batch>>;
 
     /// Applies settlements (blocks first, then acks and retries), each only
     /// if its lease is live, its token current and the queue still at
-    /// `from`; releases each lease. Returns one result per settlement, in
+    /// `from`; removes the acknowledged items (up to `acked`, enqueued up to
+    /// `mark`) and releases each lease. Returns one result per settlement, in
     /// order. One call, one transaction where the backend has them.
     async fn settle(&self, settlements: &[Settlement]) -> Result<Vec<Result<(), Rejection>>>;
 
@@ -85,25 +119,36 @@ pub trait QueueStore: Send + Sync {
     ) -> Result<Vec<Result<chrono::DateTime<chrono::Utc>, Rejection>>>;
 
     /// Gives leases back without moving positions (shutdown, lost work).
+    /// Not a failed attempt.
     async fn release(&self, leases: &[LeaseRef]) -> Result<Vec<Result<(), Rejection>>>;
 
     /// Clears the block of these queues: retries reset, error cleared, token
     /// increased; the queue resumes at the event that failed. Returns the
-    /// streams that were blocked and now are not.
+    /// streams that were blocked and now are not (each once, in the order
+    /// given).
     async fn unblock(&self, streams: &[String]) -> Result<Vec<String>>;
 
-    /// Moves a queue to `position` (replay from there, or skip ahead), clears
-    /// retries, block and lease, increases the token. Fails with
-    /// [`crate::Error::UnknownQueue`] for a queue that does not exist.
+    /// Replays a queue from the log: drops its pending items, moves it to
+    /// `position` (also its floor: items for events at or below it are
+    /// dropped when they arrive later), clears retries, block, waiting and
+    /// lease, increases the token, and records a [`Replay`] for every active
+    /// reaction that may target it (static target this queue, or dynamic)
+    /// and has correlated past `position`. Brokers run the replays; the queue
+    /// delivers nothing past a replay's position until it has caught up.
+    /// Creates the queue when some reaction may target it. Fails with
+    /// [`crate::Error::InvalidInput`] for a negative position or one past the
+    /// log's head, and [`crate::Error::UnknownQueue`] for a queue that does
+    /// not exist and that no reaction can target.
     async fn reset(&self, stream: &str, position: i64) -> Result<QueueState>;
 
-    /// Queues and their state for operators, ordered by stream.
+    /// Queues and their state for operators, ordered by stream (byte order).
     async fn queues(&self, filter: &QueueFilter) -> Result<Vec<QueueState>>;
 
-    /// How long until some pending, unblocked queue becomes claimable (its
-    /// retry time or a lease passes), on the store's clock: `Some(ZERO)` when
-    /// one is claimable now, `None` when no unblocked queue has pending work.
-    async fn next_due(&self) -> Result<Option<Duration>>;
+    /// How long until some pending, unblocked queue that a broker with
+    /// `reactions` may claim becomes claimable (its retry time or a lease
+    /// passes), on the store's clock: `Some(ZERO)` when one is claimable now,
+    /// `None` when none has deliverable work.
+    async fn next_due(&self, reactions: &[String]) -> Result<Option<Duration>>;
 }
 
 /// A store that is both: what applications and brokers hold.

@@ -1,9 +1,13 @@
-//! Runs one claimed batch: the queue's events in id order, each through every
-//! reaction that targets this queue, stopping at the first failure.
+//! Runs one claimed batch: the queue's events in id order, each through the
+//! reactions its work names, stopping at the first failure.
 //!
-//! The result is a [`Settlement`] the broker writes back: an ack up to the last
-//! event that succeeded, or a retry/block that keeps that partial progress.
-//! Panics are caught and treated as failures.
+//! The result is a [`Settlement`] the broker writes back: an ack up to the
+//! last event that succeeded, or a retry/block that keeps that partial
+//! progress. A handler runs for the reactions its queue's items name, never
+//! for a reaction the item does not name (the resolver is not asked again),
+//! so a resolver that answers differently after a deploy cannot make an event
+//! skip its queue. Panics are caught, and calls that outlive their reaction's
+//! timeout are cancelled; both are failures like an error.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,17 +21,27 @@ use crate::event::Event;
 use crate::queue::{retries_after_failure, Batch, Lease, Settlement};
 use crate::reaction::{Exhausted, Reaction};
 
+/// Queues that hold events whose resolver answered a name no store accepts
+/// (see [`crate::limits`]): `{prefix}{reaction}`. Such a queue blocks at
+/// every event with the reason; nothing else is ever delivered from it.
+pub const INVALID_TARGET_PREFIX: &str = "act.invalid-target.";
+
 /// What a batch did, for the broker's counters and its settle call.
 #[derive(Debug)]
 pub(crate) struct Finished {
     pub lease: Lease,
-    pub settlement: Settlement,
+    /// What to write back; `None` when the batch stopped before its first
+    /// event (lease lost, shutdown): the lease is released instead, which
+    /// leaves retry counts as they are.
+    pub settlement: Option<Settlement>,
     /// Events that fully succeeded (or were skipped after exhausting retries).
     pub events: u64,
     /// Successful handler calls.
     pub reactions: u64,
     /// Exhausted reactions that were skipped (`Exhausted::Skip`).
     pub skipped: u64,
+    /// Handler calls cancelled past their timeout.
+    pub timeouts: u64,
 }
 
 /// Processes `batch` in order. Stops before the next event once `lease_lost`
@@ -39,23 +53,62 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Finished {
     let Batch { lease, events } = batch;
-    let mut to = lease.position;
     let mut done = Finished {
-        settlement: Settlement::ack(&lease, to),
+        settlement: None,
         lease: lease.clone(),
         events: 0,
         reactions: 0,
         skipped: 0,
+        timeouts: 0,
     };
-    for (i, event) in events.iter().enumerate() {
+    let mut acked: Option<i64> = None;
+    let invalid_target = lease.stream.strip_prefix(INVALID_TARGET_PREFIX);
+    for (i, pending) in events.iter().enumerate() {
         if lease_lost.is_cancelled() || shutdown.is_cancelled() {
             break;
         }
+        let event = &pending.event;
+        if let Some(reaction) = invalid_target {
+            let error = invalid_target_error(&act, reaction, event);
+            done.settlement = Some(Settlement::block(&lease, acked, error));
+            return done;
+        }
         // The stored retry count belongs to the first pending event only.
-        let attempt = if i == 0 { lease.retries + 1 } else { 1 };
-        for reaction in act.registry().for_event(&event.name) {
-            if !reaction.resolver().targets(event, &lease.stream) {
-                continue;
+        let first = i == 0;
+        let attempt = if first { lease.retries + 1 } else { 1 };
+        let reactions = match reactions_of(&act, &lease.stream, pending) {
+            Ok(r) => r,
+            // Claim never hands out work for a reaction this broker lacks;
+            // if it did, stop here rather than ack what did not run.
+            Err(missing) => {
+                tracing::warn!(queue = %lease.stream, event = event.id, reaction = %missing,
+                    "batch holds work for a reaction this broker does not have; stopping before it");
+                break;
+            }
+        };
+        for reaction in reactions {
+            let opts = reaction.options();
+            if first && lease.lapses > 0 && lease.retries > opts.max_retries {
+                let error = format!(
+                    "reaction `{}` on event {} `{}`: the lease expired {} times without a settlement \
+                     (the process crashed or the handler overran its lease); {} failed attempts in all",
+                    reaction.name(),
+                    event.id,
+                    event.name,
+                    lease.lapses,
+                    lease.retries
+                );
+                match opts.exhausted {
+                    Exhausted::Block => {
+                        done.settlement = Some(Settlement::block(&lease, acked, error));
+                        return done;
+                    }
+                    Exhausted::Skip => {
+                        tracing::warn!(queue = %lease.stream, %error, "retries exhausted, skipping the event");
+                        done.skipped += 1;
+                        continue;
+                    }
+                }
             }
             let ctx = Context::new(
                 act.clone(),
@@ -66,10 +119,13 @@ pub(crate) async fn run(
                 lease_lost.clone(),
                 shutdown.clone(),
             );
-            let Err(failure) = call(reaction, event.clone(), ctx).await else {
+            let Err(failure) = call(&reaction, event.clone(), ctx).await else {
                 done.reactions += 1;
                 continue;
             };
+            if failure.timed_out {
+                done.timeouts += 1;
+            }
             let error = format!(
                 "reaction `{}` failed on event {} `{}` (attempt {attempt}): {}",
                 reaction.name(),
@@ -77,10 +133,9 @@ pub(crate) async fn run(
                 event.name,
                 failure.message
             );
-            let opts = reaction.options();
-            let retries = retries_after_failure(lease.position, to, lease.retries);
+            let retries = retries_after_failure(acked.is_some(), lease.retries);
             if failure.permanent {
-                done.settlement = Settlement::block(&lease, to, error);
+                done.settlement = Some(Settlement::block(&lease, acked, error));
                 return done;
             }
             // A store that is briefly unreachable is not the handler's fault:
@@ -88,7 +143,7 @@ pub(crate) async fn run(
             if retries > opts.max_retries && !failure.store_unavailable {
                 match opts.exhausted {
                     Exhausted::Block => {
-                        done.settlement = Settlement::block(&lease, to, error);
+                        done.settlement = Some(Settlement::block(&lease, acked, error));
                         return done;
                     }
                     Exhausted::Skip => {
@@ -99,14 +154,55 @@ pub(crate) async fn run(
                 }
             }
             let delay = opts.backoff.delay(retries);
-            done.settlement = Settlement::retry(&lease, to, delay, error);
+            done.settlement = Some(Settlement::retry(&lease, acked, delay, error));
             return done;
         }
-        to = event.id;
+        acked = Some(event.id);
         done.events += 1;
-        done.settlement = Settlement::ack(&lease, to);
+        done.settlement = Some(Settlement::ack(&lease, event.id));
     }
     done
+}
+
+/// The reactions to run for one pending event: those its items name, in
+/// registration order, or (an item of a schema-1 store, which names none)
+/// every reaction to the event's name whose resolver targets the queue.
+fn reactions_of(act: &Act, stream: &str, pending: &crate::queue::Pending) -> Result<Vec<Arc<Reaction>>, String> {
+    let registry = act.registry();
+    if pending.reactions.is_empty() {
+        return Ok(registry
+            .for_event(&pending.event.name)
+            .iter()
+            .filter(|r| r.resolver().targets(&pending.event, stream))
+            .cloned()
+            .collect());
+    }
+    let mut out = Vec::with_capacity(pending.reactions.len());
+    for name in &pending.reactions {
+        match registry.get(name) {
+            Some(r) => out.push(r.clone()),
+            None => return Err(name.clone()),
+        }
+    }
+    Ok(out)
+}
+
+fn invalid_target_error(act: &Act, reaction: &str, event: &Event) -> String {
+    let target = act
+        .registry()
+        .get(reaction)
+        .and_then(|r| r.resolver().resolve(event));
+    let why = match &target {
+        Some(t) => crate::limits::check_name("the queue name", t)
+            .err()
+            .map_or_else(|| format!("it now resolves to `{t}`, a valid name: reset this queue past the event and replay `{t}`"), |e| e.to_string()),
+        None => "the resolver no longer targets a queue for it".to_string(),
+    };
+    format!(
+        "reaction `{reaction}` resolved event {} `{}` to a queue name no store accepts ({why}); \
+         fix the resolver, then skip this queue past the event with `reset`",
+        event.id, event.name
+    )
 }
 
 struct Failure {
@@ -114,13 +210,34 @@ struct Failure {
     permanent: bool,
     /// The handler failed because the store was unavailable.
     store_unavailable: bool,
+    timed_out: bool,
 }
 
 async fn call(reaction: &Reaction, event: Arc<Event>, ctx: Context) -> Result<(), Failure> {
-    match AssertUnwindSafe(reaction.call(event, ctx))
-        .catch_unwind()
-        .await
-    {
+    let timeout = reaction.options().timeout;
+    let cancel = ctx.timeout_token();
+    let mut fut = AssertUnwindSafe(reaction.call(event, ctx)).catch_unwind();
+    let outcome = match timeout {
+        None => fut.await,
+        Some(limit) => {
+            tokio::select! {
+                r = &mut fut => r,
+                _ = tokio::time::sleep(limit) => {
+                    // Tell the handler first (its spawned work may watch the
+                    // context), then drop its future.
+                    cancel.cancel();
+                    drop(fut);
+                    return Err(Failure {
+                        message: format!("timed out after {limit:?} and was cancelled"),
+                        permanent: false,
+                        store_unavailable: false,
+                        timed_out: true,
+                    });
+                }
+            }
+        }
+    };
+    match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Failure {
             message: e.to_string(),
@@ -129,11 +246,13 @@ async fn call(reaction: &Reaction, event: Arc<Event>, ctx: Context) -> Result<()
                 .error()
                 .downcast_ref::<crate::Error>()
                 .is_some_and(crate::Error::is_transient),
+            timed_out: false,
         }),
         Err(panic) => Err(Failure {
             message: format!("handler panicked: {}", panic_message(&*panic)),
             permanent: false,
             store_unavailable: false,
+            timed_out: false,
         }),
     }
 }

@@ -1,11 +1,15 @@
 //! The broker: the delivery loop of an application.
 //!
-//! One loop per broker: correlate new events into queues, claim queues with
-//! due work (leases with fencing tokens), run each claimed queue's batch in its
-//! own task (queues concurrently up to `concurrency`, events within a queue
-//! strictly in order), and settle finished batches in one store call: ack,
-//! retry with backoff, or block. Leases of long batches are renewed; a handler
-//! whose lease cannot be renewed is told so through its context.
+//! One loop per broker: register the application's reactions (durable
+//! subscriptions), correlate new events into queues (and backfill reactions
+//! that are behind, and replay reset queues, beside live traffic), claim
+//! queues with due work that this broker's reactions can handle (leases with
+//! fencing tokens), run each claimed queue's batch in its own task (queues
+//! concurrently up to `concurrency`, events within a queue strictly in
+//! order), and settle finished batches in one store call: ack, retry with
+//! backoff, or block. Leases of long batches are renewed; a handler whose
+//! lease cannot be renewed is told so through its context. While the store
+//! is unreachable the loop backs off (see [`StoreBackoff`]).
 //!
 //! Run it three ways:
 //! - [`Broker::settle`]: until no due work is left now (tests, one-shot jobs);
@@ -25,8 +29,13 @@
 //! # Ok(()) }
 //! ```
 
+mod correlate;
 mod dispatch;
+mod pacer;
 mod runner;
+
+pub use dispatch::INVALID_TARGET_PREFIX;
+pub use pacer::StoreBackoff;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,10 +66,20 @@ pub struct BrokerOptions {
     pub renew_every: Option<Duration>,
     /// Fallback polling period when no wake-up arrives.
     pub poll: Duration,
-    /// Events read per correlation step.
+    /// Events read per live correlation step.
     pub correlate_batch: usize,
+    /// Events read per backfill or replay step (a reaction catching up, a
+    /// reset queue): one page is one store write, so smaller pages keep the
+    /// latency of live traffic low while a backfill runs.
+    pub backfill_batch: usize,
     /// How long shutdown waits for in-flight batches.
     pub grace: Duration,
+    /// How often the broker registers its reactions again (operators see
+    /// which reactions running brokers have; the broker learns of resets and
+    /// retirements). Zero: only at start.
+    pub heartbeat: Duration,
+    /// Pauses after failed store calls.
+    pub store_backoff: StoreBackoff,
 }
 
 impl Default for BrokerOptions {
@@ -73,7 +92,10 @@ impl Default for BrokerOptions {
             renew_every: None,
             poll: Duration::from_secs(1),
             correlate_batch: 1000,
+            backfill_batch: 1000,
             grace: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(5),
+            store_backoff: StoreBackoff::default(),
         }
     }
 }
@@ -121,6 +143,24 @@ impl BrokerOptions {
         self
     }
 
+    /// Sets the registration heartbeat.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Sets the pauses after failed store calls.
+    pub fn store_backoff(mut self, backoff: StoreBackoff) -> Self {
+        self.store_backoff = backoff;
+        self
+    }
+
+    /// Sets the events read per backfill or replay step.
+    pub fn backfill_batch(mut self, n: usize) -> Self {
+        self.backfill_batch = n.max(1);
+        self
+    }
+
     pub(crate) fn renew_period(&self) -> Duration {
         self.renew_every.unwrap_or(self.lease / 3)
     }
@@ -149,8 +189,12 @@ pub struct Stats {
     pub skipped: u64,
     /// Queues claimed.
     pub claims: u64,
-    /// Events correlated (read past the checkpoint).
+    /// Events correlated live (read past the live checkpoint).
     pub correlated: u64,
+    /// Events read by backfill and replay steps.
+    pub backfilled: u64,
+    /// Handler calls cancelled past their reaction's timeout.
+    pub timeouts: u64,
     /// Settlements, renewals or releases the store refused (stale lease).
     pub rejected: u64,
     /// Leases lost while a batch ran.
@@ -168,6 +212,8 @@ pub(crate) struct Counters {
     pub skipped: AtomicU64,
     pub claims: AtomicU64,
     pub correlated: AtomicU64,
+    pub backfilled: AtomicU64,
+    pub timeouts: AtomicU64,
     pub rejected: AtomicU64,
     pub lost: AtomicU64,
     pub errors: AtomicU64,
@@ -188,6 +234,8 @@ impl Counters {
             skipped: r(&self.skipped),
             claims: r(&self.claims),
             correlated: r(&self.correlated),
+            backfilled: r(&self.backfilled),
+            timeouts: r(&self.timeouts),
             rejected: r(&self.rejected),
             lost: r(&self.lost),
             errors: r(&self.errors),
@@ -223,11 +271,13 @@ impl Broker {
         self.counters.snapshot()
     }
 
-    /// Runs until no due work is left now: everything correlated, nothing
-    /// claimable, nothing in flight. Scheduled retries and queues leased by
-    /// other brokers are not waited for; committed events the store cannot
-    /// show followers yet (PostgreSQL: behind a transaction still running)
-    /// are waited for up to 1 s. Returns the counters of this broker.
+    /// Runs until no due work is left now: every reaction correlated
+    /// (backfills and replays included), nothing claimable, nothing in
+    /// flight. Scheduled retries and queues leased by other brokers are not
+    /// waited for (use [`Broker::catch_up`] for that); committed events the
+    /// store cannot show followers yet (PostgreSQL: behind a transaction
+    /// still running) are waited for up to 1 s. Returns the counters of this
+    /// broker.
     pub async fn settle(&self) -> Result<Stats> {
         self.run(Mode::Settle, CancellationToken::new()).await
     }

@@ -1,10 +1,19 @@
-//! The broker's loop: correlate → claim → dispatch → settle, driven by store
-//! wake-ups, finished batches, renewal deadlines and a fallback poll.
+//! The broker's loop. Each pass does, in order: write back finished batches
+//! (settle, release), register the reactions (at start and every heartbeat),
+//! take a finished backfill step in, correlate the live group, start the
+//! next backfill step, renew leases, claim. The first store call that fails
+//! ends the pass; then the loop waits.
 //!
-//! The loop owns every task it spawns (a `JoinSet`); nothing outlives it.
-//! Store failures are logged, counted and retried with a growing pause; in the
-//! one-shot modes they end the run after a bounded number of attempts so a
-//! caller is never left waiting on a store that is gone.
+//! How long it waits is decided in one place, [`Runner::deadline`]: after a
+//! failure, the [`Pacer`]'s pause and nothing else (no wake-up, finished
+//! batch or renewal deadline cuts it short; only shutdown does); otherwise
+//! the earliest of the fallback poll, a lease renewal, a scheduled retry, a
+//! followed cursor, the heartbeat and the shutdown grace period, or sooner
+//! a wake-up or a finished batch.
+//!
+//! The loop owns every task it spawns (`JoinSet`s); nothing outlives it.
+//! In the one-shot modes a failure that is not transient, or that has lasted
+//! [`ONE_SHOT_FAILURES`] passes, ends the run with the error.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,12 +23,13 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::correlate::{self, Progress, Stepped};
 use super::dispatch::{self, Finished};
+use super::pacer::Pacer;
 use super::{BrokerOptions, Counters};
 use crate::app::Act;
 use crate::error::{Error, Result};
-use crate::query::Query;
-use crate::queue::{Claim, LeaseRef, Outcome, Work};
+use crate::queue::{Claim, LeaseRef, Outcome};
 
 /// When a run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +42,7 @@ pub(crate) enum Mode {
     Forever,
 }
 
-/// Consecutive store failures a one-shot run tolerates before it gives up.
+/// Consecutive failed passes a one-shot run tolerates before it gives up.
 const ONE_SHOT_FAILURES: u32 = 12;
 
 /// How soon a one-shot run looks again for committed events the store does
@@ -43,34 +53,37 @@ const HIDDEN_RECHECK: Duration = Duration::from_millis(5);
 /// waits until they are delivered).
 const SETTLE_HIDDEN_PATIENCE: Duration = Duration::from_secs(1);
 
-/// How long a broker that lost a correlation race leaves
-/// correlation to the winner before trying again. Every broker reads and
-/// decodes the events it correlates; when all of them do it on every wake-up,
-/// all but one of them wait for the checkpoint and throw their reads away,
-/// and more brokers deliver less. If the winner stops, another broker takes
-/// over within this time.
-const FOLLOW: Duration = Duration::from_millis(100);
-
 struct Running {
     lease: LeaseRef,
     lost: CancellationToken,
     renewed: Instant,
 }
 
+/// What the next pass should look at.
+struct Want {
+    /// New events may be in the log.
+    correlate: bool,
+    /// Queues may be claimable.
+    claim: bool,
+}
+
+type Failed = (&'static str, Error);
+
 pub(crate) struct Runner {
     act: Act,
     opts: BrokerOptions,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
-    checkpoint: Option<i64>,
-    /// Set when this broker lost a correlation race: correlation waits until
-    /// then.
-    follow_until: Option<Instant>,
+    progress: Progress,
+    registered: Option<Instant>,
     tasks: JoinSet<Finished>,
     running: HashMap<Id, Running>,
     done: Vec<Finished>,
     orphans: Vec<LeaseRef>,
-    failures: u32,
+    /// At most one backfill or replay step in flight.
+    backfill: JoinSet<Result<Stepped>>,
+    stepped: Option<Result<Stepped>>,
+    pacer: Pacer,
 }
 
 impl Runner {
@@ -80,18 +93,21 @@ impl Runner {
         counters: Arc<Counters>,
         shutdown: CancellationToken,
     ) -> Self {
+        let pacer = Pacer::new(opts.store_backoff);
         Runner {
             act,
             opts,
             counters,
             shutdown,
-            checkpoint: None,
-            follow_until: None,
+            progress: Progress::default(),
+            registered: None,
             tasks: JoinSet::new(),
             running: HashMap::new(),
             done: Vec::new(),
             orphans: Vec::new(),
-            failures: 0,
+            backfill: JoinSet::new(),
+            stepped: None,
+            pacer,
         }
     }
 
@@ -100,8 +116,10 @@ impl Runner {
         let mut wake = store.wake();
         wake.borrow_and_update();
         let mut wake_open = true;
-        let mut correlate = true;
-        let mut claim = true;
+        let mut want = Want {
+            correlate: true,
+            claim: true,
+        };
         let mut stopping = false;
         let mut grace_end: Option<Instant> = None;
         let mut due_at: Option<Instant> = None;
@@ -109,164 +127,265 @@ impl Runner {
         let mut next_poll = Instant::now() + self.opts.poll;
 
         loop {
-            let mut failed = false;
-            while let Some(res) = self.tasks.try_join_next_with_id() {
-                self.finished(res);
-            }
-            if !self.done.is_empty() || !self.orphans.is_empty() {
-                match self.flush().await {
-                    Ok(()) => claim = true,
-                    Err(e) => failed = self.fail("settle", e, mode)?,
+            self.reap();
+            let failed = match self.pass(&mut want, stopping).await {
+                Ok(()) => {
+                    self.pacer.succeeded();
+                    None
                 }
-            }
-            let following = self.follow_until.is_some_and(|t| Instant::now() < t);
-            if correlate && !stopping && !failed && !following {
-                match self.correlate().await {
-                    Ok(lost) => {
-                        correlate = false;
-                        claim = true;
-                        // A run never counts itself quiet while following:
-                        // `correlate` stays set until it has looked again.
-                        self.follow_until = lost.then(|| Instant::now() + FOLLOW);
+                Err((step, e)) => {
+                    Counters::add(&self.counters.errors, 1);
+                    self.pacer.failed(step, &e);
+                    let unregistered = self.registered.is_none() && !e.is_transient();
+                    let give_up = mode != Mode::Forever
+                        && (!e.is_transient() || self.pacer.failures() >= ONE_SHOT_FAILURES);
+                    let abandoned = stopping && grace_end.is_none();
+                    if unregistered || give_up {
+                        self.abort_all().await;
+                        return Err(e);
                     }
-                    Err(e) => failed = self.fail("correlate", e, mode)?,
+                    if abandoned {
+                        tracing::warn!(error = %e, "shutting down while the store is unreachable: \
+                            leases not released expire on the store's clock");
+                        return Err(e);
+                    }
+                    Some(e)
                 }
-            }
-            if !failed {
-                if let Err(e) = self.renew().await {
-                    failed = self.fail("renew", e, mode)?;
-                }
-            }
-            if claim && !stopping && !failed && self.running.len() < self.opts.concurrency {
-                match self.claim().await {
-                    Ok(full) => claim = full,
-                    Err(e) => failed = self.fail("claim", e, mode)?,
-                }
-            }
-            if !failed {
-                self.failures = 0;
-            }
+            };
 
-            if stopping
-                && self.running.is_empty()
-                && self.done.is_empty()
-                && self.orphans.is_empty()
-            {
+            if stopping && self.idle() {
                 return Ok(());
             }
-            let woken = wake_open && wake.has_changed().unwrap_or(false);
-            // Quiet: nothing running, nothing to write back, correlation and
-            // claim found nothing. A pending wake-up alone does not make the
-            // run busy when the store is only re-waking us for hidden events.
-            let quiet =
-                self.running.is_empty() && self.done.is_empty() && !correlate && !claim && !failed;
+            let quiet = failed.is_none() && self.idle() && !want.correlate && !want.claim;
             if !quiet {
                 hidden_since = None;
             }
-            if quiet && !stopping && mode != Mode::Forever {
-                // Committed events a store cannot show followers yet (on
-                // PostgreSQL: behind a transaction still running) are work
-                // too: look again shortly.
-                match store.head().await {
-                    Ok(head) if head > self.checkpoint.unwrap_or(0) => {
-                        let since = *hidden_since.get_or_insert_with(Instant::now);
-                        let waited = since.elapsed();
-                        if mode == Mode::Settle && waited >= SETTLE_HIDDEN_PATIENCE {
-                            return Ok(());
+            if quiet && !stopping && mode != Mode::Forever && !self.progress.behind() {
+                match self.finish(mode, &mut hidden_since).await {
+                    Ok(Some(wait)) => due_at = Some(Instant::now() + wait),
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        Counters::add(&self.counters.errors, 1);
+                        self.pacer.failed("finish", &e);
+                        if !e.is_transient() || self.pacer.failures() >= ONE_SHOT_FAILURES {
+                            return Err(e);
                         }
-                        if waited >= Duration::from_secs(1)
-                            && waited.as_millis() % 1000 < HIDDEN_RECHECK.as_millis()
-                        {
-                            tracing::info!(head, checkpoint = ?self.checkpoint, ?waited,
-                                "waiting for committed events hidden behind running transactions");
-                        }
-                        correlate = true;
-                        due_at = Some(Instant::now() + HIDDEN_RECHECK);
                     }
-                    Ok(_) if woken => {}
-                    Ok(_) => match mode {
-                        Mode::CatchUp => match store.next_due().await {
-                            Ok(None) => return Ok(()),
-                            Ok(Some(d)) => {
-                                due_at = Some(Instant::now() + d.max(Duration::from_millis(1)))
-                            }
-                            Err(e) => failed = self.fail("next_due", e, mode)?,
-                        },
-                        _ => return Ok(()),
-                    },
-                    Err(e) => failed = self.fail("head", e, mode)?,
+                }
+                if hidden_since.is_some() {
+                    want.correlate = true;
                 }
             }
 
-            let now = Instant::now();
-            let mut deadline = next_poll;
-            if let Some(t) = self.next_renewal() {
-                deadline = deadline.min(t);
-            }
-            if let Some(t) = grace_end {
-                deadline = deadline.min(t);
-            }
-            if let Some(t) = due_at {
-                deadline = deadline.min(t);
-            }
-            if let Some(t) = self.follow_until.filter(|_| correlate) {
-                deadline = deadline.min(t);
-            }
-            if failed {
-                deadline = deadline.min(now + self.pause());
-            }
-
+            let deadline = self.deadline(next_poll, grace_end, due_at);
+            let pausing = self.pacer.pausing().is_some();
+            let following = self.progress.follow_ends();
             tokio::select! {
                 _ = self.shutdown.cancelled(), if !stopping => {
                     stopping = true;
                     grace_end = Some(Instant::now() + self.opts.grace);
                 }
-                Some(res) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                Some(res) = self.tasks.join_next_with_id(), if !pausing && !self.tasks.is_empty() => {
                     self.finished(res);
                 }
-                changed = wake.changed(), if wake_open => {
+                Some(res) = self.backfill.join_next(), if !pausing && !self.backfill.is_empty() => {
+                    self.stepped = Some(flatten(res));
+                }
+                changed = wake.changed(), if !pausing && wake_open => {
                     if changed.is_ok() {
-                        correlate = true;
-                        claim = true;
+                        want.correlate = true;
+                        want.claim = true;
                     } else {
                         wake_open = false;
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
-                    if now >= next_poll || failed {
-                        correlate = true;
-                        claim = true;
+                    if now >= next_poll {
+                        want.correlate = true;
+                        want.claim = true;
                         next_poll = now + self.opts.poll;
                     }
                     if due_at.is_some_and(|t| now >= t) {
                         due_at = None;
-                        claim = true;
+                        want.claim = true;
+                    }
+                    if following.is_some_and(|t| now >= t) {
+                        // A cursor left to another broker may be tried again.
+                        want.correlate = true;
                     }
                     if grace_end.is_some_and(|t| now >= t) {
                         grace_end = None;
                         self.abort_all().await;
+                    }
+                    if failed.is_some() {
+                        // The pause is over: try every concern again.
+                        want.correlate = true;
+                        want.claim = true;
                     }
                 }
             }
         }
     }
 
-    /// Counts and logs a store failure; ends a one-shot run when the failure
-    /// is not transient or has lasted too long. Returns `true` (failed).
-    fn fail(&mut self, what: &str, e: Error, mode: Mode) -> Result<bool> {
-        self.failures += 1;
-        Counters::add(&self.counters.errors, 1);
-        tracing::warn!(step = what, failures = self.failures, error = %e, "broker store call failed; retrying");
-        if mode != Mode::Forever && (!e.is_transient() || self.failures >= ONE_SHOT_FAILURES) {
-            return Err(e);
+    /// One pass over the concerns; the first failed store call ends it.
+    async fn pass(&mut self, want: &mut Want, stopping: bool) -> Result<(), Failed> {
+        if !self.done.is_empty() || !self.orphans.is_empty() {
+            self.flush().await.map_err(|e| ("settle", e))?;
+            want.claim = true;
         }
-        Ok(true)
+        if !stopping && self.registration_due() {
+            self.register().await.map_err(|e| ("register", e))?;
+            want.correlate = true;
+            want.claim = true;
+        }
+        if let Some(stepped) = self.stepped.take() {
+            let s = stepped.map_err(|e| ("backfill", e))?;
+            self.took(&s, true);
+            want.claim |= s.items > 0;
+        }
+        if want.correlate && !stopping {
+            let caught_up = self.correlate_live().await.map_err(|e| ("correlate", e))?;
+            want.correlate = !caught_up;
+            want.claim = true;
+        }
+        if !stopping && self.backfill.is_empty() && self.stepped.is_none() {
+            if let Some(job) = self.progress.next_backfill(Instant::now()) {
+                let act = self.act.clone();
+                let page = self.opts.backfill_batch;
+                self.backfill
+                    .spawn(async move { correlate::step(&act, job, page).await });
+            }
+        }
+        self.renew().await.map_err(|e| ("renew", e))?;
+        if want.claim && !stopping && self.running.len() < self.opts.concurrency {
+            want.claim = self.claim().await.map_err(|e| ("claim", e))?;
+        }
+        Ok(())
     }
 
-    fn pause(&self) -> Duration {
-        let ms = 10u64.saturating_mul(1 << self.failures.min(10));
-        Duration::from_millis(ms.min(2_000))
+    /// Nothing running, nothing to write back, no backfill step in flight.
+    fn idle(&self) -> bool {
+        self.running.is_empty()
+            && self.done.is_empty()
+            && self.orphans.is_empty()
+            && self.backfill.is_empty()
+            && self.stepped.is_none()
+    }
+
+    /// The one place that decides how long the loop sleeps.
+    fn deadline(&self, next_poll: Instant, grace_end: Option<Instant>, due_at: Option<Instant>) -> Instant {
+        if let Some(pause) = self.pacer.pausing() {
+            // After a failure only the pause counts (and the end of a
+            // shutdown's grace period).
+            return grace_end.map_or(pause, |g| g.min(pause));
+        }
+        [
+            Some(next_poll),
+            self.next_renewal(),
+            grace_end,
+            due_at,
+            self.progress.follow_ends(),
+            self.registered
+                .filter(|_| self.opts.heartbeat > Duration::ZERO)
+                .map(|t| t + self.opts.heartbeat),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(next_poll)
+    }
+
+    /// A one-shot run is quiet: end it, or say how long to wait. Committed
+    /// events the store cannot show followers yet (PostgreSQL: behind a
+    /// transaction still running) are work too.
+    async fn finish(&mut self, mode: Mode, hidden_since: &mut Option<Instant>) -> Result<Option<Duration>> {
+        let store = self.act.store().clone();
+        let live = self.progress.live_checkpoint();
+        let head = match live {
+            Some(_) => store.head().await?,
+            None => 0,
+        };
+        if live.is_some_and(|cp| head > cp) {
+            let since = *hidden_since.get_or_insert_with(Instant::now);
+            let waited = since.elapsed();
+            if mode == Mode::Settle && waited >= SETTLE_HIDDEN_PATIENCE {
+                return Ok(None);
+            }
+            if waited >= Duration::from_secs(1) && waited.as_millis() % 1000 < HIDDEN_RECHECK.as_millis() {
+                tracing::info!(head, checkpoint = ?live, ?waited,
+                    "waiting for committed events hidden behind running transactions");
+            }
+            return Ok(Some(HIDDEN_RECHECK));
+        }
+        *hidden_since = None;
+        let mine = self.progress.reactions();
+        if mode == Mode::Settle || mine.is_empty() {
+            return Ok(None);
+        }
+        match store.next_due(&mine).await? {
+            None => Ok(None),
+            Some(d) => Ok(Some(d.max(Duration::from_millis(1)))),
+        }
+    }
+
+    fn registration_due(&self) -> bool {
+        match self.registered {
+            None => true,
+            Some(t) => self.opts.heartbeat > Duration::ZERO && t.elapsed() >= self.opts.heartbeat,
+        }
+    }
+
+    /// Registers the reactions and learns where each one is.
+    async fn register(&mut self) -> Result<()> {
+        let states = self.act.register().await?;
+        let replays = self.act.store().replays().await?;
+        self.progress.learn(&self.act, &states, replays);
+        self.registered = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Live correlation until caught up; true when it is (false while
+    /// another broker is doing it or a page was full).
+    async fn correlate_live(&mut self) -> Result<bool> {
+        loop {
+            let Some(job) = self.progress.live(Instant::now()) else {
+                return Ok(self.progress.follow_ends().is_none());
+            };
+            let s = correlate::step(&self.act, job, self.opts.correlate_batch).await?;
+            let lost = self.took(&s, false);
+            if lost {
+                return Ok(false);
+            }
+            if !s.full {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Takes a step's result into the progress and the counters.
+    fn took(&mut self, s: &Stepped, backfill: bool) -> bool {
+        let lost = self.progress.apply(s);
+        if !lost && s.after.is_some() {
+            let c = if backfill {
+                &self.counters.backfilled
+            } else {
+                &self.counters.correlated
+            };
+            Counters::add(c, s.read as u64);
+        }
+        lost
+    }
+
+    fn reap(&mut self) {
+        while let Some(res) = self.tasks.try_join_next_with_id() {
+            self.finished(res);
+        }
+        if self.stepped.is_none() {
+            if let Some(res) = self.backfill.try_join_next() {
+                self.stepped = Some(flatten(res));
+            }
+        }
     }
 
     fn finished(&mut self, res: Result<(Id, Finished), JoinError>) {
@@ -287,6 +406,8 @@ impl Runner {
     }
 
     async fn abort_all(&mut self) {
+        self.backfill.abort_all();
+        while self.backfill.join_next().await.is_some() {}
         if self.tasks.is_empty() {
             return;
         }
@@ -300,63 +421,13 @@ impl Runner {
         }
     }
 
-    /// Routes new events to queues; true when another broker moved the
-    /// checkpoint first (this broker's last read was wasted).
-    async fn correlate(&mut self) -> Result<bool> {
-        let store = self.act.store().clone();
-        let mut cp = match self.checkpoint {
-            Some(c) => c,
-            None => store.checkpoint().await?,
-        };
-        let batch = self.opts.correlate_batch.max(1);
-        let mut lost = false;
-        loop {
-            let events = store.query(&Query::new().after(cp).limit(batch)).await?;
-            let Some(last) = events.last() else { break };
-            let to = last.id;
-            let mut work: Vec<Work> = Vec::new();
-            for e in &events {
-                let first = work.len();
-                for r in self.act.registry().for_event(&e.name) {
-                    let Some(stream) = r.resolver().resolve(e) else {
-                        continue;
-                    };
-                    let priority = r.options().priority;
-                    match work[first..].iter_mut().find(|w| w.stream == stream) {
-                        Some(w) => w.priority = w.priority.max(priority),
-                        None => work.push(Work {
-                            stream,
-                            event: e.id,
-                            priority,
-                        }),
-                    }
-                }
-            }
-            let after = store.enqueue(&work, cp, to).await?;
-            lost = after != to;
-            if after == to {
-                Counters::add(&self.counters.correlated, events.len() as u64);
-            }
-            if after <= cp {
-                // The store reports no progress past what we read: nothing
-                // more to do until the next wake-up.
-                break;
-            }
-            cp = after;
-            if events.len() < batch {
-                break;
-            }
-        }
-        self.checkpoint = Some(cp);
-        Ok(lost)
-    }
-
     /// Claims up to the free slots; true when every slot was filled (more may
     /// be waiting).
     async fn claim(&mut self) -> Result<bool> {
         let free = self.opts.concurrency.saturating_sub(self.running.len());
-        if free == 0 {
-            return Ok(true);
+        let reactions = self.progress.reactions();
+        if free == 0 || reactions.is_empty() {
+            return Ok(free == 0);
         }
         let started = Instant::now();
         let batches = self
@@ -367,6 +438,7 @@ impl Runner {
                 queues: free,
                 events: self.opts.batch,
                 lease: self.opts.lease,
+                reactions,
             })
             .await?;
         let full = batches.len() == free;
@@ -388,27 +460,39 @@ impl Runner {
         Ok(full)
     }
 
+    /// Writes back finished batches and gives orphaned leases back. A batch
+    /// that stopped before its first event is released, not settled.
     async fn flush(&mut self) -> Result<()> {
         let store = self.act.store().clone();
+        let (settle, release): (Vec<Finished>, Vec<Finished>) =
+            self.done.drain(..).partition(|f| f.settlement.is_some());
+        self.orphans
+            .extend(release.iter().map(|f| f.lease.reference()));
+        self.done = settle;
         if !self.done.is_empty() {
-            let settlements: Vec<_> = self.done.iter().map(|f| f.settlement.clone()).collect();
+            let settlements: Vec<_> = self
+                .done
+                .iter()
+                .filter_map(|f| f.settlement.clone())
+                .collect();
             let results = store.settle(&settlements).await?;
             for (f, r) in self.done.drain(..).zip(results) {
                 Counters::add(&self.counters.reactions, f.reactions);
+                Counters::add(&self.counters.timeouts, f.timeouts);
                 match r {
                     Ok(()) => {
                         Counters::add(&self.counters.events, f.events);
                         Counters::add(&self.counters.skipped, f.skipped);
-                        match &f.settlement.outcome {
-                            Outcome::Ack => {}
-                            Outcome::Retry { delay, error } => {
+                        match f.settlement.as_ref().map(|s| &s.outcome) {
+                            Some(Outcome::Retry { delay, error }) => {
                                 Counters::add(&self.counters.retries, 1);
                                 tracing::debug!(queue = %f.lease.stream, ?delay, %error, "retry scheduled");
                             }
-                            Outcome::Block { error } => {
+                            Some(Outcome::Block { error }) => {
                                 Counters::add(&self.counters.blocked, 1);
                                 tracing::warn!(queue = %f.lease.stream, %error, "queue blocked");
                             }
+                            _ => {}
                         }
                     }
                     Err(rejection) => {
@@ -488,4 +572,15 @@ impl Runner {
             }
         }
     }
+}
+
+/// A backfill task's result, a panic in it (a resolver that panicked)
+/// included.
+fn flatten(res: Result<Result<Stepped>, JoinError>) -> Result<Stepped> {
+    res.unwrap_or_else(|e| {
+        Err(Error::Store {
+            store: "broker".into(),
+            source: format!("a backfill step failed: {e}").into(),
+        })
+    })
 }

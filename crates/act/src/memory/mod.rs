@@ -4,13 +4,15 @@
 //! One mutex guards the log and the queues, so every call is atomic and ids
 //! become visible in order (appends assign ids and publish them under the same
 //! lock). Events are shared (`Arc`), never copied. Claim walks an ordered index
-//! of queues with pending work (priority, then oldest pending event), never the
-//! log; fetch follows each queue's work index. Time comes from an injectable
-//! [`Clock`], so tests move it with a [`crate::clock::ManualClock`].
+//! of queues with deliverable work (priority, then oldest pending event), never
+//! the log; fetch follows each queue's pending items. Time comes from an
+//! injectable [`Clock`], so tests move it with a [`crate::clock::ManualClock`].
+//! It enforces the same input limits as every durable backend
+//! ([`crate::limits`]), so what passes here passes there.
 
 mod queues;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,10 +24,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::event::{Append, Event, Meta};
 use crate::query::{Query, StreamFilter};
-use crate::queue::{Batch, Claim, LeaseRef, QueueFilter, QueueState, Rejection, Settlement, Work};
+use crate::queue::{Batch, Claim, LeaseRef, Pending, QueueFilter, QueueState, Rejection, Settlement};
 use crate::store::{EventStore, QueueStore};
+use crate::subscription::{Correlation, Replay, Retired, Subscription, SubscriptionState};
 
-use queues::{DueKey, Queue};
+use queues::{DueKey, Queue, Taken};
 
 /// Both ports in memory. See the module docs.
 ///
@@ -57,7 +60,9 @@ struct Inner {
     streams: HashMap<String, Vec<u32>>,
     /// Idempotency key → index range of the first append with it.
     keys: HashMap<String, (usize, usize)>,
-    checkpoint: i64,
+    subscriptions: BTreeMap<String, SubscriptionState>,
+    /// (queue, reaction) → replay.
+    replays: BTreeMap<(String, String), Replay>,
     queues: HashMap<Arc<str>, Queue>,
     /// Queues with pending work that are not blocked, in claim order.
     due: BTreeSet<DueKey>,
@@ -107,6 +112,7 @@ fn index_after(id: Option<i64>) -> usize {
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn append(&self, append: Append) -> Result<Vec<Arc<Event>>> {
+        crate::limits::check_append(&append)?;
         let committed = {
             let mut inner = self.lock();
             if let Some(key) = &append.idempotency_key {
@@ -180,7 +186,7 @@ impl EventStore for MemoryStore {
         }
         let lo = index_after(q.after);
         let hi = q.before.map_or(inner.events.len(), |b| {
-            index_after(Some(b - 1)).min(inner.events.len())
+            index_after(Some(b.saturating_sub(1))).min(inner.events.len())
         });
         if lo >= hi {
             return Ok(out);
@@ -244,69 +250,230 @@ impl EventStore for MemoryStore {
 
 #[async_trait]
 impl QueueStore for MemoryStore {
-    async fn checkpoint(&self) -> Result<i64> {
-        Ok(self.lock().checkpoint)
+    async fn legacy_checkpoint(&self) -> Result<i64> {
+        Ok(0)
     }
 
-    async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> Result<i64> {
-        if to < from {
+    async fn subscribe(&self, subscriptions: &[Subscription]) -> Result<Vec<SubscriptionState>> {
+        for s in subscriptions {
+            crate::limits::check_name("the reaction name", &s.name)?;
+        }
+        let now = self.now();
+        let mut inner = self.lock();
+        for s in subscriptions {
+            match inner.subscriptions.get_mut(&s.name) {
+                Some(known) if known.retired.is_none() => {
+                    known.seen = now;
+                    known.events = s.events.clone();
+                    known.target = s.target.clone();
+                }
+                Some(_) => {}
+                None => {
+                    inner.subscriptions.insert(
+                        s.name.clone(),
+                        SubscriptionState {
+                            name: s.name.clone(),
+                            events: s.events.clone(),
+                            target: s.target.clone(),
+                            start: s.start,
+                            checkpoint: s.start,
+                            created: now,
+                            seen: now,
+                            retired: None,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(inner.subscriptions.values().cloned().collect())
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionState>> {
+        Ok(self.lock().subscriptions.values().cloned().collect())
+    }
+
+    async fn retire(&self, names: &[String]) -> Result<Vec<Retired>> {
+        let now = self.now();
+        let mut inner = self.lock();
+        if let Some(unknown) = names.iter().find(|n| !inner.subscriptions.contains_key(*n)) {
+            return Err(Error::UnknownReaction(unknown.clone()));
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let newly = inner
+                .subscriptions
+                .get(name)
+                .is_some_and(|s| s.retired.is_none());
+            let (mut dropped, mut queues) = (0, 0);
+            if newly {
+                if let Some(s) = inner.subscriptions.get_mut(name) {
+                    s.retired = Some(now);
+                }
+                let streams: Vec<Arc<str>> = inner.queues.keys().cloned().collect();
+                for stream in streams {
+                    let n = inner.update_queue(&stream, |q| q.drop_reaction(name));
+                    if n > 0 {
+                        dropped += n;
+                        queues += 1;
+                    }
+                }
+                let replayed: Vec<String> = inner
+                    .replays
+                    .keys()
+                    .filter(|(_, r)| r == name)
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for stream in replayed {
+                    inner.replays.remove(&(stream.clone(), name.clone()));
+                    inner.refresh_replay(&stream);
+                }
+            }
+            out.push(Retired {
+                name: name.clone(),
+                dropped,
+                queues,
+                newly,
+            });
+        }
+        drop(inner);
+        self.notify();
+        Ok(out)
+    }
+
+    async fn enqueue(&self, step: &Correlation) -> Result<Vec<Option<i64>>> {
+        if step.to < step.from {
             return Err(Error::InvalidInput(format!(
-                "checkpoint cannot move backwards (from {from} to {to})"
+                "a correlation step cannot move backwards (from {} to {})",
+                step.from, step.to
             )));
         }
-        let cp = {
+        for w in &step.work {
+            crate::limits::check_name("the queue name", &w.stream)?;
+        }
+        let mut added = false;
+        let after = {
             let mut inner = self.lock();
-            if inner.checkpoint != from {
-                return Ok(inner.checkpoint);
+            let head = inner.events.len() as i64;
+            if let Some(w) = step.work.iter().find(|w| w.event < 1 || w.event > head) {
+                return Err(Error::InvalidInput(format!(
+                    "work for `{}` names event {}, which is not in the log (head {head})",
+                    w.stream, w.event
+                )));
             }
-            for w in work {
+            // Which reactions this step moves: those still at `from`.
+            let mut after = Vec::with_capacity(step.reactions.len());
+            let mut moved: Vec<&str> = Vec::new();
+            for r in &step.reactions {
+                let at = match &step.replay {
+                    None => inner
+                        .subscriptions
+                        .get(r)
+                        .filter(|s| s.retired.is_none())
+                        .map(|s| s.checkpoint),
+                    Some(q) => inner
+                        .replays
+                        .get(&(q.clone(), r.clone()))
+                        .map(|p| p.position),
+                };
+                if at == Some(step.from) {
+                    moved.push(r);
+                    after.push(Some(step.to));
+                } else {
+                    after.push(at);
+                }
+            }
+            for w in &step.work {
+                if !moved.contains(&w.reaction.as_str())
+                    || step.replay.as_ref().is_some_and(|q| *q != w.stream)
+                {
+                    continue;
+                }
                 let stream: Arc<str> = Arc::from(w.stream.as_str());
-                inner.update_queue(&stream, |q| q.enqueue(w.event, w.priority));
+                let reaction: Arc<str> = Arc::from(w.reaction.as_str());
+                added |= inner.update_queue(&stream, |q| q.enqueue(w.event, &reaction, w.priority));
             }
-            inner.checkpoint = to;
-            to
+            for r in moved {
+                match &step.replay {
+                    None => {
+                        if let Some(s) = inner.subscriptions.get_mut(r) {
+                            s.checkpoint = step.to;
+                        }
+                    }
+                    Some(q) => {
+                        let key = (q.clone(), r.to_string());
+                        let done = match inner.replays.get_mut(&key) {
+                            Some(p) => {
+                                p.position = step.to;
+                                p.position >= p.until
+                            }
+                            None => false,
+                        };
+                        if done {
+                            inner.replays.remove(&key);
+                        }
+                        inner.refresh_replay(q);
+                    }
+                }
+            }
+            after
         };
-        if !work.is_empty() {
+        if added || step.replay.is_some() {
             self.notify();
         }
-        Ok(cp)
+        Ok(after)
+    }
+
+    async fn replays(&self) -> Result<Vec<Replay>> {
+        Ok(self.lock().replays.values().cloned().collect())
     }
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<Batch>> {
         let now = self.now();
         let expires = crate::clock::add(now, claim.lease);
+        let per_queue = claim.events.max(1);
         let mut inner = self.lock();
-        let picked: Vec<Arc<str>> = inner
-            .due
-            .iter()
-            .filter(|k| {
-                inner
-                    .queues
-                    .get(&k.stream)
-                    .is_some_and(|q| q.claimable(now))
-            })
-            .take(claim.queues)
-            .map(|k| k.stream.clone())
-            .collect();
-        let mut out = Vec::with_capacity(picked.len());
-        for stream in picked {
-            let lease = inner.update_queue(&stream, |q| q.lease(&claim.owner, expires));
-            let events = inner.queues[&stream]
-                .pending(claim.events)
-                .map(|id| inner.events[(id - 1) as usize].clone())
+        let mut out = Vec::new();
+        while out.len() < claim.queues {
+            let picked: Vec<Arc<str>> = inner
+                .due
+                .iter()
+                .filter(|k| {
+                    inner
+                        .queues
+                        .get(&k.stream)
+                        .is_some_and(|q| q.claimable(now, &claim.reactions))
+                })
+                .take(claim.queues - out.len())
+                .map(|k| k.stream.clone())
                 .collect();
-            out.push(Batch { lease, events });
+            if picked.is_empty() {
+                break;
+            }
+            for stream in picked {
+                let pending = inner.queues[&stream].pending(per_queue);
+                let (taken, n) = inner.update_queue(&stream, |q| {
+                    q.take(&claim.owner, expires, &claim.reactions, &pending)
+                });
+                if let Taken::Leased(lease) = taken {
+                    let events = pending[..n]
+                        .iter()
+                        .filter_map(|(id, reactions)| {
+                            // Enqueue only accepts events of the log.
+                            let event = inner.events.get(usize::try_from(id - 1).ok()?)?;
+                            Some(Pending {
+                                event: event.clone(),
+                                reactions: reactions.iter().map(|r| r.to_string()).collect(),
+                            })
+                        })
+                        .collect();
+                    out.push(Batch { lease, events });
+                }
+            }
         }
         Ok(out)
     }
 
     async fn settle(&self, settlements: &[Settlement]) -> Result<Vec<Result<(), Rejection>>> {
-        if let Some(s) = settlements.iter().find(|s| s.to < s.from) {
-            return Err(Error::InvalidInput(format!(
-                "settlement of `{}` moves its position backwards ({} to {})",
-                s.lease.stream, s.from, s.to
-            )));
-        }
         let now = self.now();
         let mut results: Vec<Result<(), Rejection>> = vec![Ok(()); settlements.len()];
         let mut wake = false;
@@ -380,14 +547,17 @@ impl QueueStore for MemoryStore {
     async fn unblock(&self, streams: &[String]) -> Result<Vec<String>> {
         let done: Vec<String> = {
             let mut inner = self.lock();
-            streams
-                .iter()
-                .filter(|s| {
-                    let key: Arc<str> = Arc::from(s.as_str());
-                    inner.queues.contains_key(&key) && inner.update_queue(&key, Queue::unblock)
-                })
-                .cloned()
-                .collect()
+            let mut done: Vec<String> = Vec::new();
+            for s in streams {
+                let key: Arc<str> = Arc::from(s.as_str());
+                if !done.contains(s)
+                    && inner.queues.contains_key(&key)
+                    && inner.update_queue(&key, Queue::unblock)
+                {
+                    done.push(s.clone());
+                }
+            }
+            done
         };
         if !done.is_empty() {
             self.notify();
@@ -401,48 +571,84 @@ impl QueueStore for MemoryStore {
                 "cannot reset `{stream}` to a negative position ({position})"
             )));
         }
-        let now = self.now();
         let state = {
             let mut inner = self.lock();
+            let head = inner.events.len() as i64;
+            if position > head {
+                return Err(Error::InvalidInput(format!(
+                    "cannot reset `{stream}` to {position}: the log's head is {head}; events past it do not exist yet"
+                )));
+            }
             let key: Arc<str> = Arc::from(stream);
-            if !inner.queues.contains_key(&key) {
+            let candidates: Vec<(String, i64, i64)> = inner
+                .subscriptions
+                .values()
+                .filter(|s| {
+                    s.retired.is_none() && s.target.as_deref().is_none_or(|t| t == stream)
+                })
+                .map(|s| (s.name.clone(), s.start, s.checkpoint))
+                .collect();
+            if !inner.queues.contains_key(&key) && candidates.is_empty() {
                 return Err(Error::UnknownQueue(stream.to_string()));
             }
-            inner.update_queue(&key, |q| q.reset(position));
-            inner.queues[&key].state(now)
+            inner.replays.retain(|(q, _), _| q != stream);
+            for (reaction, start, checkpoint) in candidates {
+                let from = position.max(start);
+                if checkpoint > from {
+                    inner.replays.insert(
+                        (stream.to_string(), reaction.clone()),
+                        Replay {
+                            stream: stream.to_string(),
+                            reaction,
+                            position: from,
+                            until: checkpoint,
+                        },
+                    );
+                }
+            }
+            let horizon = inner.replay_horizon(stream);
+            inner.update_queue(&key, |q| q.reset(position, horizon));
+            inner.queues[&key].state()
         };
         self.notify();
         Ok(state)
     }
 
     async fn queues(&self, filter: &QueueFilter) -> Result<Vec<QueueState>> {
-        let now = self.now();
         let inner = self.lock();
         let mut rows: Vec<QueueState> = match &filter.stream {
             Some(s) => inner
                 .queues
                 .get(s.as_str())
-                .map(|q| q.state(now))
+                .map(Queue::state)
                 .into_iter()
                 .collect(),
-            None => inner.queues.values().map(|q| q.state(now)).collect(),
+            None => inner.queues.values().map(Queue::state).collect(),
         };
-        rows.retain(|r| (!filter.blocked || r.blocked) && (!filter.pending || r.lag > 0));
-        rows.sort_by(|a, b| a.stream.cmp(&b.stream));
+        rows.retain(|r| {
+            (!filter.blocked || r.blocked)
+                && (!filter.pending || r.lag > 0)
+                && filter
+                    .after
+                    .as_ref()
+                    .is_none_or(|a| r.stream.as_bytes() > a.as_bytes())
+        });
+        rows.sort_by(|a, b| a.stream.as_bytes().cmp(b.stream.as_bytes()));
         if let Some(n) = filter.limit {
             rows.truncate(n);
         }
         Ok(rows)
     }
 
-    async fn next_due(&self) -> Result<Option<Duration>> {
+    async fn next_due(&self, reactions: &[String]) -> Result<Option<Duration>> {
         let now = self.now();
         let inner = self.lock();
         Ok(inner
             .due
             .iter()
             .filter_map(|k| inner.queues.get(&k.stream))
-            .map(|q| crate::clock::until(now, q.due_at(now)))
+            .filter_map(|q| q.due_at(now, reactions))
+            .map(|t| crate::clock::until(now, t))
             .min())
     }
 }
@@ -467,5 +673,22 @@ impl Inner {
             }
         }
         r
+    }
+
+    /// The lowest position of the replays of `stream`, if any.
+    fn replay_horizon(&self, stream: &str) -> Option<i64> {
+        self.replays
+            .values()
+            .filter(|p| p.stream == stream)
+            .map(|p| p.position)
+            .min()
+    }
+
+    fn refresh_replay(&mut self, stream: &str) {
+        let horizon = self.replay_horizon(stream);
+        let key: Arc<str> = Arc::from(stream);
+        if self.queues.contains_key(&key) {
+            self.update_queue(&key, |q| q.set_replay(horizon));
+        }
     }
 }

@@ -2,16 +2,18 @@
 //! checks. Pure data: no locks, no clock, so each rule reads on its own.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::queue::{
-    retries_after_failure, Lease, LeaseRef, Outcome, QueueState, Rejection, Settlement,
+    lapse_error, retries_after_failure, Lease, LeaseRef, Outcome, QueueState, Rejection,
+    Settlement,
 };
 
-/// Claim order of a queue with pending work: priority (high first), then the
-/// oldest pending event, then the name (for a total order).
+/// Claim order of a queue with deliverable work: priority (high first), then
+/// the oldest pending event, then the name (for a total order).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct DueKey {
     priority: Reverse<i32>,
@@ -19,51 +21,75 @@ pub(super) struct DueKey {
     pub(super) stream: Arc<str>,
 }
 
+/// What a claim found at a queue.
+pub(super) enum Taken {
+    /// Leased, with the first `n` pending events.
+    Leased(Lease),
+    /// Its first pending event needs a reaction the claimer lacks.
+    Waiting,
+}
+
 #[derive(Debug)]
 pub(super) struct Queue {
     stream: Arc<str>,
-    /// Event ids enqueued for this queue, ascending.
-    work: Vec<i64>,
+    /// Pending items: (event, reaction) → enqueue sequence number.
+    items: BTreeMap<(i64, Arc<str>), i64>,
+    /// Items ever enqueued (the last sequence number handed out).
+    enqueued: i64,
+    head: i64,
     position: i64,
+    /// Items for events at or below it are dropped (set by reset).
+    floor: i64,
     priority: i32,
     retries: u32,
+    lapses: u32,
     retry_at: Option<DateTime<Utc>>,
     blocked: bool,
     error: Option<String>,
     token: i64,
     lease: Option<(String, DateTime<Utc>)>,
+    waiting: Option<Arc<str>>,
+    /// Replay horizon: nothing past it is delivered.
+    replay: Option<i64>,
 }
 
 impl Queue {
     pub(super) fn new(stream: Arc<str>) -> Self {
         Queue {
             stream,
-            work: Vec::new(),
+            items: BTreeMap::new(),
+            enqueued: 0,
+            head: 0,
             position: 0,
+            floor: 0,
             priority: 0,
             retries: 0,
+            lapses: 0,
             retry_at: None,
             blocked: false,
             error: None,
             token: 0,
             lease: None,
+            waiting: None,
+            replay: None,
         }
     }
 
-    /// Index in `work` of the first pending event.
-    fn first_pending(&self) -> usize {
-        self.work.partition_point(|&id| id <= self.position)
+    fn next(&self) -> Option<i64> {
+        self.items.keys().next().map(|(e, _)| *e)
     }
 
-    fn next(&self) -> Option<i64> {
-        self.work.get(self.first_pending()).copied()
+    /// The first pending event, if it may be delivered (not past a replay).
+    fn deliverable(&self) -> Option<i64> {
+        self.next()
+            .filter(|&n| self.replay.is_none_or(|horizon| n <= horizon))
     }
 
     pub(super) fn due_key(&self) -> Option<DueKey> {
         if self.blocked {
             return None;
         }
-        self.next().map(|next| DueKey {
+        self.deliverable().map(|next| DueKey {
             priority: Reverse(self.priority),
             next,
             stream: self.stream.clone(),
@@ -74,15 +100,27 @@ impl Queue {
         self.lease.as_ref().is_some_and(|(_, exp)| *exp > now)
     }
 
-    pub(super) fn claimable(&self, now: DateTime<Utc>) -> bool {
+    /// Claimable now by a broker running `reactions`.
+    pub(super) fn claimable(&self, now: DateTime<Utc>, reactions: &[String]) -> bool {
         !self.blocked
-            && self.next().is_some()
+            && self.deliverable().is_some()
             && !self.live_lease(now)
             && self.retry_at.is_none_or(|t| t <= now)
+            && self.waits_for_none_of(reactions)
     }
 
-    /// When this pending queue can next be claimed.
-    pub(super) fn due_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+    fn waits_for_none_of(&self, reactions: &[String]) -> bool {
+        self.waiting
+            .as_ref()
+            .is_none_or(|w| reactions.iter().any(|r| r.as_str() == &**w))
+    }
+
+    /// When this queue can next be claimed by a broker running `reactions`
+    /// (`None`: not by it, or nothing deliverable).
+    pub(super) fn due_at(&self, now: DateTime<Utc>, reactions: &[String]) -> Option<DateTime<Utc>> {
+        if self.blocked || self.deliverable().is_none() || !self.waits_for_none_of(reactions) {
+            return None;
+        }
         let mut t = now;
         if let Some(r) = self.retry_at {
             t = t.max(r);
@@ -90,39 +128,109 @@ impl Queue {
         if let Some((_, exp)) = &self.lease {
             t = t.max(*exp);
         }
-        t
+        Some(t)
     }
 
-    pub(super) fn enqueue(&mut self, event: i64, priority: i32) {
-        self.priority = self.priority.max(priority);
-        match self.work.last() {
-            Some(&last) if event <= last => {
-                if let Err(at) = self.work.binary_search(&event) {
-                    self.work.insert(at, event);
+    /// Records an item unless it is below the floor or already pending.
+    /// Returns true when it was added.
+    pub(super) fn enqueue(&mut self, event: i64, reaction: &Arc<str>, priority: i32) -> bool {
+        if event <= self.floor {
+            return false;
+        }
+        let key = (event, reaction.clone());
+        if self.items.contains_key(&key) {
+            return false;
+        }
+        if self.next().is_some_and(|n| event < n) {
+            // The first pending event changed: look again at who can run it.
+            self.waiting = None;
+        }
+        // The highest priority ever enqueued, negative ones included.
+        self.priority = if self.enqueued == 0 {
+            priority
+        } else {
+            self.priority.max(priority)
+        };
+        self.enqueued += 1;
+        self.items.insert(key, self.enqueued);
+        self.head = self.head.max(event);
+        true
+    }
+
+    pub(super) fn set_replay(&mut self, horizon: Option<i64>) {
+        self.replay = horizon;
+    }
+
+    /// Up to `limit` pending events (≤ the replay horizon) with their
+    /// reactions, in id order.
+    pub(super) fn pending(&self, limit: usize) -> Vec<(i64, Vec<Arc<str>>)> {
+        let mut out: Vec<(i64, Vec<Arc<str>>)> = Vec::new();
+        for (event, reaction) in self.items.keys() {
+            if self.replay.is_some_and(|h| *event > h) {
+                break;
+            }
+            if let Some((e, rs)) = out.last_mut() {
+                if e == event {
+                    rs.push(reaction.clone());
+                    continue;
                 }
             }
-            _ => self.work.push(event),
+            if out.len() == limit {
+                break;
+            }
+            out.push((*event, vec![reaction.clone()]));
         }
+        out
     }
 
-    pub(super) fn pending(&self, limit: usize) -> impl Iterator<Item = i64> + '_ {
-        self.work[self.first_pending()..]
+    /// A claim of this (claimable) queue by `owner` running `reactions`:
+    /// counts an expired lease as a failed attempt, then leases the queue
+    /// unless its first pending event needs a reaction the owner lacks.
+    /// Returns the lease and how many of `pending` events it covers.
+    pub(super) fn take(
+        &mut self,
+        owner: &str,
+        expires: DateTime<Utc>,
+        reactions: &[String],
+        pending: &[(i64, Vec<Arc<str>>)],
+    ) -> (Taken, usize) {
+        if let Some((previous, _)) = self.lease.take() {
+            // Claimable means the lease expired: it ended without a settlement.
+            self.retries = self.retries.saturating_add(1);
+            self.lapses = self.lapses.saturating_add(1);
+            self.error = Some(lapse_error(&previous));
+        }
+        let runnable = |rs: &Vec<Arc<str>>| {
+            rs.iter()
+                .all(|r| reactions.iter().any(|m| m.as_str() == &**r))
+        };
+        let cut = pending
             .iter()
-            .copied()
-            .take(limit)
-    }
-
-    pub(super) fn lease(&mut self, owner: &str, expires: DateTime<Utc>) -> Lease {
+            .position(|(_, rs)| !runnable(rs))
+            .unwrap_or(pending.len());
+        if cut == 0 {
+            let missing = pending[0]
+                .1
+                .iter()
+                .find(|r| !reactions.iter().any(|m| m.as_str() == &***r))
+                .cloned();
+            self.waiting = missing;
+            return (Taken::Waiting, 0);
+        }
         self.token += 1;
+        self.waiting = None;
         self.lease = Some((owner.to_string(), expires));
-        Lease {
+        let lease = Lease {
             stream: self.stream.to_string(),
             owner: owner.to_string(),
             token: self.token,
             expires,
             position: self.position,
             retries: self.retries,
-        }
+            lapses: self.lapses,
+            mark: self.enqueued,
+        };
+        (Taken::Leased(lease), cut)
     }
 
     /// The fencing rule: current token, live lease, and (for settlements) the
@@ -158,31 +266,42 @@ impl Queue {
         Ok(())
     }
 
-    /// Applies a checked settlement; true when the queue has due work left.
-    pub(super) fn settle(&mut self, s: &Settlement, now: DateTime<Utc>) -> bool {
+    /// Applies a checked settlement.
+    pub(super) fn settle(&mut self, s: &Settlement, now: DateTime<Utc>) {
         self.lease = None;
+        self.waiting = None;
+        if let Some(acked) = s.acked {
+            self.items
+                .retain(|(event, _), seq| *event > acked || *seq > s.mark);
+            self.position = self.position.max(acked);
+        }
+        let progress = s.acked.is_some();
         match &s.outcome {
             Outcome::Ack => {
-                self.position = s.to;
                 self.retries = 0;
+                self.lapses = 0;
                 self.retry_at = None;
                 self.error = None;
             }
             Outcome::Retry { delay, error } => {
-                self.retries = retries_after_failure(s.from, s.to, self.retries);
-                self.position = s.to;
+                self.failed(progress);
                 self.retry_at = Some(crate::clock::add(now, *delay));
                 self.error = Some(error.clone());
             }
             Outcome::Block { error } => {
-                self.retries = retries_after_failure(s.from, s.to, self.retries);
-                self.position = s.to;
+                self.failed(progress);
                 self.retry_at = None;
                 self.blocked = true;
                 self.error = Some(error.clone());
             }
         }
-        self.claimable(now)
+    }
+
+    fn failed(&mut self, progress: bool) {
+        self.retries = retries_after_failure(progress, self.retries);
+        if progress {
+            self.lapses = 0;
+        }
     }
 
     pub(super) fn renew(&mut self, expires: DateTime<Utc>) {
@@ -209,32 +328,55 @@ impl Queue {
             return false;
         }
         self.blocked = false;
-        self.retries = 0;
-        self.retry_at = None;
-        self.error = None;
-        self.token += 1;
-        self.lease = None;
+        self.clear();
         true
     }
 
-    pub(super) fn reset(&mut self, position: i64) {
-        self.position = position;
-        self.blocked = false;
+    fn clear(&mut self) {
         self.retries = 0;
+        self.lapses = 0;
         self.retry_at = None;
         self.error = None;
+        self.waiting = None;
         self.token += 1;
         self.lease = None;
     }
 
-    pub(super) fn state(&self, _now: DateTime<Utc>) -> QueueState {
-        let first = self.first_pending();
+    /// Drops every pending item and moves the queue to `position`.
+    pub(super) fn reset(&mut self, position: i64, replay: Option<i64>) {
+        self.items.clear();
+        self.position = position;
+        self.floor = position;
+        self.blocked = false;
+        self.replay = replay;
+        self.clear();
+    }
+
+    /// Drops the items of a retired reaction; returns how many.
+    pub(super) fn drop_reaction(&mut self, reaction: &str) -> u64 {
+        let before = self.items.len();
+        self.items.retain(|(_, r), _| &**r != reaction);
+        if self.waiting.as_deref() == Some(reaction) {
+            self.waiting = None;
+        }
+        (before - self.items.len()) as u64
+    }
+
+    pub(super) fn state(&self) -> QueueState {
+        let mut lag = 0u64;
+        let mut last = None;
+        for (event, _) in self.items.keys() {
+            if last != Some(*event) {
+                lag += 1;
+                last = Some(*event);
+            }
+        }
         QueueState {
             stream: self.stream.to_string(),
             position: self.position,
-            head: self.work.last().copied().unwrap_or(0),
-            next: self.work.get(first).copied(),
-            lag: (self.work.len() - first) as u64,
+            head: self.head,
+            next: self.next(),
+            lag,
             priority: self.priority,
             retries: self.retries,
             retry_at: self.retry_at,
@@ -243,6 +385,8 @@ impl Queue {
             token: self.token,
             lease_owner: self.lease.as_ref().map(|(o, _)| o.clone()),
             lease_expires: self.lease.as_ref().map(|(_, e)| *e),
+            waiting: self.waiting.as_ref().map(|w| w.to_string()),
+            replay: self.replay,
         }
     }
 }

@@ -199,25 +199,71 @@ pub(crate) async fn pings(store: &dyn Store, stream: &str, n: usize) -> Vec<i64>
         .collect()
 }
 
-/// Enqueues `(queue, event)` pairs past the current checkpoint.
+/// The reaction the queue-store kit tests enqueue work for.
+pub(crate) const REACTION: &str = "r";
+
+/// Registers reactions by name (dynamic targets, starting at the beginning).
+pub(crate) async fn subscribe(store: &dyn Store, names: &[&str]) {
+    let subs: Vec<crate::subscription::Subscription> = names
+        .iter()
+        .map(|n| crate::subscription::Subscription {
+            name: (*n).to_string(),
+            events: vec!["Ping".into()],
+            target: None,
+            start: 0,
+        })
+        .collect();
+    store.subscribe(&subs).await.expect("subscribe");
+}
+
+/// The checkpoint of reaction `name`.
+pub(crate) async fn checkpoint(store: &dyn Store, name: &str) -> i64 {
+    store
+        .subscriptions()
+        .await
+        .expect("subscriptions")
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no subscription `{name}`"))
+        .checkpoint
+}
+
+/// Enqueues `(queue, event)` pairs for [`REACTION`] past its checkpoint.
 pub(crate) async fn enqueue(store: &dyn Store, work: &[(&str, i64)]) {
-    enqueue_with_priority(store, work, 0).await;
+    enqueue_for(store, REACTION, work, 0).await;
 }
 
 /// Enqueues with a priority.
 pub(crate) async fn enqueue_with_priority(store: &dyn Store, work: &[(&str, i64)], priority: i32) {
-    let from = store.checkpoint().await.expect("checkpoint");
+    enqueue_for(store, REACTION, work, priority).await;
+}
+
+/// Enqueues `(queue, event)` pairs for `reaction` past its checkpoint
+/// (registering it first).
+pub(crate) async fn enqueue_for(store: &dyn Store, reaction: &str, work: &[(&str, i64)], priority: i32) {
+    subscribe(store, &[reaction]).await;
+    let from = checkpoint(store, reaction).await;
     let to = work.iter().map(|w| w.1).max().unwrap_or(from).max(from);
     let work: Vec<_> = work
         .iter()
         .map(|(s, e)| crate::queue::Work {
             stream: (*s).to_string(),
             event: *e,
+            reaction: reaction.to_string(),
             priority,
         })
         .collect();
-    let after = store.enqueue(&work, from, to).await.expect("enqueue");
-    assert_eq!(after, to, "enqueue from the current checkpoint must apply");
+    let after = store
+        .enqueue(&crate::subscription::Correlation {
+            reactions: vec![reaction.to_string()],
+            replay: None,
+            from,
+            to,
+            work,
+        })
+        .await
+        .expect("enqueue");
+    assert_eq!(after, vec![Some(to)], "enqueue from the current checkpoint must apply");
 }
 
 /// The state of one queue (panics when it does not exist).
@@ -234,7 +280,7 @@ pub(crate) async fn queue(store: &dyn Store, stream: &str) -> crate::queue::Queu
         .unwrap_or_else(|| panic!("queue `{stream}` does not exist"))
 }
 
-/// A claim for `owner`.
+/// A claim for `owner`, running [`REACTION`].
 pub(crate) fn claim(
     owner: &str,
     queues: usize,
@@ -246,7 +292,13 @@ pub(crate) fn claim(
         queues,
         events,
         lease,
+        reactions: vec![REACTION.to_string()],
     }
+}
+
+/// Event ids of a batch.
+pub(crate) fn ids(batch: &crate::queue::Batch) -> Vec<i64> {
+    batch.events.iter().map(|p| p.event.id).collect()
 }
 
 /// Broker options for kit tests: long leases (expiry is driven by the test's
@@ -259,6 +311,7 @@ pub(crate) fn broker_options(owner: &str) -> crate::broker::BrokerOptions {
         .renew_every(Duration::from_millis(20))
         .poll(Duration::from_millis(200))
         .grace(Duration::from_secs(10))
+        .heartbeat(Duration::from_millis(300))
 }
 
 /// A reaction backoff of `base` with no jitter and no growth cap surprises.
