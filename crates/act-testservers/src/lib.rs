@@ -1,0 +1,23 @@
+//! # act-testservers
+//!
+//! Private servers for tests that break what they talk to: restart it, stop
+//! it, make it read-only, reconfigure it. Each server runs on a free local
+//! port with its data in a temporary directory, belongs to the test that
+//! started it, and is stopped (and its files removed) when dropped. Nothing
+//! here ever touches the machine's own PostgreSQL or Redis.
+//!
+//! - [`postgres::PrivatePostgres`]: `initdb` into a temp dir and `postgres`
+//!   on a free port (as the `postgres` user when running as root, since
+//!   initdb refuses root).
+//! - [`redis::PrivateRedis`]: `redis-server` on a free port.
+
+pub mod postgres;
+pub mod redis;
+
+/// A TCP port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free local port: {e}"))
+}

@@ -1,0 +1,1 @@
+//! A private Redis server for one test (see the crate docs).
