@@ -89,6 +89,15 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// No act store exists at this address (no file, schema or key prefix),
+    /// and the caller asked not to create one ([`crate::OpenMode::Existing`]
+    /// or [`crate::OpenMode::ReadOnly`]).
+    #[error("no act store at `{store}`: nothing has created it yet (commands that write, such as `act worker` or `act demo`, create it)")]
+    Missing {
+        /// The store (URL with password redacted, or a file path).
+        store: String,
+    },
+
     /// The store's schema is missing, foreign, corrupt or newer than this code.
     #[error("store `{store}` has an unusable schema: {message}")]
     Schema {

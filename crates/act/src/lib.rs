@@ -106,7 +106,7 @@ pub use reaction::{
 };
 pub use subscription::{Correlation, Replay, Retired, Start, Subscription, SubscriptionState};
 pub use state::{Action, Invariant, Snapshot, State};
-pub use store::{EventStore, QueueStore, Store};
+pub use store::{EventStore, OpenMode, QueueStore, Store};
 
 /// The README's code runs as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

@@ -151,6 +151,24 @@ pub trait QueueStore: Send + Sync {
     async fn next_due(&self, reactions: &[String]) -> Result<Option<Duration>>;
 }
 
+/// How a backend opens a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpenMode {
+    /// Create the store when it is missing and bring its schema up to date
+    /// (brokers, `act demo`, applications).
+    #[default]
+    Create,
+    /// Open a store that exists and bring its schema up to date; never create
+    /// one ([`crate::Error::Missing`]): operator commands that write
+    /// (`unblock`, `reset`, `retire`).
+    Existing,
+    /// Open a store that exists for reading: never create it, never migrate
+    /// or write anything (works against a read-only database); a schema older
+    /// than this code is [`crate::Error::Schema`] asking for an upgrade
+    /// (`status`, `blocked`, `events`, `reactions`).
+    ReadOnly,
+}
+
 /// A store that is both: what applications and brokers hold.
 pub trait Store: EventStore + QueueStore {}
 
