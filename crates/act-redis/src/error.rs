@@ -31,8 +31,8 @@ pub enum ConfigError {
     },
 }
 
-/// Maps a Redis error to what a caller can act on: connection problems and
-/// a busy or loading server are [`Error::Unavailable`] (retry later);
+/// Maps a Redis error to what a caller can act on: a failure that retrying
+/// later may cure is [`Error::Unavailable`] (see [`is_transient`]);
 /// everything else is [`Error::Store`].
 pub(crate) fn map(store: &str, e: RedisError) -> Error {
     if is_transient(&e) {
@@ -48,11 +48,23 @@ pub(crate) fn map(store: &str, e: RedisError) -> Error {
     }
 }
 
-fn is_transient(e: &RedisError) -> bool {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
-        return true;
-    }
+/// Transient causes, by [`ErrorKind`] and error code (never by message
+/// text):
+/// - [`ErrorKind::Io`]: refused, reset, broken or timed-out connections;
+/// - [`ErrorKind::Parse`]: a reply cut short when the connection dropped
+///   mid-reply (redis-rs reports an unexpected end of input as a parse
+///   error). The store reads every reply as a raw [`redis::Value`], so a
+///   parse error never comes from converting a complete reply;
+/// - server codes `LOADING` (restarting from disk), `BUSY` (a script or
+///   function is running past its time limit), `TRYAGAIN`, `CLUSTERDOWN`,
+///   `MASTERDOWN` and `READONLY` (the URL reached a replica, e.g. the old
+///   primary after a failover).
+///
+/// `NOSCRIPT` never reaches here: `redis::Script` loads the script and
+/// retries.
+pub(crate) fn is_transient(e: &RedisError) -> bool {
     match e.kind() {
+        ErrorKind::Io | ErrorKind::Parse => true,
         ErrorKind::Server(
             ServerErrorKind::BusyLoading
             | ServerErrorKind::TryAgain
@@ -60,8 +72,10 @@ fn is_transient(e: &RedisError) -> bool {
             | ServerErrorKind::MasterDown
             | ServerErrorKind::ReadOnly,
         ) => true,
-        // A script or module is running past its time limit.
-        _ => e.code() == Some("BUSY"),
+        // Codes redis-rs does not name: a script or function running past
+        // its time limit.
+        ErrorKind::Extension => e.code() == Some("BUSY"),
+        _ => false,
     }
 }
 
@@ -77,15 +91,79 @@ pub(crate) fn malformed(store: &str, what: impl std::fmt::Display) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
+
+    fn server(reply: &[u8]) -> RedisError {
+        match redis::parse_redis_value(reply) {
+            Ok(v) => v.extract_error().expect_err("a server error reply"),
+            Err(e) => e,
+        }
+    }
+
+    fn unavailable(e: RedisError) -> bool {
+        matches!(map("redis://:***@h/0", e), Error::Unavailable { .. })
+    }
 
     #[test]
-    fn io_failures_are_transient_and_server_errors_are_not() {
-        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(matches!(
-            map("redis://:***@h/0", refused),
-            Error::Unavailable { .. }
+    fn connection_failures_are_transient() {
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::NotConnected,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::Other,
+        ] {
+            assert!(
+                unavailable(RedisError::from(io::Error::from(kind))),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reply_cut_short_is_transient() {
+        // What redis-rs's codec reports when the connection closes inside
+        // a reply (issue 11): a parse error, not an I/O error.
+        let cut = RedisError::from(redis::ParsingError::from(
+            "Parse error at 12\nUnexpected end of input",
         ));
-        let oom = RedisError::from((ErrorKind::Extension, "OOM", "command not allowed".into()));
-        assert!(matches!(map("redis://h/0", oom), Error::Store { .. }));
+        assert_eq!(cut.kind(), ErrorKind::Parse);
+        assert!(unavailable(cut));
+    }
+
+    #[test]
+    fn a_busy_loading_or_demoted_server_is_transient() {
+        for reply in [
+            &b"-LOADING Redis is loading the dataset in memory\r\n"[..],
+            b"-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.\r\n",
+            b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            b"-CLUSTERDOWN The cluster is down\r\n",
+            b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+            b"-READONLY You can't write against a read only replica.\r\n",
+        ] {
+            let e = server(reply);
+            assert!(unavailable(e.clone()), "{e:?} ({:?})", e.kind());
+        }
+    }
+
+    #[test]
+    fn server_refusals_are_permanent() {
+        for reply in [
+            &b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"[..],
+            b"-ERR Error running script (call to f_x): @user_script:1: bad\r\n",
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            b"-NOPERM this user has no permissions to run the 'eval' command\r\n",
+            b"-BUSYKEY Target key name already exists.\r\n",
+        ] {
+            let e = server(reply);
+            assert!(!unavailable(e.clone()), "{e:?} ({:?})", e.kind());
+        }
+        let client = RedisError::from((ErrorKind::Client, "empty command"));
+        assert!(!unavailable(client));
+        let auth = RedisError::from((ErrorKind::AuthenticationFailed, "bad password"));
+        assert!(!unavailable(auth));
     }
 }
