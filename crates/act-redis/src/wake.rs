@@ -23,6 +23,36 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 
+/// The listener's pause between reconnection attempts: doubles after each
+/// failed attempt up to [`LONGEST_PAUSE`], and starts again at
+/// [`FIRST_PAUSE`] once a subscription succeeded, so the next outage is
+/// noticed as quickly as the first.
+#[derive(Debug)]
+struct Reconnect {
+    pause: Duration,
+}
+
+impl Reconnect {
+    fn new() -> Self {
+        Reconnect { pause: FIRST_PAUSE }
+    }
+
+    /// How long to wait before the next attempt.
+    fn pause(&self) -> Duration {
+        self.pause
+    }
+
+    /// An attempt failed: wait longer next time.
+    fn failed(&mut self) {
+        self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+    }
+
+    /// An attempt succeeded: the next outage starts from the first pause.
+    fn succeeded(&mut self) {
+        self.pause = FIRST_PAUSE;
+    }
+}
+
 /// The listener task; aborted on drop.
 pub(crate) struct Listener {
     task: JoinHandle<()>,
@@ -82,7 +112,7 @@ async fn run(
     timeout: Duration,
 ) {
     let mut current = Some(first);
-    let mut pause = FIRST_PAUSE;
+    let mut backoff = Reconnect::new();
     loop {
         if let Some(pubsub) = current.take() {
             let (mut sink, mut messages) = pubsub.split();
@@ -102,19 +132,38 @@ async fn run(
             }
             tracing::warn!(store = %store, "wake-up subscription lost; reconnecting (brokers poll meanwhile)");
         }
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(backoff.pause()).await;
         match subscribe(&client, &channel, timeout).await {
             Ok(pubsub) => {
                 tracing::info!(store = %store, "wake-up subscription restored");
-                pause = FIRST_PAUSE;
+                backoff.succeeded();
                 current = Some(pubsub);
                 // Whatever was published while we were away is lost.
                 bump(&wake);
             }
             Err(e) => {
                 tracing::debug!(store = %store, error = %e, "cannot subscribe to wake-ups yet");
-                pause = (pause * 2).min(LONGEST_PAUSE);
+                backoff.failed();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconnect_pause_doubles_up_to_a_cap_and_resets_after_a_success() {
+        let mut b = Reconnect::new();
+        assert_eq!(b.pause(), FIRST_PAUSE);
+        b.failed();
+        assert_eq!(b.pause(), FIRST_PAUSE * 2);
+        for _ in 0..20 {
+            b.failed();
+        }
+        assert_eq!(b.pause(), LONGEST_PAUSE);
+        b.succeeded();
+        assert_eq!(b.pause(), FIRST_PAUSE);
     }
 }
