@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
-use redis::{Script, ScriptInvocation, Value};
+use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind, Value};
 
 use crate::error;
 use crate::reply::Bad;
+
+/// How many times a script that keeps meeting `NOSCRIPT` is loaded again.
+const NOSCRIPT_RELOADS: usize = 3;
 
 /// A cheap handle: clones share the connection.
 #[derive(Clone)]
@@ -56,12 +59,24 @@ impl Conn {
         inv
     }
 
-    /// Runs a script: one round trip (two after a `SCRIPT FLUSH`).
+    /// Runs a script: one round trip (three after a `SCRIPT FLUSH` or a
+    /// server restart: `NOSCRIPT`, load, run). A script flushed again
+    /// between its load and its run (it did not run) is loaded again, a
+    /// few times.
     pub(crate) async fn run(&self, inv: &ScriptInvocation<'_>) -> act::Result<Value> {
         let mut c = self.manager.clone();
-        inv.invoke_async(&mut c)
-            .await
-            .map_err(|e| error::map(&self.store, e))
+        let mut reloads = 0;
+        loop {
+            match inv.invoke_async(&mut c).await {
+                Err(e)
+                    if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+                        && reloads < NOSCRIPT_RELOADS =>
+                {
+                    reloads += 1;
+                }
+                r => return r.map_err(|e| error::map(&self.store, e)),
+            }
+        }
     }
 
     /// Runs one plain command.
