@@ -12,19 +12,21 @@
 //! - **Atomic steps.** Every operation that touches more than one key or
 //!   reads then writes is one Lua script (sent with `EVALSHA`, reloaded on
 //!   `NOSCRIPT`): append with its version check and idempotency key,
-//!   correlation (compare-and-set on the checkpoint), claim, settle, renew,
-//!   release, unblock, reset. Redis runs each script alone, so ids (from
-//!   `INCRBY` inside the append) become visible in order.
+//!   subscribe, retire, correlation (compare-and-set per reaction), claim,
+//!   settle, renew, release, unblock, reset. Redis runs each script alone,
+//!   so ids (from `INCRBY` inside the append) become visible in order.
 //! - **The store's clock** is the Redis server's `TIME`, read inside each
 //!   script: leases and retry times mean the same for every process.
 //! - **Claim costs the same with 100 or 1,000,000 queues**: claimable queues
-//!   sit in a sorted set in claim order, leased and retrying ones in another
-//!   scored by when they become claimable; no `KEYS` or `SCAN` anywhere.
+//!   sit in a sorted set in claim order (queues waiting for a reaction in
+//!   one such set per reaction), leased and retrying ones in another scored
+//!   by when they become claimable; no `KEYS` or `SCAN` anywhere.
 //! - **Wake-ups** across processes by pub/sub, with a listener that
 //!   reconnects after a server restart; brokers poll meanwhile.
 //! - **Safety checks on open**: `maxmemory-policy` must be `noeviction`
 //!   (other policies silently delete keys); a prefix written by a newer
-//!   act-rs is refused.
+//!   act-rs is refused; one of schema version 1 is upgraded in one script
+//!   (never by a read-only open, see [`act::OpenMode`]).
 //! - **Single node only**: Redis Cluster is not supported (the scripts
 //!   derive per-queue keys at run time, which Cluster forbids). All keys of a
 //!   store share the hash tag `{prefix}`, so they would land in one slot.
@@ -40,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod conn;
+mod correlation;
 mod error;
 mod events;
 mod options;
@@ -47,14 +50,16 @@ mod queues;
 mod reply;
 mod schema;
 mod scripts;
+mod subscriptions;
 mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use act::{
-    Append, Batch, Claim, Error, Event, EventStore, LeaseRef, Query, QueueFilter, QueueState,
-    QueueStore, Rejection, Settlement, Work,
+    Append, Batch, Claim, Correlation, Error, Event, EventStore, LeaseRef, OpenMode, Query,
+    QueueFilter, QueueState, QueueStore, Rejection, Replay, Retired, Settlement, Subscription,
+    SubscriptionState,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -71,8 +76,9 @@ pub use schema::SCHEMA_VERSION;
 pub struct RedisStore {
     conn: Conn,
     prefix: String,
+    mode: OpenMode,
     wake: Arc<watch::Sender<u64>>,
-    _listener: wake::Listener,
+    _listener: Option<wake::Listener>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -80,30 +86,62 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("store", &self.conn.store())
             .field("prefix", &self.prefix)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// Opens a store from a URL:
+    /// Opens a store from a URL, creating it when the prefix is empty
+    /// ([`OpenMode::Create`]):
     /// `redis://[[user]:password@]host[:port][/db][?prefix=NAME&assume_noeviction=true&timeout_ms=N&connect_timeout_ms=N]`
     /// (see [`parse_url`]). Connects, checks `maxmemory-policy`, reads or
-    /// writes the schema marker, and subscribes to wake-ups: a few round
-    /// trips.
+    /// writes the schema marker (upgrading a schema-1 prefix), and
+    /// subscribes to wake-ups: a few round trips.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> act::Result<()> {
+    /// let store = act_redis::RedisStore::open("redis://127.0.0.1:6379/0?prefix=myapp").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn open(url: &str) -> act::Result<Self> {
-        let (client_url, options) = parse_url(url)?;
-        Self::connect(url, &client_url, options).await
+        Self::open_mode(url, OpenMode::Create).await
     }
 
-    /// Opens with explicit options: `url` names the server; act options in
-    /// its query are ignored in favour of `options`.
+    /// Opens a store from a URL in `mode`: [`OpenMode::Existing`] fails with
+    /// [`Error::Missing`] (writing nothing) when the prefix holds no store;
+    /// [`OpenMode::ReadOnly`] writes nothing at all (no marker, no upgrade:
+    /// a schema-1 prefix is [`Error::Schema`] asking for an upgrade), does
+    /// not subscribe to wake-ups, and refuses every write through this
+    /// handle.
+    pub async fn open_mode(url: &str, mode: OpenMode) -> act::Result<Self> {
+        let (client_url, options) = parse_url(url)?;
+        Self::connect(url, &client_url, options, mode).await
+    }
+
+    /// Opens with explicit options ([`OpenMode::Create`]): `url` names the
+    /// server; act options in its query are ignored in favour of `options`.
     pub async fn open_with(url: &str, options: RedisOptions) -> act::Result<Self> {
+        Self::open_with_mode(url, options, OpenMode::Create).await
+    }
+
+    /// Opens with explicit options in `mode` (see [`RedisStore::open_mode`]).
+    pub async fn open_with_mode(
+        url: &str,
+        options: RedisOptions,
+        mode: OpenMode,
+    ) -> act::Result<Self> {
         check_prefix(&options.prefix)?;
         let (client_url, _) = parse_url(url)?;
-        Self::connect(url, &client_url, options).await
+        Self::connect(url, &client_url, options, mode).await
     }
 
-    async fn connect(url: &str, client_url: &str, options: RedisOptions) -> act::Result<Self> {
+    async fn connect(
+        url: &str,
+        client_url: &str,
+        options: RedisOptions,
+        mode: OpenMode,
+    ) -> act::Result<Self> {
         let name: Arc<str> = Arc::from(act::redact_url(url));
         let client = redis::Client::open(client_url)
             .map_err(|e| Error::InvalidInput(format!("`{name}` is not a usable Redis URL: {e}")))?;
@@ -122,19 +160,26 @@ impl RedisStore {
             options.clock_offset.clone(),
         );
         schema::check_eviction(&conn, options.assume_noeviction).await?;
-        schema::open(&conn, &options.prefix).await?;
+        schema::open(&conn, &options.prefix, mode).await?;
         let wake = Arc::new(watch::Sender::new(0));
-        let listener = wake::listen(
-            client,
-            conn.key("wake"),
-            wake.clone(),
-            name,
-            options.connect_timeout.max(options.response_timeout),
-        )
-        .await?;
+        let listener = if mode == OpenMode::ReadOnly {
+            None
+        } else {
+            Some(
+                wake::listen(
+                    client,
+                    conn.key("wake"),
+                    wake.clone(),
+                    name,
+                    options.connect_timeout.max(options.response_timeout),
+                )
+                .await?,
+            )
+        };
         Ok(RedisStore {
             conn,
             prefix: options.prefix,
+            mode,
             wake,
             _listener: listener,
         })
@@ -145,22 +190,41 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// How this handle was opened.
+    pub fn mode(&self) -> OpenMode {
+        self.mode
+    }
+
     /// Deletes every key of this store (its whole prefix): for benchmarks and
     /// tests that made a throwaway store. Walks the keyspace with SCAN.
     /// Irreversible. Returns the number of keys deleted.
     pub async fn destroy(&self) -> act::Result<u64> {
+        self.writable("destroy")?;
         self.conn.delete_prefix().await
     }
 
     fn notify(&self) {
         wake::bump(&self.wake);
     }
+
+    /// Refuses a write through a handle opened read-only.
+    fn writable(&self, what: &str) -> act::Result<()> {
+        if self.mode == OpenMode::ReadOnly {
+            return Err(Error::InvalidInput(format!(
+                "store `{}` was opened read-only: cannot {what}",
+                self.conn.store()
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl EventStore for RedisStore {
-    /// One script, one round trip.
+    /// Checks the input limits, then one script, one round trip.
     async fn append(&self, append: Append) -> act::Result<Vec<Arc<Event>>> {
+        act::limits::check_append(&append)?;
+        self.writable("append")?;
         let (events, written) = events::append(&self.conn, append).await?;
         if written {
             self.notify();
@@ -185,39 +249,58 @@ impl EventStore for RedisStore {
 
 #[async_trait]
 impl QueueStore for RedisStore {
-    /// One `GET`.
-    async fn checkpoint(&self) -> act::Result<i64> {
-        queues::checkpoint(&self.conn).await
+    /// One `GET` (the schema-1 key `checkpoint`, kept by the upgrade).
+    async fn legacy_checkpoint(&self) -> act::Result<i64> {
+        self.conn.counter("checkpoint").await
     }
 
-    /// One script: O(log n) per work item and touched queue.
-    async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> act::Result<i64> {
-        if to < from {
-            return Err(Error::InvalidInput(format!(
-                "checkpoint cannot move backwards (from {from} to {to})"
-            )));
-        }
-        let (cp, recorded) = queues::enqueue(&self.conn, work, from, to).await?;
-        if recorded {
+    /// One script: O(subscriptions).
+    async fn subscribe(
+        &self,
+        subscriptions: &[Subscription],
+    ) -> act::Result<Vec<SubscriptionState>> {
+        self.writable("subscribe")?;
+        subscriptions::subscribe(&self.conn, subscriptions).await
+    }
+
+    /// One read-only script: O(subscriptions).
+    async fn subscriptions(&self) -> act::Result<Vec<SubscriptionState>> {
+        subscriptions::list(&self.conn).await
+    }
+
+    /// One script that walks every queue's items (an operator's command).
+    async fn retire(&self, names: &[String]) -> act::Result<Vec<Retired>> {
+        self.writable("retire reactions")?;
+        let out = subscriptions::retire(&self.conn, names).await?;
+        self.notify();
+        Ok(out)
+    }
+
+    /// One script: O(items · log n) plus O(reactions).
+    async fn enqueue(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+        self.writable("enqueue")?;
+        let (after, added) = correlation::enqueue(&self.conn, step).await?;
+        if added || step.replay.is_some() {
             self.notify();
         }
-        Ok(cp)
+        Ok(after)
     }
 
-    /// One script, one round trip: O(log N) in the number of queues, plus
-    /// the claimed queues' events.
+    /// One read-only script: O(replays).
+    async fn replays(&self) -> act::Result<Vec<Replay>> {
+        correlation::replays(&self.conn).await
+    }
+
+    /// One script, one round trip: O(log N) in the number of queues per
+    /// examined queue, plus the claimed queues' events.
     async fn claim(&self, claim: &Claim) -> act::Result<Vec<Batch>> {
+        self.writable("claim")?;
         queues::claim(&self.conn, claim).await
     }
 
     /// One script for the whole call (atomic, like a transaction).
     async fn settle(&self, settlements: &[Settlement]) -> act::Result<Vec<Result<(), Rejection>>> {
-        if let Some(s) = settlements.iter().find(|s| s.to < s.from) {
-            return Err(Error::InvalidInput(format!(
-                "settlement of `{}` moves its position backwards ({} to {})",
-                s.lease.stream, s.from, s.to
-            )));
-        }
+        self.writable("settle")?;
         let (results, applied) = queues::settle(&self.conn, settlements).await?;
         if applied {
             self.notify();
@@ -231,11 +314,13 @@ impl QueueStore for RedisStore {
         leases: &[LeaseRef],
         lease: Duration,
     ) -> act::Result<Vec<Result<DateTime<Utc>, Rejection>>> {
+        self.writable("renew leases")?;
         queues::renew(&self.conn, leases, lease).await
     }
 
     /// One script for the whole call.
     async fn release(&self, leases: &[LeaseRef]) -> act::Result<Vec<Result<(), Rejection>>> {
+        self.writable("release leases")?;
         let out = queues::release(&self.conn, leases).await?;
         if out.iter().any(Result::is_ok) {
             self.notify();
@@ -243,7 +328,9 @@ impl QueueStore for RedisStore {
         Ok(out)
     }
 
+    /// One script for the whole call.
     async fn unblock(&self, streams: &[String]) -> act::Result<Vec<String>> {
+        self.writable("unblock queues")?;
         let out = queues::unblock(&self.conn, streams).await?;
         if !out.is_empty() {
             self.notify();
@@ -251,8 +338,10 @@ impl QueueStore for RedisStore {
         Ok(out)
     }
 
+    /// One script: O(items of the queue + subscriptions).
     async fn reset(&self, stream: &str, position: i64) -> act::Result<QueueState> {
-        let out = queues::reset(&self.conn, stream, position).await?;
+        self.writable("reset a queue")?;
+        let out = correlation::reset(&self.conn, stream, position).await?;
         self.notify();
         Ok(out)
     }
@@ -263,8 +352,9 @@ impl QueueStore for RedisStore {
         queues::queues(&self.conn, filter).await
     }
 
-    /// One read-only script: the first member of `due` or `delayed`.
-    async fn next_due(&self) -> act::Result<Option<Duration>> {
-        queues::next_due(&self.conn).await
+    /// One read-only script: the first members of `due`, of the waiting
+    /// indexes of `reactions`, and of `delayed`.
+    async fn next_due(&self, reactions: &[String]) -> act::Result<Option<Duration>> {
+        queues::next_due(&self.conn, reactions).await
     }
 }

@@ -1,30 +1,32 @@
-//! Queues on Redis: correlation checkpoint, work index, claim with leases
-//! and fencing tokens, settle, renew, release, unblock, reset, listing.
+//! Queues on Redis: claim with leases and fencing tokens, settle, renew,
+//! release, unblock, listing, and when work comes due.
 //!
 //! Each queue is a hash (`q:{stream}`: position, work mark, priority,
-//! retries, retry time, block, error, token, lease) and a sorted set of its
-//! work (`w:{stream}`: event ids). A queue with pending work sits in exactly
-//! one of two indexes: `due` (claimable now, members ordered by priority,
-//! then oldest pending event, then stream) or `delayed` (leased or waiting
-//! for a retry, scored by when that ends). Claim moves the `delayed` queues
-//! whose time has come back to `due` and takes the first members of `due`:
-//! its cost depends on the queues it takes, not on how many queues exist.
-//! Times are the Redis server's `TIME` (plus the test offset), read inside
-//! each script.
+//! retries, lapses, retry time, block, error, token, lease, floor, enqueue
+//! counter, distinct pending events, waiting reaction, replay horizon) and a
+//! sorted set of its pending items (`i:{stream}`, see `common.lua`). A
+//! queue with deliverable work sits in exactly one index: `due` (claimable
+//! now, members ordered by priority, then oldest pending event, then
+//! stream), `waiting:{reaction}` (claimable by a broker that has that
+//! reaction, same order) or `delayed` (leased or waiting for a retry, scored
+//! by when that ends). Claim moves the `delayed` queues whose time has come
+//! back to `due` and merges `due` with the waiting indexes of the broker's
+//! reactions: its cost depends on the queues it examines, not on how many
+//! queues exist. Times are the Redis server's `TIME` (plus the test
+//! offset), read inside each script.
 
-use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use act::{
-    Batch, Claim, Error, Event, Lease, LeaseRef, Outcome, QueueFilter, QueueState, Rejection,
-    Settlement, Work,
+    Batch, Claim, Lease, LeaseRef, Outcome, Pending, QueueFilter, QueueState, Rejection, Settlement,
 };
 use chrono::{DateTime, Utc};
 use redis::{ScriptInvocation, Value};
 
 use crate::conn::Conn;
 use crate::events::decode;
-use crate::reply::{at, int, items, opt_bytes, opt_int, opt_text, text, Bad};
+use crate::reply::{at, int, items, opt_bytes, opt_int, opt_text, text, time, Bad};
 use crate::scripts;
 
 /// Longest lease, retry delay or wait the store records (100 years): keeps
@@ -40,52 +42,42 @@ fn micros(d: Duration) -> i64 {
         .min(LONGEST_US)
 }
 
-fn time(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 /// A count for a script: Lua numbers print exactly only well below 2^53,
 /// and no claim needs more than 2^31 queues or events.
 fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX).min(1 << 31)
 }
 
-pub(crate) async fn checkpoint(conn: &Conn) -> act::Result<i64> {
-    conn.counter("checkpoint").await
-}
-
-/// Records work and moves the checkpoint; returns the checkpoint after the
-/// call and whether work was recorded.
-pub(crate) async fn enqueue(
-    conn: &Conn,
-    work: &[Work],
-    from: i64,
-    to: i64,
-) -> act::Result<(i64, bool)> {
-    let mut inv = conn.script(&scripts::ENQUEUE);
-    inv.arg(from).arg(to);
-    for w in work {
-        inv.arg(&w.stream).arg(w.event).arg(w.priority);
+/// The lapse error's text around the owner's name, so the claim script
+/// writes exactly [`act::queue::lapse_error`].
+static LAPSE: LazyLock<(String, String)> = LazyLock::new(|| {
+    const OWNER: &str = "\u{1}";
+    let text = act::queue::lapse_error(OWNER);
+    match text.split_once(OWNER) {
+        Some((before, after)) => (before.to_string(), after.to_string()),
+        None => (text, String::new()),
     }
-    let reply = conn.run(&inv).await?;
-    let parse = || -> Result<(i64, bool), Bad> {
-        let r = items(&reply)?;
-        Ok((int(at(r, 0)?)?, int(at(r, 1)?)? == 1))
-    };
-    parse().map_err(|b| conn.bad(b))
-}
+});
 
 pub(crate) async fn claim(conn: &Conn, c: &Claim) -> act::Result<Vec<Batch>> {
     let mut inv = conn.script(&scripts::CLAIM);
     inv.arg(&c.owner)
         .arg(count(c.queues))
         .arg(count(c.events))
-        .arg(micros(c.lease));
+        .arg(micros(c.lease))
+        .arg(&LAPSE.0)
+        .arg(&LAPSE.1)
+        .arg(c.reactions.len());
+    for r in &c.reactions {
+        inv.arg(r);
+    }
     let reply = conn.run(&inv).await?;
     let bad = |b| conn.bad(b);
     let mut out = Vec::new();
+    let mut poisoned = Vec::new();
     for entry in items(&reply).map_err(bad)? {
         let e = items(entry).map_err(bad)?;
+        let count32 = |v: &Value| int(v).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let lease = (|| -> Result<Lease, Bad> {
             Ok(Lease {
                 stream: text(at(e, 0)?)?,
@@ -93,20 +85,79 @@ pub(crate) async fn claim(conn: &Conn, c: &Claim) -> act::Result<Vec<Batch>> {
                 token: int(at(e, 1)?)?,
                 expires: time(int(at(e, 2)?)?),
                 position: int(at(e, 3)?)?,
-                retries: u32::try_from(int(at(e, 4)?)?).unwrap_or(u32::MAX),
+                retries: count32(at(e, 4)?)?,
+                lapses: count32(at(e, 5)?)?,
+                mark: int(at(e, 6)?)?,
             })
         })()
         .map_err(bad)?;
-        let ids = items(at(e, 5).map_err(bad)?).map_err(bad)?;
-        let records = items(at(e, 6).map_err(bad)?).map_err(bad)?;
-        let events = ids
-            .iter()
-            .zip(records)
-            .map(|(id, raw)| decode(conn, int(id).map_err(bad)?, opt_bytes(raw).map_err(bad)?))
-            .collect::<act::Result<Vec<Arc<Event>>>>()?;
-        out.push(Batch { lease, events });
+        let ids = items(at(e, 7).map_err(bad)?).map_err(bad)?;
+        let reactions = items(at(e, 8).map_err(bad)?).map_err(bad)?;
+        let records = items(at(e, 9).map_err(bad)?).map_err(bad)?;
+        if ids.len() != reactions.len() || ids.len() != records.len() {
+            return Err(bad(format!(
+                "claim of `{}` answered {} ids, {} reaction lists and {} records",
+                lease.stream,
+                ids.len(),
+                reactions.len(),
+                records.len()
+            )));
+        }
+        let mut events = Vec::with_capacity(ids.len());
+        let mut undecodable = None;
+        for ((id, rs), raw) in ids.iter().zip(reactions).zip(records) {
+            let id = int(id).map_err(bad)?;
+            let raw = opt_bytes(raw).map_err(bad)?;
+            let reactions = items(rs)
+                .map_err(bad)?
+                .iter()
+                .map(|r| text(r).map_err(bad))
+                .collect::<act::Result<Vec<String>>>()?;
+            match decode(conn, id, raw) {
+                Ok(event) => events.push(Pending { event, reactions }),
+                Err(e) => {
+                    undecodable = Some(e);
+                    break;
+                }
+            }
+        }
+        match undecodable {
+            // The batch stops before the event it cannot read; a queue
+            // whose next event is that one is blocked below.
+            Some(e) if events.is_empty() => poisoned.push((lease, e)),
+            _ => out.push(Batch { lease, events }),
+        }
+    }
+    if !poisoned.is_empty() {
+        block_undecodable(conn, poisoned).await;
     }
     Ok(out)
+}
+
+/// Blocks the claimed queues whose next event cannot be read back, with
+/// the decode error: one bad record stops only the queues it targets
+/// (promise 11), never every claim. A failure to block is logged; the
+/// lease then lapses and the next claim tries again.
+async fn block_undecodable(conn: &Conn, poisoned: Vec<(Lease, act::Error)>) {
+    let blocks: Vec<Settlement> = poisoned
+        .iter()
+        .map(|(lease, e)| Settlement::block(lease, None, e.to_string()))
+        .collect();
+    for (lease, e) in &poisoned {
+        tracing::warn!(store = %conn.store(), queue = %lease.stream, error = %e, "blocking a queue whose next event cannot be read");
+    }
+    match settle(conn, &blocks).await {
+        Ok((results, _)) => {
+            for (r, s) in results.iter().zip(&blocks) {
+                if let Err(rejection) = r {
+                    tracing::warn!(store = %conn.store(), queue = %s.lease.stream, %rejection, "could not block a queue whose next event cannot be read");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(store = %conn.store(), error = %e, "could not block queues whose next event cannot be read");
+        }
+    }
 }
 
 /// Reads one `{code, detail}` verdict of the fencing rule.
@@ -153,7 +204,8 @@ pub(crate) async fn settle(
         inv.arg(&s.lease.stream)
             .arg(s.lease.token)
             .arg(s.from)
-            .arg(s.to)
+            .arg(s.mark)
+            .arg(s.acked.map(|a| a.to_string()).unwrap_or_default())
             .arg(kind)
             .arg(delay)
             .arg(error);
@@ -237,23 +289,8 @@ pub(crate) async fn unblock(conn: &Conn, streams: &[String]) -> act::Result<Vec<
         .collect()
 }
 
-pub(crate) async fn reset(conn: &Conn, stream: &str, position: i64) -> act::Result<QueueState> {
-    if position < 0 {
-        return Err(Error::InvalidInput(format!(
-            "cannot reset `{stream}` to a negative position ({position})"
-        )));
-    }
-    let mut inv = conn.script(&scripts::RESET);
-    inv.arg(stream).arg(position);
-    let reply = conn.run(&inv).await?;
-    if reply == Value::Nil {
-        return Err(Error::UnknownQueue(stream.to_string()));
-    }
-    state(&reply).map_err(|b| conn.bad(b))
-}
-
 /// Reads one row of `state` in `common.lua`.
-fn state(v: &Value) -> Result<QueueState, Bad> {
+pub(crate) fn state(v: &Value) -> Result<QueueState, Bad> {
     let r = items(v)?;
     let f = |i| at(r, i);
     Ok(QueueState {
@@ -270,14 +307,26 @@ fn state(v: &Value) -> Result<QueueState, Bad> {
         token: int(f(10)?)?,
         lease_owner: opt_text(f(11)?)?,
         lease_expires: opt_int(f(12)?)?.map(time),
+        waiting: opt_text(f(13)?)?,
+        replay: opt_int(f(14)?)?,
     })
 }
 
 pub(crate) async fn queues(conn: &Conn, filter: &QueueFilter) -> act::Result<Vec<QueueState>> {
     let limit = filter.limit.unwrap_or(usize::MAX);
-    let keep = |q: &QueueState| (!filter.blocked || q.blocked) && (!filter.pending || q.lag > 0);
+    let keep = |q: &QueueState| {
+        (!filter.blocked || q.blocked)
+            && (!filter.pending || q.lag > 0)
+            && filter
+                .after
+                .as_ref()
+                .is_none_or(|a| q.stream.as_bytes() > a.as_bytes())
+    };
     let bad = |b| conn.bad(b);
     let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
     if let Some(s) = &filter.stream {
         let mut inv = conn.script(&scripts::LIST);
         inv.arg("one").arg(s);
@@ -290,7 +339,7 @@ pub(crate) async fn queues(conn: &Conn, filter: &QueueFilter) -> act::Result<Vec
         return Ok(out);
     }
     let index = if filter.blocked { "blocked" } else { "all" };
-    let mut after = String::new();
+    let mut after = filter.after.clone().unwrap_or_default();
     while out.len() < limit {
         let mut inv = conn.script(&scripts::LIST);
         inv.arg(index).arg(&after).arg(LIST_PAGE);
@@ -310,8 +359,11 @@ pub(crate) async fn queues(conn: &Conn, filter: &QueueFilter) -> act::Result<Vec
     Ok(out)
 }
 
-pub(crate) async fn next_due(conn: &Conn) -> act::Result<Option<Duration>> {
-    let reply = conn.run(&conn.script(&scripts::NEXT_DUE)).await?;
-    let us = int(&reply).map_err(|b| conn.bad(b))?;
+pub(crate) async fn next_due(conn: &Conn, reactions: &[String]) -> act::Result<Option<Duration>> {
+    let mut inv = conn.script(&scripts::NEXT_DUE);
+    for r in reactions {
+        inv.arg(r);
+    }
+    let us = int(&conn.run(&inv).await?).map_err(|b| conn.bad(b))?;
     Ok(u64::try_from(us).ok().map(Duration::from_micros))
 }

@@ -69,6 +69,12 @@ pub(crate) fn opt_bytes(v: &Value) -> Result<Option<&[u8]>, Bad> {
     }
 }
 
+/// A time in microseconds since the epoch (the scripts' clock); one past
+/// chrono's range is its maximum.
+pub(crate) fn time(us: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 /// Element `i` of an array reply.
 pub(crate) fn at(a: &[Value], i: usize) -> Result<&Value, Bad> {
     a.get(i)

@@ -2,7 +2,8 @@
 //! then writes, is one script: Redis runs a script atomically, so no other
 //! client sees it half done. Each script is `common.lua` (key names, the
 //! store's clock, the due/delayed placement of a queue, the fencing rule)
-//! followed by its own file in `src/lua/`.
+//! followed by its own file in `src/lua/`; `common.lua` also describes the
+//! key layout.
 //!
 //! Scripts are sent with `EVALSHA`; after a `SCRIPT FLUSH` or a server
 //! restart, `redis::Script` loads them again on `NOSCRIPT` and retries.
@@ -24,9 +25,14 @@ macro_rules! script {
 }
 
 script!(OPEN, "open.lua");
+script!(UPGRADE, "upgrade.lua");
 script!(APPEND, "append.lua");
 script!(READ, "read.lua");
+script!(SUBSCRIBE, "subscribe.lua");
+script!(SUBSCRIPTIONS, "subscriptions.lua");
+script!(RETIRE, "retire.lua");
 script!(ENQUEUE, "enqueue.lua");
+script!(REPLAYS, "replays.lua");
 script!(CLAIM, "claim.lua");
 script!(SETTLE, "settle.lua");
 script!(RENEW, "renew.lua");

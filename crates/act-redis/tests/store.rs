@@ -1,13 +1,18 @@
 //! Redis-specific behaviour on the shared server (each test under its own
 //! prefix): scripts survive `SCRIPT FLUSH`, broken records are decode
 //! errors naming the event, schema markers are honoured, wake-ups cross
-//! processes, and the store's clock is the server's.
+//! processes, the store's clock is the server's, input limits and extreme
+//! bounds are handled like everywhere else, and queues waiting for a
+//! reaction stay out of other brokers' way.
 
 mod support;
 
 use std::time::Duration;
 
-use act::{Append, Claim, Error, EventStore, Message, Query, QueueStore, Settlement, Work};
+use act::{
+    Append, Claim, Correlation, Error, EventStore, ExpectedVersion, Message, Query, QueueFilter,
+    QueueStore, Settlement, Subscription, Work,
+};
 use act_redis::RedisStore;
 use serde_json::json;
 
@@ -22,13 +27,46 @@ fn ping(stream: &str, n: usize) -> Append {
     )
 }
 
-fn claim(owner: &str) -> Claim {
+fn claim(owner: &str, reactions: &[&str]) -> Claim {
     Claim {
         owner: owner.into(),
         queues: 10,
         events: 10,
         lease: Duration::from_secs(30),
+        reactions: reactions.iter().map(|r| r.to_string()).collect(),
     }
+}
+
+fn work(stream: &str, event: i64, reaction: &str) -> Work {
+    Work {
+        stream: stream.into(),
+        event,
+        reaction: reaction.into(),
+        priority: 0,
+    }
+}
+
+fn step(reaction: &str, from: i64, to: i64, work: Vec<Work>) -> Correlation {
+    Correlation {
+        reactions: vec![reaction.into()],
+        replay: None,
+        from,
+        to,
+        work,
+    }
+}
+
+async fn subscribe(s: &RedisStore, names: &[&str]) {
+    let subs: Vec<Subscription> = names
+        .iter()
+        .map(|n| Subscription {
+            name: n.to_string(),
+            events: vec!["Ping".into()],
+            target: None,
+            start: 0,
+        })
+        .collect();
+    s.subscribe(&subs).await.unwrap();
 }
 
 #[tokio::test]
@@ -42,17 +80,13 @@ async fn scripts_are_loaded_again_after_script_flush() {
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
     let second = s.append(ping("a", 1)).await.unwrap();
     assert_eq!(second[0].id, first[0].id + 1);
-    let work = |e: i64| Work {
-        stream: "q".into(),
-        event: e,
-        priority: 0,
-    };
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
-    s.enqueue(&[work(first[0].id), work(second[0].id)], 0, second[0].id)
-        .await
-        .unwrap();
+    subscribe(&s, &["r"]).await;
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
-    let got = s.claim(&claim("A")).await.unwrap();
+    let items = vec![work("q", first[0].id, "r"), work("q", second[0].id, "r")];
+    s.enqueue(&step("r", 0, second[0].id, items)).await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
+    let got = s.claim(&claim("A", &["r"])).await.unwrap();
     assert_eq!(got[0].events.len(), 2);
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
     let r = s
@@ -162,18 +196,11 @@ async fn a_commit_in_one_process_wakes_another() {
         .expect("no wake-up from the other store's append")
         .unwrap();
     // Enqueued work wakes too.
+    subscribe(&a, &["r"]).await;
     woken.borrow_and_update();
-    a.enqueue(
-        &[Work {
-            stream: "q".into(),
-            event: e[0].id,
-            priority: 0,
-        }],
-        0,
-        e[0].id,
-    )
-    .await
-    .unwrap();
+    a.enqueue(&step("r", 0, e[0].id, vec![work("q", e[0].id, "r")]))
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(10), woken.changed())
         .await
         .expect("no wake-up from the other store's enqueue")
@@ -203,5 +230,329 @@ async fn event_times_and_leases_come_from_the_server_clock_plus_the_offset() {
     assert!(
         (59..=61).contains(&moved),
         "the offset moved time by {moved} min"
+    );
+}
+
+#[tokio::test]
+async fn appends_are_checked_against_the_limits_before_anything_is_written() {
+    let prefix = support::fresh_prefix("limits");
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let s = open(&options(&prefix)).await;
+    for bad in [
+        Append::new("a\0b", vec![Message::new("Ping", json!({}))]),
+        Append::new("a", vec![Message::new("Ping", json!({"k": "v\u{0}"}))]),
+        Append::new("a", vec![Message::new("", json!({}))]),
+        Append::new("a", vec![Message::new("Ping", json!({}))]).expect(ExpectedVersion::Exact(-1)),
+    ] {
+        match s.append(bad).await {
+            Err(Error::InvalidInput(_)) => {}
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        s.head().await.unwrap(),
+        0,
+        "a refused append writes nothing"
+    );
+}
+
+#[tokio::test]
+async fn enqueue_refuses_queue_names_no_store_can_hold_and_events_not_in_the_log() {
+    let prefix = support::fresh_prefix("names");
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let s = open(&options(&prefix)).await;
+    let e = s.append(ping("a", 1)).await.unwrap();
+    subscribe(&s, &["r"]).await;
+    let long = "q".repeat(act::limits::MAX_NAME_BYTES + 1);
+    for name in ["", "a\0b", long.as_str()] {
+        match s
+            .enqueue(&step("r", 0, e[0].id, vec![work(name, e[0].id, "r")]))
+            .await
+        {
+            Err(Error::InvalidInput(m)) => assert!(m.contains("queue name"), "{m}"),
+            other => panic!("expected InvalidInput for `{name}`, got {other:?}"),
+        }
+    }
+    for event in [0, e[0].id + 1, i64::MAX, i64::MIN, 1 << 53] {
+        match s
+            .enqueue(&step("r", 0, e[0].id, vec![work("q", event, "r")]))
+            .await
+        {
+            Err(Error::InvalidInput(m)) => assert!(m.contains(&event.to_string()), "{m}"),
+            other => panic!("expected InvalidInput for event {event}, got {other:?}"),
+        }
+    }
+    let subs = s.subscriptions().await.unwrap();
+    assert_eq!(subs[0].checkpoint, 0, "a refused step moves nothing");
+    assert!(s.queues(&QueueFilter::default()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn queries_with_extreme_bounds_neither_panic_nor_wrap() {
+    let prefix = support::fresh_prefix("bounds");
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let s = open(&options(&prefix)).await;
+    let e = s.append(ping("a", 3)).await.unwrap();
+    let ids: Vec<i64> = e.iter().map(|e| e.id).collect();
+    let got = |q: Query| {
+        let s = &s;
+        async move {
+            s.query(&q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    for base in [Query::new(), Query::new().stream("a")] {
+        assert!(got(base.clone().after(i64::MAX)).await.is_empty());
+        assert!(got(base.clone().after(i64::MAX - 1)).await.is_empty());
+        assert!(got(base.clone().before(i64::MIN)).await.is_empty());
+        assert!(got(base.clone().before(i64::MIN + 1)).await.is_empty());
+        assert!(got(base.clone().before(1)).await.is_empty());
+        assert_eq!(got(base.clone().after(i64::MIN)).await, ids);
+        assert_eq!(got(base.clone().before(i64::MAX)).await, ids);
+        assert_eq!(
+            got(base
+                .clone()
+                .after(i64::MIN)
+                .before(i64::MAX)
+                .limit(usize::MAX))
+            .await,
+            ids
+        );
+        let mut back = ids.clone();
+        back.reverse();
+        assert_eq!(
+            got(base.clone().before(i64::MAX).backward().limit(usize::MAX)).await,
+            back
+        );
+        assert!(got(base.clone().after(i64::MAX).backward())
+            .await
+            .is_empty());
+        assert!(got(base.clone().limit(0)).await.is_empty());
+    }
+    let all = s
+        .queues(&QueueFilter {
+            limit: Some(usize::MAX),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(all.is_empty());
+}
+
+/// Queues waiting for a reaction a broker lacks sit in their own index: a
+/// claim by that broker neither leases nor re-examines them, and finds the
+/// queue it can run behind thousands of them.
+#[tokio::test]
+async fn queues_waiting_for_a_reaction_do_not_hold_up_brokers_without_it() {
+    let prefix = support::fresh_prefix("waiting");
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let s = open(&options(&prefix)).await;
+    let n = 2000;
+    let e = s.append(ping("a", n + 1)).await.unwrap();
+    subscribe(&s, &["old", "new"]).await;
+    let names: Vec<String> = (0..n).map(|i| format!("w{i:05}")).collect();
+    let items: Vec<Work> = names
+        .iter()
+        .zip(&e)
+        .map(|(q, e)| work(q, e.id, "new"))
+        .collect();
+    let last = e[n].id;
+    s.enqueue(&step("new", 0, last, items)).await.unwrap();
+    s.enqueue(&step("old", 0, last, vec![work("late", last, "old")]))
+        .await
+        .unwrap();
+    // The first claim by an old broker marks every queue ahead of `late`
+    // as waiting (it has to look at each once), and takes `late`.
+    let first = s
+        .claim(&Claim {
+            queues: 1,
+            ..claim("v1", &["old"])
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].lease.stream, "late");
+    let waiting = s.queues(&QueueFilter::default()).await.unwrap();
+    assert_eq!(
+        waiting
+            .iter()
+            .filter(|q| q.waiting.as_deref() == Some("new"))
+            .count(),
+        n
+    );
+    let tokens: Vec<i64> = waiting
+        .iter()
+        .filter(|q| q.stream.starts_with('w'))
+        .map(|q| q.token)
+        .collect();
+    // Later claims by old brokers do not look at them again: nothing is due.
+    s.settle(&[Settlement::ack(&first[0].lease, last)])
+        .await
+        .unwrap();
+    assert!(s.claim(&claim("v1", &["old"])).await.unwrap().is_empty());
+    assert_eq!(s.next_due(&["old".to_string()]).await.unwrap(), None);
+    assert_eq!(
+        s.next_due(&["new".to_string()]).await.unwrap(),
+        Some(Duration::ZERO)
+    );
+    let after: Vec<i64> = s
+        .queues(&QueueFilter {
+            after: Some("v".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.token)
+        .collect();
+    assert_eq!(after, tokens, "waiting queues were not leased");
+    // A broker with the reaction takes them, in claim order.
+    let got = s
+        .claim(&Claim {
+            queues: 3,
+            ..claim("v2", &["old", "new"])
+        })
+        .await
+        .unwrap();
+    let streams: Vec<&str> = got.iter().map(|b| b.lease.stream.as_str()).collect();
+    assert_eq!(streams, vec!["w00000", "w00001", "w00002"]);
+}
+
+/// A reaction added later backfills in pages of about a thousand items, one
+/// script each; each page costs the same however many items came before.
+#[tokio::test]
+async fn a_backfill_page_costs_the_same_late_as_early() {
+    let prefix = support::fresh_prefix("backfill");
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let s = open(&options(&prefix)).await;
+    let pages = 30;
+    let page = 1000;
+    for _ in 0..pages {
+        s.append(ping("a", page)).await.unwrap();
+    }
+    subscribe(&s, &["late"]).await;
+    let mut times = Vec::new();
+    for p in 0..pages {
+        let from = (p * page) as i64;
+        let items: Vec<Work> = (1..=page as i64)
+            .map(|i| work(&format!("q{}", i % 10), from + i, "late"))
+            .collect();
+        let started = std::time::Instant::now();
+        let after = s
+            .enqueue(&step("late", from, from + page as i64, items))
+            .await
+            .unwrap();
+        times.push(started.elapsed());
+        assert_eq!(after, vec![Some(from + page as i64)]);
+    }
+    let lag: u64 = s
+        .queues(&QueueFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.lag)
+        .sum();
+    assert_eq!(lag, (pages * page) as u64);
+    // Medians, so a pause of the shared machine does not decide it.
+    let median = |t: &[Duration]| {
+        let mut t = t.to_vec();
+        t.sort();
+        t[t.len() / 2]
+    };
+    let early = median(&times[..7]);
+    let late = median(&times[pages - 7..]);
+    assert!(
+        late < early * 4 + Duration::from_millis(50),
+        "a late page took {late:?}, an early one {early:?}"
+    );
+}
+
+/// Promise 11: a record that cannot be read back stops only the queues it
+/// targets. A batch ends before it; a queue whose next event it is gets
+/// blocked with the decode error; every other queue is claimed as usual.
+#[tokio::test]
+async fn an_undecodable_event_blocks_only_the_queues_it_targets() {
+    let prefix = support::fresh_prefix("poison");
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let s = open(&options(&prefix)).await;
+    let e: Vec<i64> = s
+        .append(ping("a", 4))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{{{prefix}}}:events"))
+        .arg(e[2])
+        .arg("not json {")
+        .query(&mut raw())
+        .unwrap();
+    subscribe(&s, &["r"]).await;
+    let items = vec![
+        work("bad", e[2], "r"),
+        work("good", e[0], "r"),
+        work("part", e[1], "r"),
+        work("part", e[2], "r"),
+    ];
+    s.enqueue(&step("r", 0, e[3], items)).await.unwrap();
+    let mut got = s.claim(&claim("A", &["r"])).await.unwrap();
+    got.sort_by(|a, b| a.lease.stream.cmp(&b.lease.stream));
+    let claimed: Vec<(&str, Vec<i64>)> = got
+        .iter()
+        .map(|b| {
+            (
+                b.lease.stream.as_str(),
+                b.events.iter().map(|p| p.event.id).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(claimed, vec![("good", vec![e[0]]), ("part", vec![e[1]])]);
+    let bad = s
+        .queues(&QueueFilter {
+            blocked: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].stream, "bad");
+    let error = bad[0].error.clone().unwrap_or_default();
+    assert!(error.contains(&format!("event {}", e[2])), "{error}");
+    // `part` reaches the record after its good event, and blocks there.
+    let part = got.iter().find(|b| b.lease.stream == "part").unwrap();
+    s.settle(&[Settlement::ack(&part.lease, e[1])])
+        .await
+        .unwrap();
+    assert!(s.claim(&claim("A", &["r"])).await.unwrap().is_empty());
+    let blocked = s
+        .queues(&QueueFilter {
+            blocked: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        blocked
+            .iter()
+            .map(|q| q.stream.as_str())
+            .collect::<Vec<_>>(),
+        vec!["bad", "part"]
     );
 }

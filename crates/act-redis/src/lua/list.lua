@@ -1,7 +1,7 @@
 -- Lists queues for operators (read only). ARGV[3]: 'one' (ARGV[4] is the
 -- queue), 'all' or 'blocked' (ARGV[4] is the exclusive lower bound of the
--- page, '' from the start; ARGV[5] the page size). Returns the states (see
--- `state`) in stream order.
+-- page in byte order, '' from the start; ARGV[5] the page size). Returns the
+-- states (see `state`) in stream order.
 
 local names
 if ARGV[3] == 'one' then

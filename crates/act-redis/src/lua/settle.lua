@@ -1,37 +1,51 @@
 -- Settle: applies settlements in the order given (the caller puts blocks
 -- first), each only when its lease passes the fencing rule; releases each
--- lease. ARGV[3] is the number of settlements, then 7 fields each: queue,
--- token, from, to, kind ('a' ack, 'r' retry, 'b' block), delay (us), error.
+-- lease and clears `waiting`. ARGV[3] is the number of settlements, then 8
+-- fields each: queue, token, from, mark, acked ('' for none), kind ('a' ack,
+-- 'r' retry, 'b' block), delay (us), error.
+--
+-- With `acked`, removes the queue's items for events up to it that were
+-- enqueued up to `mark` and moves the position up to it (never down). A
+-- failure after progress restarts the retry count at 1 and clears lapses;
+-- one without progress adds one. O(items removed · log n) each.
 --
 -- Returns {code, detail} per settlement (see `fence`); publishes a wake-up
--- when a settled queue is claimable again.
+-- when one was applied.
 
 local now = now_us()
 local out = {}
 local wake = false
 for i = 0, tonumber(ARGV[3]) - 1 do
-  local b = 4 + i * 7
+  local b = 4 + i * 8
   local s = ARGV[b]
   local verdict, f = fence(s, ARGV[b + 1], now, ARGV[b + 2])
   if verdict[1] == 0 then
     local k = qkey(s)
-    local kind = ARGV[b + 4]
-    local retries = tonumber(f[4]) or 0
-    if tonumber(ARGV[b + 3]) > tonumber(ARGV[b + 2]) then
-      retries = 1
+    local mark, acked, kind = tonumber(ARGV[b + 3]), ARGV[b + 4], ARGV[b + 5]
+    local progress = acked ~= ''
+    local retries, lapses = tonumber(f[4]) or 0, tonumber(f[5]) or 0
+    if progress then
+      local got = redis.call('ZRANGEBYSCORE', ikey(s), '-inf', acked, 'WITHSCORES')
+      drop_where(s, got, function(m)
+        return item_seq(m) <= mark
+      end)
+      if tonumber(acked) > tonumber(f[3]) then
+        redis.call('HSET', k, 'position', acked)
+      end
+      retries, lapses = 1, 0
     else
       retries = math.min(retries + 1, 4294967295)
     end
-    redis.call('HDEL', k, 'owner', 'expires')
+    redis.call('HDEL', k, 'owner', 'expires', 'waiting')
     if kind == 'a' then
-      redis.call('HSET', k, 'position', ARGV[b + 3], 'retries', 0)
+      redis.call('HSET', k, 'retries', 0, 'lapses', 0)
       redis.call('HDEL', k, 'retry_at', 'error')
     elseif kind == 'r' then
-      redis.call('HSET', k, 'position', ARGV[b + 3], 'retries', fmt(retries),
-        'retry_at', fmt(now + tonumber(ARGV[b + 5])), 'error', ARGV[b + 6])
+      redis.call('HSET', k, 'retries', fmt(retries), 'lapses', fmt(lapses), 'retry_at',
+        fmt(now + tonumber(ARGV[b + 6])), 'error', ARGV[b + 7])
     else
-      redis.call('HSET', k, 'position', ARGV[b + 3], 'retries', fmt(retries), 'blocked', 1,
-        'error', ARGV[b + 6])
+      redis.call('HSET', k, 'retries', fmt(retries), 'lapses', fmt(lapses), 'blocked', 1,
+        'error', ARGV[b + 7])
       redis.call('HDEL', k, 'retry_at')
       redis.call('ZADD', BLOCKED, 0, s)
     end
