@@ -2,9 +2,10 @@
 //! keys (`maxmemory-policy noeviction`), and the schema marker under the
 //! prefix (`{prefix}:meta`, field `schema`), written on first open. A prefix
 //! written by a newer act-rs, or holding act-like keys without a marker, is
-//! refused.
+//! refused. A prefix of schema 1 is upgraded to 2 by one script
+//! (`upgrade.lua`) unless the store is opened read-only.
 
-use act::Error;
+use act::{Error, OpenMode};
 use redis::Value;
 
 use crate::conn::Conn;
@@ -13,7 +14,11 @@ use crate::reply::{int, items, text};
 use crate::scripts;
 
 /// The layout version this build writes under a prefix.
-pub const SCHEMA_VERSION: i64 = 1;
+///
+/// - 1: queues hold event ids; one correlation checkpoint.
+/// - 2: subscriptions with their own checkpoints, items that name their
+///   reaction, replays, lease lapses.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Refuses a server that may evict keys. A server that does not let us read
 /// the policy is refused too, unless `assume` (the URL's
@@ -57,10 +62,14 @@ fn decide(policy: Result<String, String>, assume: bool) -> Result<(), ConfigErro
     }
 }
 
-/// Reads the schema marker, writing it under an empty prefix.
-pub(crate) async fn open(conn: &Conn, prefix: &str) -> act::Result<()> {
+/// Reads the schema marker and acts on it as `mode` allows: writes it under
+/// an empty prefix (`Create`), upgrades a prefix of schema 1 (`Create`,
+/// `Existing`), and writes nothing for `ReadOnly`. One or two round trips
+/// (the upgrade is one script over the whole schema-1 work).
+pub(crate) async fn open(conn: &Conn, prefix: &str, mode: OpenMode) -> act::Result<()> {
     let mut inv = conn.script(&scripts::OPEN);
-    inv.arg(SCHEMA_VERSION);
+    inv.arg(SCHEMA_VERSION)
+        .arg(if mode == OpenMode::Create { "1" } else { "0" });
     let found = int(&conn.run(&inv).await?).map_err(|b| conn.bad(b))?;
     let refuse = |message: String| {
         Err(Error::Schema {
@@ -69,6 +78,9 @@ pub(crate) async fn open(conn: &Conn, prefix: &str) -> act::Result<()> {
         })
     };
     match found {
+        0 => Err(Error::Missing {
+            store: conn.store().to_string(),
+        }),
         -1 => refuse(format!(
             "prefix `{prefix}` holds act keys but no schema marker ({{{prefix}}}:meta); refusing to touch them"
         )),
@@ -78,8 +90,30 @@ pub(crate) async fn open(conn: &Conn, prefix: &str) -> act::Result<()> {
         v if v > SCHEMA_VERSION => refuse(format!(
             "prefix `{prefix}` was written by a newer act-rs: schema version {v}, this build knows versions up to {SCHEMA_VERSION}; upgrade act-rs to open it"
         )),
+        v if v < SCHEMA_VERSION && mode == OpenMode::ReadOnly => refuse(format!(
+            "prefix `{prefix}` has schema version {v} and this build reads version {SCHEMA_VERSION}; \
+             open it once for writing (e.g. `act worker`, or any command that writes) to upgrade it, then read it"
+        )),
+        v if v < SCHEMA_VERSION => upgrade(conn, prefix).await,
         _ => Ok(()),
     }
+}
+
+/// Upgrades a schema-1 prefix to the current version (one script).
+async fn upgrade(conn: &Conn, prefix: &str) -> act::Result<()> {
+    let mut inv = conn.script(&scripts::UPGRADE);
+    inv.arg(SCHEMA_VERSION);
+    let after = int(&conn.run(&inv).await?).map_err(|b| conn.bad(b))?;
+    if after != SCHEMA_VERSION {
+        return Err(Error::Schema {
+            store: conn.store().to_string(),
+            message: format!(
+                "upgrading prefix `{prefix}` to schema version {SCHEMA_VERSION} found version {after}"
+            ),
+        });
+    }
+    tracing::info!(store = %conn.store(), prefix, "upgraded the Redis layout to schema version {SCHEMA_VERSION}");
+    Ok(())
 }
 
 #[cfg(test)]
