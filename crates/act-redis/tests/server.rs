@@ -1,87 +1,20 @@
 //! Behaviour that needs a Redis server of its own: each test starts a
-//! private `redis-server` on a free local port (killed when the test ends),
-//! so it can be stopped, restarted or misconfigured without touching the
-//! shared one.
+//! private `redis-server` on a free local port ([`PrivateRedis`], killed
+//! when the test ends), so it can be killed, paused, restarted or
+//! misconfigured without touching the shared one.
 
-mod support;
-
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use act::{Append, Error, EventStore, Message};
+use act::{
+    Append, Claim, Correlation, Error, EventStore, Message, QueueStore, Settlement, Subscription,
+    Work,
+};
 use act_redis::{ConfigError, RedisStore};
+use act_testservers::redis::PrivateRedis;
 use serde_json::json;
 
-/// A private redis-server, killed on drop.
-struct Server {
-    port: u16,
-    child: Child,
-    args: Vec<String>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let child = spawn(port, &args);
-        Server { port, child, args }
-    }
-
-    fn url(&self, query: &str) -> String {
-        format!("redis://127.0.0.1:{}/0?{query}", self.port)
-    }
-
-    /// Kills the server and starts it again on the same port (empty: no
-    /// persistence).
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = spawn(self.port, &self.args);
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(port: u16, args: &[String]) -> Child {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+fn url(server: &PrivateRedis, query: &str) -> String {
+    format!("{}?{query}", server.url())
 }
 
 fn ping() -> Append {
@@ -95,12 +28,28 @@ fn config_error(e: &Error) -> Option<&ConfigError> {
     }
 }
 
+/// Retries `f` while the store is unavailable (it reconnects on its own),
+/// up to a generous deadline.
+async fn until_available<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = act::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{what}: the store did not come back: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable_naming_the_url_without_its_password() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = act_testservers::free_port();
     let url = format!("redis://:secret@127.0.0.1:{port}/0?prefix=x");
     let started = Instant::now();
     let e = RedisStore::open(&url).await.unwrap_err();
@@ -117,8 +66,8 @@ async fn an_unreachable_server_is_unavailable_naming_the_url_without_its_passwor
 
 #[tokio::test]
 async fn a_server_that_may_evict_keys_is_refused() {
-    let server = Server::start(&["--maxmemory-policy", "allkeys-lru"]);
-    let e = RedisStore::open(&server.url("prefix=x&assume_noeviction=true"))
+    let server = PrivateRedis::start(&["--maxmemory-policy", "allkeys-lru"]);
+    let e = RedisStore::open(&url(&server, "prefix=x&assume_noeviction=true"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -133,14 +82,16 @@ async fn a_server_that_may_evict_keys_is_refused() {
 
 #[tokio::test]
 async fn a_server_that_hides_its_config_is_refused_unless_the_url_vouches_for_it() {
-    let server = Server::start(&["--rename-command", "CONFIG", ""]);
-    let e = RedisStore::open(&server.url("prefix=x")).await.unwrap_err();
+    let server = PrivateRedis::start(&["--rename-command", "CONFIG", ""]);
+    let e = RedisStore::open(&url(&server, "prefix=x"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(config_error(&e), Some(ConfigError::PolicyUnreadable { .. })),
         "{e:?}"
     );
     assert!(e.to_string().contains("assume_noeviction=true"), "{e}");
-    let store = RedisStore::open(&server.url("prefix=x&assume_noeviction=true"))
+    let store = RedisStore::open(&url(&server, "prefix=x&assume_noeviction=true"))
         .await
         .expect("assume_noeviction=true opens it");
     store.append(ping()).await.unwrap();
@@ -148,27 +99,76 @@ async fn a_server_that_hides_its_config_is_refused_unless_the_url_vouches_for_it
 
 #[tokio::test]
 async fn a_paused_server_is_unavailable_after_the_timeout() {
-    let server = Server::start(&[]);
-    let store = RedisStore::open(&server.url("prefix=x&timeout_ms=300"))
+    let mut server = PrivateRedis::start(&[]);
+    let store = RedisStore::open(&url(&server, "prefix=x&timeout_ms=300"))
         .await
         .unwrap();
     store.append(ping()).await.unwrap();
-    server.signal("-STOP");
+    server.pause();
     let r = store.append(ping()).await;
-    server.signal("-CONT");
+    server.resume();
     let e = r.unwrap_err();
     assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+    until_available("append after resume", || store.append(ping())).await;
 }
 
 #[tokio::test]
-async fn the_store_and_its_wake_ups_come_back_after_a_server_restart() {
-    let mut server = Server::start(&[]);
-    let url = server.url("prefix=x&timeout_ms=1000");
+async fn a_read_only_replica_is_unavailable_not_a_failure() {
+    let primary = PrivateRedis::start(&[]);
+    let replica = PrivateRedis::start(&[]);
+    let store = RedisStore::open(&url(&replica, "prefix=x&timeout_ms=2000"))
+        .await
+        .unwrap();
+    store.append(ping()).await.unwrap();
+    // The URL now reaches a replica (as the old primary after a failover).
+    let mut c = redis::Client::open(replica.url())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port())
+        .query(&mut c)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let e = loop {
+        match store.append(ping()).await {
+            Err(e) => break e,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Ok(_) => panic!("the replica kept accepting writes"),
+        }
+    };
+    assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+    // Promoted again: writes go on.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut c)
+        .unwrap();
+    until_available("append after promotion", || store.append(ping())).await;
+}
+
+fn subscription(name: &str) -> Subscription {
+    Subscription {
+        name: name.into(),
+        events: vec!["Ping".into()],
+        target: None,
+        start: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_and_its_wake_ups_come_back_after_a_server_kill_and_restart() {
+    let mut server = PrivateRedis::start(&[]);
+    let url = url(&server, "prefix=x&timeout_ms=1000");
     let a = RedisStore::open(&url).await.unwrap();
     let b = RedisStore::open(&url).await.unwrap();
     let mut woken = b.wake();
     woken.borrow_and_update();
-    server.restart();
+    server.kill();
+    assert!(a.head().await.unwrap_err().is_transient());
+    server.start_again();
     // While the server was away messages may have been lost: the listener
     // says so with a wake-up once it has subscribed again.
     tokio::time::timeout(Duration::from_secs(20), woken.changed())
@@ -176,17 +176,43 @@ async fn the_store_and_its_wake_ups_come_back_after_a_server_restart() {
         .expect("no wake-up after the listener reconnected")
         .unwrap();
     // The connection manager reconnects too: calls work again (the first may
-    // fail while it reconnects).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match a.append(ping()).await {
-            Ok(_) => break,
-            Err(e) if e.is_transient() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("the store did not come back: {e}"),
-        }
-    }
+    // fail while it reconnects), scripts are loaded again on NOSCRIPT. The
+    // server kept nothing (no persistence), so the store starts empty.
+    let e = until_available("append", || a.append(ping())).await;
+    assert_eq!(e[0].id, 1);
+    a.subscribe(&[subscription("r")]).await.unwrap();
+    let after = a
+        .enqueue(&Correlation {
+            reactions: vec!["r".into()],
+            replay: None,
+            from: 0,
+            to: 1,
+            work: vec![Work {
+                stream: "q".into(),
+                event: 1,
+                reaction: "r".into(),
+                priority: 0,
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(after, vec![Some(1)]);
+    let got = a
+        .claim(&Claim {
+            owner: "o".into(),
+            queues: 1,
+            events: 10,
+            lease: Duration::from_secs(30),
+            reactions: vec!["r".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let r = a
+        .settle(&[Settlement::ack(&got[0].lease, 1)])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Ok(())]);
     // And cross-process wake-ups flow again.
     woken.borrow_and_update();
     a.append(ping()).await.unwrap();
@@ -194,4 +220,38 @@ async fn the_store_and_its_wake_ups_come_back_after_a_server_restart() {
         .await
         .expect("no wake-up after the restart")
         .unwrap();
+}
+
+/// The listener's reconnect pause grows during a long outage (up to 5 s)
+/// and starts again from 50 ms once it has subscribed: a second, short
+/// outage right after is noticed and repaired within a fraction of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wake_up_listener_backoff_starts_again_after_it_reconnected() {
+    let mut server = PrivateRedis::start(&[]);
+    let store = RedisStore::open(&url(&server, "prefix=x&timeout_ms=1000"))
+        .await
+        .unwrap();
+    let mut woken = store.wake();
+    woken.borrow_and_update();
+    // A long outage: the pause reaches its cap (50 ms doubling: 6.35 s).
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    server.start_again();
+    tokio::time::timeout(Duration::from_secs(20), woken.changed())
+        .await
+        .expect("no wake-up after the first outage")
+        .unwrap();
+    woken.borrow_and_update();
+    // A short one right after.
+    server.restart();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), woken.changed())
+        .await
+        .expect("no wake-up after the second outage")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "the listener took {took:?} to come back: its backoff did not start again"
+    );
 }
