@@ -159,7 +159,11 @@ impl Progress {
 
     /// The earliest time a followed cursor may be tried again.
     pub(super) fn follow_ends(&self) -> Option<Instant> {
-        self.follow.values().copied().filter(|t| *t > Instant::now()).min()
+        self.follow
+            .values()
+            .copied()
+            .filter(|t| *t > Instant::now())
+            .min()
     }
 
     /// Records what a step did. Returns true when another broker had moved
@@ -170,7 +174,9 @@ impl Progress {
         };
         let mut lost = false;
         let (reactions, replay) = match &s.job {
-            Job::Live { reactions, .. } | Job::Backfill { reactions, .. } => (reactions.clone(), None),
+            Job::Live { reactions, .. } | Job::Backfill { reactions, .. } => {
+                (reactions.clone(), None)
+            }
             Job::Replay(r) => (vec![r.reaction.clone()], Some(r.stream.clone())),
         };
         for (name, at) in reactions.iter().zip(after) {
@@ -198,7 +204,9 @@ impl Progress {
                                 }
                             }
                         }
-                        None => self.replays.retain(|r| !(&r.stream == q && &r.reaction == name)),
+                        None => self
+                            .replays
+                            .retain(|r| !(&r.stream == q && &r.reaction == name)),
                     }
                 }
             }
@@ -307,6 +315,24 @@ fn event_names(act: &Act, reactions: &[String]) -> Vec<String> {
     names
 }
 
+/// Runs a reaction's resolver on an event; a panic (a bug in the
+/// resolver) becomes an error text instead of taking the broker down.
+pub(crate) fn resolve_caught(
+    r: &crate::reaction::Reaction,
+    e: &Event,
+) -> std::result::Result<Option<String>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.resolver().resolve(e))).map_err(
+        |p| {
+            let text = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".into());
+            format!("the resolver panicked: {text}")
+        },
+    )
+}
+
 /// The work `reactions` find in `events`: one item per (queue, event,
 /// reaction). A target no store accepts goes to the reaction's
 /// invalid-target queue, where it blocks with the reason.
@@ -317,17 +343,19 @@ fn resolve(act: &Act, events: &[std::sync::Arc<Event>], reactions: &[String]) ->
             if !reactions.iter().any(|n| n == r.name()) {
                 continue;
             }
-            let Some(stream) = r.resolver().resolve(e) else {
-                continue;
-            };
-            let stream = if crate::limits::check_name("the queue name", &stream).is_ok()
-                && !stream.starts_with(INVALID_TARGET_PREFIX)
-            {
-                stream
-            } else {
-                tracing::warn!(reaction = r.name(), event = e.id,
-                    "the resolver answered a queue name no store accepts; the event goes to the reaction's invalid-target queue");
-                format!("{INVALID_TARGET_PREFIX}{}", r.name())
+            let stream = match resolve_caught(r, e) {
+                Ok(None) => continue,
+                Ok(Some(s))
+                    if crate::limits::check_name("the queue name", &s).is_ok()
+                        && !s.starts_with(INVALID_TARGET_PREFIX) =>
+                {
+                    s
+                }
+                answer => {
+                    tracing::warn!(reaction = r.name(), event = e.id, ?answer,
+                        "the resolver answered no queue name a store accepts; the event goes to the reaction's invalid-target queue");
+                    format!("{INVALID_TARGET_PREFIX}{}", r.name())
+                }
             };
             work.push(Work {
                 stream,

@@ -274,7 +274,12 @@ impl Runner {
     }
 
     /// The one place that decides how long the loop sleeps.
-    fn deadline(&self, next_poll: Instant, grace_end: Option<Instant>, due_at: Option<Instant>) -> Instant {
+    fn deadline(
+        &self,
+        next_poll: Instant,
+        grace_end: Option<Instant>,
+        due_at: Option<Instant>,
+    ) -> Instant {
         if let Some(pause) = self.pacer.pausing() {
             // After a failure only the pause counts (and the end of a
             // shutdown's grace period).
@@ -299,7 +304,11 @@ impl Runner {
     /// A one-shot run is quiet: end it, or say how long to wait. Committed
     /// events the store cannot show followers yet (PostgreSQL: behind a
     /// transaction still running) are work too.
-    async fn finish(&mut self, mode: Mode, hidden_since: &mut Option<Instant>) -> Result<Option<Duration>> {
+    async fn finish(
+        &mut self,
+        mode: Mode,
+        hidden_since: &mut Option<Instant>,
+    ) -> Result<Option<Duration>> {
         let store = self.act.store().clone();
         let live = self.progress.live_checkpoint();
         let head = match live {
@@ -312,7 +321,9 @@ impl Runner {
             if mode == Mode::Settle && waited >= SETTLE_HIDDEN_PATIENCE {
                 return Ok(None);
             }
-            if waited >= Duration::from_secs(1) && waited.as_millis() % 1000 < HIDDEN_RECHECK.as_millis() {
+            if waited >= Duration::from_secs(1)
+                && waited.as_millis() % 1000 < HIDDEN_RECHECK.as_millis()
+            {
                 tracing::info!(head, checkpoint = ?live, ?waited,
                     "waiting for committed events hidden behind running transactions");
             }
