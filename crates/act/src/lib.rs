@@ -92,7 +92,7 @@ pub use context::Context;
 pub use error::{redact_url, ActualVersion, BoxError, Error, Result};
 pub use event::{
     new_correlation_id, ActionRef, Actor, Append, Causation, Event, EventRef, ExpectedVersion,
-    Message, Meta,
+    Message, Meta, UNDECODABLE,
 };
 pub use memory::MemoryStore;
 pub use query::{Query, StreamFilter};

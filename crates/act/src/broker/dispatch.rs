@@ -73,6 +73,14 @@ pub(crate) async fn run(
             done.settlement = Some(Settlement::block(&lease, acked, error));
             return done;
         }
+        if let Some(why) = event.undecodable_error() {
+            let error = format!(
+                "event {} `{}` cannot be decoded by the store: {why}; fix or remove it, then skip it with `reset`",
+                event.id, event.name
+            );
+            done.settlement = Some(Settlement::block(&lease, acked, error));
+            return done;
+        }
         // The stored retry count belongs to the first pending event only.
         let first = i == 0;
         let attempt = if first { lease.retries + 1 } else { 1 };
