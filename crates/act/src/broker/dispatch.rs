@@ -44,14 +44,22 @@ pub(crate) struct Finished {
     pub timeouts: u64,
 }
 
-/// Processes `batch` in order. Stops before the next event once `lease_lost`
-/// or `shutdown` fires.
+/// Processes `batch` in order, once `gate` (if any) opens. Stops before the
+/// next event once `lease_lost` or `shutdown` fires.
 pub(crate) async fn run(
     act: Act,
     batch: Batch,
     lease_lost: CancellationToken,
     shutdown: CancellationToken,
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Finished {
+    if let Some(gate) = gate {
+        tokio::select! {
+            _ = gate => {}
+            _ = lease_lost.cancelled() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
     let Batch { lease, events } = batch;
     let mut done = Finished {
         settlement: None,

@@ -557,6 +557,101 @@ pub async fn an_expired_lease_counts_as_an_attempt_and_the_queue_blocks_after_ma
     assert_eq!(st.next, Some(e.id));
 }
 
+/// A queue whose lease ended without a settlement runs alone on the broker
+/// that takes it over: if its handler crashes the process again, no other
+/// queue's batch dies with it (and pays a failed attempt for it).
+pub async fn a_queue_whose_lease_lapsed_runs_alone(b: &impl Backend) {
+    let f = b.open().await;
+    // ("start" | "end", queue, attempt), in the order handlers saw them.
+    let log = Arc::new(Mutex::new(Vec::<(&'static str, String, u32)>::new()));
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let make = || {
+        let (log, hang) = (log.clone(), hang.clone());
+        app(
+            f.store.clone(),
+            vec![Reaction::on("Ping")
+                .to(|e| Some(format!("q-{}", e.stream)))
+                .handle(move |_e, ctx| {
+                    let (log, hang) = (log.clone(), hang.clone());
+                    async move {
+                        let q = ctx.stream().to_string();
+                        log.lock()
+                            .unwrap()
+                            .push(("start", q.clone(), ctx.attempt()));
+                        if hang.load(std::sync::atomic::Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        log.lock().unwrap().push(("end", q, ctx.attempt()));
+                        Ok::<(), HandlerError>(())
+                    }
+                })],
+        )
+    };
+    ping(&*f.store, "suspect", json!({})).await;
+    let handle = make().broker(broker_options("crashing")).start();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while log.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first attempt did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(handle);
+    f.clock.advance(Duration::from_secs(61)).await;
+    hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.lock().unwrap().clear();
+    for s in ["a", "b", "c"] {
+        pings(&*f.store, s, 3).await;
+    }
+    make()
+        .broker(broker_options("next"))
+        .settle()
+        .await
+        .unwrap();
+    let calls = log.lock().unwrap().clone();
+    let start = calls
+        .iter()
+        .position(|(k, q, a)| *k == "start" && q == "q-suspect" && *a == 2)
+        .unwrap_or_else(|| panic!("the suspect was not retried: {calls:?}"));
+    let end = calls
+        .iter()
+        .position(|(k, q, _)| *k == "end" && q == "q-suspect")
+        .unwrap_or_else(|| panic!("the suspect did not finish: {calls:?}"));
+    let open_before = calls[..start]
+        .iter()
+        .filter(|(k, _, _)| *k == "start")
+        .count()
+        - calls[..start]
+            .iter()
+            .filter(|(k, _, _)| *k == "end")
+            .count();
+    assert_eq!(
+        open_before, 0,
+        "nothing else ran when the suspect started: {calls:?}"
+    );
+    assert!(
+        calls[start + 1..end].is_empty(),
+        "nothing else ran beside the suspect: {calls:?}"
+    );
+    for q in ["q-a", "q-b", "q-c"] {
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|(k, x, _)| *k == "end" && x == q)
+                .count(),
+            3,
+            "{q}: {calls:?}"
+        );
+        assert_eq!(
+            queue(&*f.store, q).await.retries,
+            0,
+            "{q} paid nothing for the suspect"
+        );
+    }
+}
+
 /// A handler that runs past its reaction's timeout is cancelled (work it
 /// spawned is told through its context; its future is dropped) and counted
 /// as a failure with backoff; the retry succeeds.

@@ -225,6 +225,7 @@ macro_rules! tck_suite {
             lifecycle::reset_replays_events_never_enqueued_before,
             lifecycle::reset_of_a_queue_that_never_had_work_replays_the_log,
             lifecycle::an_expired_lease_counts_as_an_attempt_and_the_queue_blocks_after_max_retries,
+            lifecycle::a_queue_whose_lease_lapsed_runs_alone,
             lifecycle::a_handler_past_its_timeout_is_cancelled_and_retried,
             lifecycle::a_resolver_s_bad_answer_blocks_only_that_reaction_s_event,
         }
