@@ -280,7 +280,12 @@ pub(super) async fn step(act: &Act, job: Job, page: usize) -> Result<Stepped> {
             })
         }
     };
-    let mut work = resolve(act, &events, &reactions);
+    // Backfill and replay work yields to live work: one priority level
+    // below the reaction's own, so queues holding only history are claimed
+    // after queues with live events (a queue keeps the highest priority it
+    // was given, so its first live event restores the reaction's level).
+    let yields = !matches!(job, Job::Live { .. });
+    let mut work = resolve(act, &events, &reactions, yields);
     if let Some(q) = &replay {
         work.retain(|w| &w.stream == q);
     }
@@ -336,7 +341,12 @@ pub(crate) fn resolve_caught(
 /// The work `reactions` find in `events`: one item per (queue, event,
 /// reaction). A target no store accepts goes to the reaction's
 /// invalid-target queue, where it blocks with the reason.
-fn resolve(act: &Act, events: &[std::sync::Arc<Event>], reactions: &[String]) -> Vec<Work> {
+fn resolve(
+    act: &Act,
+    events: &[std::sync::Arc<Event>],
+    reactions: &[String],
+    yields: bool,
+) -> Vec<Work> {
     let mut work = Vec::new();
     for e in events {
         for r in act.registry().for_event(&e.name) {
@@ -361,7 +371,11 @@ fn resolve(act: &Act, events: &[std::sync::Arc<Event>], reactions: &[String]) ->
                 stream,
                 event: e.id,
                 reaction: r.name().to_string(),
-                priority: r.options().priority,
+                priority: if yields {
+                    r.options().priority.saturating_sub(1)
+                } else {
+                    r.options().priority
+                },
             });
         }
     }
