@@ -39,41 +39,87 @@ struct Record {
     data: serde_json::Value,
 }
 
-/// Just the name, to say which event a broken record is.
-#[derive(Deserialize)]
-struct Named {
-    name: String,
+/// What can still be read of a record that is not an event: the fields
+/// next to the data, each only when it has the right type. Unknown fields
+/// (the data among them) are skipped without nesting limits.
+#[derive(Deserialize, Default)]
+struct Header {
+    stream: Option<serde_json::Value>,
+    version: Option<serde_json::Value>,
+    name: Option<serde_json::Value>,
+    created: Option<serde_json::Value>,
+    correlation: Option<serde_json::Value>,
 }
 
-/// Decodes the record of event `id`; a missing record (a log with a hole)
-/// or one that is not an event is an error naming the event.
-pub(crate) fn decode(conn: &Conn, id: i64, raw: Option<&[u8]>) -> act::Result<Arc<Event>> {
+/// Decodes the record of event `id`. A record that cannot be read back
+/// (data nested deeper than serde_json reads, written before the limits;
+/// a damaged or missing record) becomes an [`Event::undecodable`] carrying
+/// the reason, with what can be read of its stream, version and name: a
+/// read never fails for one bad record, and the broker blocks only the
+/// queues it reaches (promise 11). `stream` is the stream the event was
+/// read through, if any (its index knows it when the record does not).
+pub(crate) fn decode(id: i64, raw: Option<&[u8]>, stream: Option<&str>) -> Arc<Event> {
+    let known = || Header {
+        stream: stream.map(|s| serde_json::Value::String(s.to_string())),
+        ..Header::default()
+    };
+    let read = |raw: &[u8]| {
+        let mut h: Header = serde_json::from_slice(raw).unwrap_or_default();
+        if !matches!(h.stream, Some(serde_json::Value::String(_))) {
+            h.stream = known().stream;
+        }
+        h
+    };
     let Some(raw) = raw else {
-        return Err(Error::Store {
-            store: conn.store().to_string(),
-            source: format!("event {id} is missing from the log").into(),
-        });
+        return undecodable(id, known(), "the log holds no record of it", "");
     };
-    let what = || match serde_json::from_slice::<Named>(raw) {
-        Ok(n) => format!("event {id} `{}`", n.name),
-        Err(_) => format!("event {id}"),
-    };
-    let r: Record = serde_json::from_slice(raw).map_err(|e| Error::decode(what(), e))?;
-    let created = DateTime::<Utc>::from_timestamp_micros(r.created)
-        .ok_or_else(|| Error::decode(what(), format!("time {} is out of range", r.created)))?;
-    Ok(Arc::new(Event {
-        id,
-        stream: r.stream,
-        version: r.version,
-        name: r.name,
-        data: r.data,
-        meta: Meta {
-            created,
-            correlation: r.correlation,
-            causation: r.causation,
-            actor: r.actor,
+    match serde_json::from_slice::<Record>(raw) {
+        Ok(r) => match DateTime::<Utc>::from_timestamp_micros(r.created) {
+            Some(created) => Arc::new(Event {
+                id,
+                stream: r.stream,
+                version: r.version,
+                name: r.name,
+                data: r.data,
+                meta: Meta {
+                    created,
+                    correlation: r.correlation,
+                    causation: r.causation,
+                    actor: r.actor,
+                },
+            }),
+            None => {
+                let why = format!("its time {} is out of range", r.created);
+                undecodable(id, read(raw), &why, &String::from_utf8_lossy(raw))
+            }
         },
-    }))
+        Err(e) => {
+            let why = format!("its record cannot be read back ({e})");
+            undecodable(id, read(raw), &why, &String::from_utf8_lossy(raw))
+        }
+    }
+}
+
+fn undecodable(id: i64, h: Header, why: &str, raw: &str) -> Arc<Event> {
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    };
+    let number = |v: &Option<serde_json::Value>| v.as_ref().and_then(serde_json::Value::as_i64);
+    let created = number(&h.created)
+        .and_then(DateTime::<Utc>::from_timestamp_micros)
+        .unwrap_or_default();
+    let version = number(&h.version).unwrap_or(0);
+    Arc::new(Event::undecodable(
+        id,
+        text(h.stream),
+        version,
+        text(h.name),
+        created,
+        text(h.correlation),
+        why,
+        raw,
+    ))
 }
 
 fn json<T: serde::Serialize>(what: &str, v: &T) -> act::Result<String> {
@@ -145,7 +191,7 @@ pub(crate) async fn append(conn: &Conn, a: Append) -> act::Result<(Vec<Arc<Event
             let events = r[3..]
                 .iter()
                 .zip(first..)
-                .map(|(raw, id)| decode(conn, id, opt_bytes(raw).map_err(bad)?))
+                .map(|(raw, id)| Ok(decode(id, opt_bytes(raw).map_err(bad)?, None)))
                 .collect::<act::Result<_>>()?;
             Ok((events, false))
         }
@@ -166,15 +212,16 @@ pub(crate) async fn append(conn: &Conn, a: Append) -> act::Result<(Vec<Arc<Event
     }
 }
 
-/// One page of ids and records, in read order.
-fn page(conn: &Conn, reply: &Value) -> act::Result<Vec<Arc<Event>>> {
+/// One page of ids and records, in read order; `stream` is the stream
+/// whose index was read, if any.
+fn page(conn: &Conn, reply: &Value, stream: Option<&str>) -> act::Result<Vec<Arc<Event>>> {
     let bad = |b| conn.bad(b);
     let r = items(reply).map_err(bad)?;
     let n = r.len().saturating_sub(1) / 2;
     (0..n)
         .map(|i| {
             let id = int(&r[1 + i]).map_err(bad)?;
-            decode(conn, id, opt_bytes(&r[1 + n + i]).map_err(bad)?)
+            Ok(decode(id, opt_bytes(&r[1 + n + i]).map_err(bad)?, stream))
         })
         .collect()
 }
@@ -223,7 +270,11 @@ pub(crate) async fn query(conn: &Conn, q: &Query) -> act::Result<Vec<Arc<Event>>
                     .arg(want);
             }
         }
-        let events = page(conn, &conn.run(&inv).await?)?;
+        let stream = match &q.stream {
+            Some(StreamFilter::Exact(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        let events = page(conn, &conn.run(&inv).await?, stream)?;
         let Some(last) = events.last() else {
             break;
         };

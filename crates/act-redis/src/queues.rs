@@ -74,7 +74,6 @@ pub(crate) async fn claim(conn: &Conn, c: &Claim) -> act::Result<Vec<Batch>> {
     let reply = conn.run(&inv).await?;
     let bad = |b| conn.bad(b);
     let mut out = Vec::new();
-    let mut poisoned = Vec::new();
     for entry in items(&reply).map_err(bad)? {
         let e = items(entry).map_err(bad)?;
         let count32 = |v: &Value| int(v).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
@@ -103,61 +102,23 @@ pub(crate) async fn claim(conn: &Conn, c: &Claim) -> act::Result<Vec<Batch>> {
                 records.len()
             )));
         }
-        let mut events = Vec::with_capacity(ids.len());
-        let mut undecodable = None;
-        for ((id, rs), raw) in ids.iter().zip(reactions).zip(records) {
-            let id = int(id).map_err(bad)?;
-            let raw = opt_bytes(raw).map_err(bad)?;
-            let reactions = items(rs)
-                .map_err(bad)?
-                .iter()
-                .map(|r| text(r).map_err(bad))
-                .collect::<act::Result<Vec<String>>>()?;
-            match decode(conn, id, raw) {
-                Ok(event) => events.push(Pending { event, reactions }),
-                Err(e) => {
-                    undecodable = Some(e);
-                    break;
-                }
-            }
-        }
-        match undecodable {
-            // The batch stops before the event it cannot read; a queue
-            // whose next event is that one is blocked below.
-            Some(e) if events.is_empty() => poisoned.push((lease, e)),
-            _ => out.push(Batch { lease, events }),
-        }
-    }
-    if !poisoned.is_empty() {
-        block_undecodable(conn, poisoned).await;
+        let events = ids
+            .iter()
+            .zip(reactions)
+            .zip(records)
+            .map(|((id, rs), raw)| {
+                let event = decode(int(id).map_err(bad)?, opt_bytes(raw).map_err(bad)?, None);
+                let reactions = items(rs)
+                    .map_err(bad)?
+                    .iter()
+                    .map(|r| text(r).map_err(bad))
+                    .collect::<act::Result<Vec<String>>>()?;
+                Ok(Pending { event, reactions })
+            })
+            .collect::<act::Result<Vec<Pending>>>()?;
+        out.push(Batch { lease, events });
     }
     Ok(out)
-}
-
-/// Blocks the claimed queues whose next event cannot be read back, with
-/// the decode error: one bad record stops only the queues it targets
-/// (promise 11), never every claim. A failure to block is logged; the
-/// lease then lapses and the next claim tries again.
-async fn block_undecodable(conn: &Conn, poisoned: Vec<(Lease, act::Error)>) {
-    let blocks: Vec<Settlement> = poisoned
-        .iter()
-        .map(|(lease, e)| Settlement::block(lease, None, e.to_string()))
-        .collect();
-    for (lease, e) in &poisoned {
-        tracing::warn!(store = %conn.store(), queue = %lease.stream, error = %e, "blocking a queue whose next event cannot be read");
-    }
-    match settle(conn, &blocks).await {
-        Ok((results, _)) => {
-            for (r, s) in results.iter().zip(&blocks) {
-                if let Err(rejection) = r {
-                    tracing::warn!(store = %conn.store(), queue = %s.lease.stream, %rejection, "could not block a queue whose next event cannot be read");
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(store = %conn.store(), error = %e, "could not block queues whose next event cannot be read");
-        }
-    }
 }
 
 /// Reads one `{code, detail}` verdict of the fencing rule.

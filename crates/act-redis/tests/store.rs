@@ -7,11 +7,12 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use act::{
-    Append, Claim, Correlation, Error, EventStore, ExpectedVersion, Message, Query, QueueFilter,
-    QueueStore, Settlement, Subscription, Work,
+    Act, Append, BrokerOptions, Claim, Correlation, Error, EventStore, ExpectedVersion, Message,
+    Query, QueueFilter, QueueStore, Reaction, Settlement, Store, Subscription, Work,
 };
 use act_redis::RedisStore;
 use serde_json::json;
@@ -97,39 +98,83 @@ async fn scripts_are_loaded_again_after_script_flush() {
     assert_eq!(s.query(&Query::new()).await.unwrap().len(), 2);
 }
 
+fn set_record(prefix: &str, id: i64, record: &str) {
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{{{prefix}}}:events"))
+        .arg(id)
+        .arg(record)
+        .query(&mut raw())
+        .unwrap();
+}
+
+/// JSON nested deeper than serde_json reads back, as an older act-rs could
+/// have stored it before the limits.
+fn too_deep() -> String {
+    let mut deep = String::from("1");
+    for _ in 0..200 {
+        deep = format!("[{deep}]");
+    }
+    deep
+}
+
 #[tokio::test]
-async fn a_record_that_is_not_json_is_a_decode_error_naming_the_event() {
+async fn a_record_that_cannot_be_read_back_is_returned_marked_undecodable() {
     let prefix = support::fresh_prefix("decode");
     let _cleanup = Cleanup {
         prefix: prefix.clone(),
     };
     let s = open(&options(&prefix)).await;
-    let e = s.append(ping("a", 2)).await.unwrap();
-    let id = e[1].id;
-    let _: () = redis::cmd("HSET")
+    let e = s.append(ping("a", 3)).await.unwrap();
+    let ids: Vec<i64> = e.iter().map(|e| e.id).collect();
+    set_record(&prefix, ids[0], "not json {");
+    // JSON, but not an event: what can be read (the name) is kept.
+    set_record(&prefix, ids[1], r#"{"name":"Ping","stream":7}"#);
+    // An event whose data is too deep: stream, version and name are kept.
+    let record = format!(
+        r#"{{"stream":"a","version":2,"name":"Ping","created":1700000000000000,"correlation":"c","data":{}}}"#,
+        too_deep()
+    );
+    set_record(&prefix, ids[2], &record);
+    let got = s.query(&Query::new().stream("a")).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    let why: Vec<&str> = got
+        .iter()
+        .map(|e| e.undecodable_error().expect("marked undecodable"))
+        .collect();
+    assert!(
+        why.iter().all(|w| w.contains("cannot be read back")),
+        "{why:?}"
+    );
+    assert!(why[2].contains("recursion limit"), "{}", why[2]);
+    // Read through the stream's index: the stream is known even when the
+    // record does not say it.
+    assert_eq!((got[0].stream.as_str(), got[0].name.as_str()), ("a", ""));
+    assert_eq!(
+        (got[1].stream.as_str(), got[1].name.as_str()),
+        ("a", "Ping")
+    );
+    assert_eq!(
+        (got[2].stream.as_str(), got[2].version, got[2].name.as_str()),
+        ("a", 2, "Ping")
+    );
+    let raw_text = got[0].data[act::UNDECODABLE]["raw"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(raw_text, "not json {");
+    // A missing record (a log with a hole) reads the same way.
+    let _: () = redis::cmd("HDEL")
         .arg(format!("{{{prefix}}}:events"))
-        .arg(id)
-        .arg("not json {")
+        .arg(ids[0])
         .query(&mut raw())
         .unwrap();
-    match s.query(&Query::new().stream("a")).await {
-        Err(Error::Decode { what, .. }) => assert_eq!(what, format!("event {id}")),
-        other => panic!("expected a decode error, got {other:?}"),
-    }
-    // A record that is JSON but not an event names the event and its name.
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{{{prefix}}}:events"))
-        .arg(id)
-        .arg(r#"{"name":"Ping","stream":7}"#)
-        .query(&mut raw())
-        .unwrap();
-    match s.query(&Query::new().after(e[0].id)).await {
-        Err(Error::Decode { what, .. }) => assert_eq!(what, format!("event {id} `Ping`")),
-        other => panic!("expected a decode error, got {other:?}"),
-    }
-    // The first event still reads.
-    let ok = s.query(&Query::new().limit(1)).await.unwrap();
-    assert_eq!(ok[0].id, e[0].id);
+    let first = s.query(&Query::new().limit(1)).await.unwrap();
+    assert_eq!(first[0].id, ids[0]);
+    assert!(first[0].undecodable_error().is_some());
+    // Events around them read as usual.
+    let more = s.append(ping("a", 1)).await.unwrap();
+    let last = s.query(&Query::new().after(ids[2])).await.unwrap();
+    assert_eq!(last[0].id, more[0].id);
+    assert_eq!(last[0].undecodable_error(), None);
 }
 
 #[tokio::test]
@@ -482,77 +527,73 @@ async fn a_backfill_page_costs_the_same_late_as_early() {
 }
 
 /// Promise 11: a record that cannot be read back stops only the queues it
-/// targets. A batch ends before it; a queue whose next event it is gets
-/// blocked with the decode error; every other queue is claimed as usual.
-#[tokio::test]
-async fn an_undecodable_event_blocks_only_the_queues_it_targets() {
+/// reaches: the broker blocks them at it with the decode error, and every
+/// other event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_event_blocks_only_the_queue_it_reaches() {
     let prefix = support::fresh_prefix("poison");
     let _cleanup = Cleanup {
         prefix: prefix.clone(),
     };
-    let s = open(&options(&prefix)).await;
-    let e: Vec<i64> = s
-        .append(ping("a", 4))
+    let s: Arc<dyn Store> = Arc::new(open(&options(&prefix)).await);
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let seen = delivered.clone();
+    let app = Act::builder(s.clone())
+        .reaction(
+            Reaction::on("Ping")
+                .to(|e| Some(format!("q-{}", e.stream)))
+                .handle(move |e, ctx| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((ctx.stream().to_string(), e.id));
+                        Ok(())
+                    }
+                }),
+        )
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for stream in ["a", "b", "a", "b"] {
+        ids.push(s.append(ping(stream, 1)).await.unwrap()[0].id);
+    }
+    let record = format!(
+        r#"{{"stream":"a","version":1,"name":"Ping","created":1700000000000000,"correlation":"c","data":{}}}"#,
+        too_deep()
+    );
+    set_record(&prefix, ids[2], &record);
+    app.broker(BrokerOptions::default().poll(Duration::from_millis(50)))
+        .settle()
+        .await
+        .unwrap();
+    // In order per queue; across queues, any order.
+    let mut got = delivered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("q-a".to_string(), ids[0]),
+            ("q-b".to_string(), ids[1]),
+            ("q-b".to_string(), ids[3])
+        ]
+    );
+    let a = s
+        .queues(&QueueFilter {
+            stream: Some("q-a".into()),
+            ..Default::default()
+        })
         .await
         .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{{{prefix}}}:events"))
-        .arg(e[2])
-        .arg("not json {")
-        .query(&mut raw())
-        .unwrap();
-    subscribe(&s, &["r"]).await;
-    let items = vec![
-        work("bad", e[2], "r"),
-        work("good", e[0], "r"),
-        work("part", e[1], "r"),
-        work("part", e[2], "r"),
-    ];
-    s.enqueue(&step("r", 0, e[3], items)).await.unwrap();
-    let mut got = s.claim(&claim("A", &["r"])).await.unwrap();
-    got.sort_by(|a, b| a.lease.stream.cmp(&b.lease.stream));
-    let claimed: Vec<(&str, Vec<i64>)> = got
-        .iter()
-        .map(|b| {
-            (
-                b.lease.stream.as_str(),
-                b.events.iter().map(|p| p.event.id).collect(),
-            )
-        })
-        .collect();
-    assert_eq!(claimed, vec![("good", vec![e[0]]), ("part", vec![e[1]])]);
-    let bad = s
-        .queues(&QueueFilter {
-            blocked: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(bad.len(), 1);
-    assert_eq!(bad[0].stream, "bad");
-    let error = bad[0].error.clone().unwrap_or_default();
-    assert!(error.contains(&format!("event {}", e[2])), "{error}");
-    // `part` reaches the record after its good event, and blocks there.
-    let part = got.iter().find(|b| b.lease.stream == "part").unwrap();
-    s.settle(&[Settlement::ack(&part.lease, e[1])])
-        .await
-        .unwrap();
-    assert!(s.claim(&claim("A", &["r"])).await.unwrap().is_empty());
-    let blocked = s
-        .queues(&QueueFilter {
-            blocked: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        blocked
-            .iter()
-            .map(|q| q.stream.as_str())
-            .collect::<Vec<_>>(),
-        vec!["bad", "part"]
+        .remove(0);
+    assert!(
+        a.blocked && a.next == Some(ids[2]) && a.position == ids[0],
+        "{a:?}"
+    );
+    let error = a.error.unwrap_or_default();
+    assert!(
+        error.contains(&format!("event {} `Ping` cannot be decoded", ids[2]))
+            && error.contains("recursion limit"),
+        "{error}"
     );
 }
