@@ -38,6 +38,33 @@
 //! let store = act_redis::RedisStore::open("redis://127.0.0.1:6379/0?prefix=myapp").await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Key layout (schema version 2)
+//!
+//! Every key starts with `{PREFIX}:` (`P:` here). Sorted sets whose scores
+//! are all 0 are read with `ZRANGEBYLEX`/`ZRANGE`: byte order.
+//!
+//! | Key | Type | What |
+//! |---|---|---|
+//! | `P:meta` | hash | `schema` (2), `created`, `upgraded` (when it came from 1) |
+//! | `P:seq`, `P:events`, `P:s:STREAM`, `P:keys` | | the log, as in schema 1: head, id → JSON record, a stream's ids, idempotency keys |
+//! | `P:checkpoint` | string | schema 1's correlation checkpoint, kept by the upgrade: [`QueueStore::legacy_checkpoint`] |
+//! | `P:subs` | sorted set | subscription names |
+//! | `P:sub:NAME` | hash | `events` (JSON), `target`, `start`, `checkpoint`, `created`, `seen`, `retired` |
+//! | `P:replays` | sorted set | replays as `QUEUE \0 REACTION` (byte order of the pair) |
+//! | `P:rp` | hash | replay → `position:until` |
+//! | `P:rq:QUEUE` | sorted set | the queue's replays: reaction scored by position; the first is its replay horizon |
+//! | `P:queues`, `P:blocked` | sorted sets | every queue's name; blocked ones |
+//! | `P:q:QUEUE` | hash | `position`, `head` (work mark), `priority`, `retries`, `lapses`, `retry_at`, `blocked`, `error`, `token`, `owner`, `expires`, `floor`, `enqueued` (last sequence number), `lag` (distinct pending events), `waiting`, `replay`; `dk`, `at`, `wi` (its claim index) |
+//! | `P:i:QUEUE` | sorted set | pending items: score = event id, member = `REACTION \0 SEQ` (no reaction for schema-1 items) |
+//! | `P:due` | sorted set | claimable queues, members `PPPPPPPP` (2^31−1 − priority, hex) `NNNNNNNNNNNNNNNN` (first pending event, hex) `QUEUE`: byte order is claim order |
+//! | `P:waiting:REACTION` | sorted set | claimable queues waiting for a broker with that reaction (same members) |
+//! | `P:delayed` | sorted set | leased or retrying queues (same members), scored by when that ends (µs) |
+//! | channel `P:wake` | pub/sub | wake-ups |
+//!
+//! A queue with a deliverable first event (pending, not past its replay
+//! horizon) that is not blocked is in exactly one of `due`,
+//! `waiting:REACTION` and `delayed` (`place` in `lua/common.lua`).
 
 #![warn(missing_docs)]
 
