@@ -191,6 +191,15 @@ struct Touched {
     priority: i32,
     head: i64,
     clear_waiting: bool,
+    /// `next` and `priority` as read.
+    was: (Option<i64>, i32),
+}
+
+impl Touched {
+    /// True when the step changed none of the due index's columns.
+    fn unmoved(&self) -> bool {
+        (self.next, self.priority) == self.was && !self.clear_waiting
+    }
 }
 
 fn load<'a>(
@@ -206,15 +215,17 @@ fn load<'a>(
             "SELECT floor, next, enqueued, priority, head FROM queues WHERE stream = ?1",
         )?
         .query_row(params![stream], |r| {
+            let (next, priority) = (r.get(1)?, r.get(3)?);
             Ok(Touched {
                 exists: true,
                 changed: false,
                 floor: r.get(0)?,
-                next: r.get(1)?,
+                next,
                 enqueued: r.get(2)?,
-                priority: r.get(3)?,
+                priority,
                 head: r.get(4)?,
                 clear_waiting: false,
+                was: (next, priority),
             })
         })
         .optional()?;
@@ -229,6 +240,7 @@ fn load<'a>(
             priority: 0,
             head: 0,
             clear_waiting: false,
+            was: (None, 0),
         }),
     );
     Ok(())
@@ -276,12 +288,28 @@ pub(crate) fn enqueue(
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO items (stream, event, reaction, seq) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        for w in &step.work {
-            if !moved.contains(&w.reaction.as_str())
-                || step.replay.as_ref().is_some_and(|q| *q != w.stream)
-            {
-                continue;
-            }
+        // In key order: each page of the items (and queues) b-tree is
+        // visited once, so a page of work spread over many queues dirties
+        // each page once. The order of one step's items changes nothing
+        // else: their sequence numbers are all above every earlier mark, and
+        // a queue's priority is the maximum over them either way. (Stable:
+        // of two identical items, the first is kept, as in memory.)
+        let mut work: Vec<&act::Work> = step
+            .work
+            .iter()
+            .filter(|w| {
+                moved.contains(&w.reaction.as_str())
+                    && step.replay.as_ref().is_none_or(|q| *q == w.stream)
+            })
+            .collect();
+        work.sort_by(|a, b| {
+            (a.stream.as_bytes(), a.event, a.reaction.as_bytes()).cmp(&(
+                b.stream.as_bytes(),
+                b.event,
+                b.reaction.as_bytes(),
+            ))
+        });
+        for w in work {
             load(tx, &mut queues, &w.stream)?;
             let Some(q) = queues.get_mut(w.stream.as_str()) else {
                 continue;
@@ -314,11 +342,17 @@ pub(crate) fn enqueue(
                  waiting = CASE WHEN ?6 THEN NULL ELSE waiting END
              WHERE stream = ?1",
         )?;
+        // The common case (more work behind the first pending item): no
+        // column of the due index changes, so SQLite leaves the index alone.
+        let mut grow =
+            tx.prepare_cached("UPDATE queues SET head = ?2, enqueued = ?3 WHERE stream = ?1")?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO queues (stream, next, head, priority, enqueued) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for (stream, q) in queues.iter().filter(|(_, q)| q.changed) {
-            if q.exists {
+            if q.exists && q.unmoved() {
+                grow.execute(params![stream, q.head, q.enqueued])?;
+            } else if q.exists {
                 update.execute(params![
                     stream,
                     q.next,
