@@ -5,8 +5,9 @@
 //! own connection: one writer lane (all writes, each in a `BEGIN IMMEDIATE`
 //! transaction, retried with backoff while another process holds the lock)
 //! and one reader lane (queries on WAL snapshots, in parallel with writes).
-//! Dropping the store closes the lanes; the threads finish their current job,
-//! close their connections and exit.
+//! Dropping the store closes the lanes; the threads finish the jobs already
+//! queued, close their connections and exit (`SqliteStore::close` waits for
+//! that).
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;

@@ -24,7 +24,21 @@
 //! - **Schema.** Numbered migrations, recorded in `act_migrations`, applied
 //!   under the write lock. A file that is not an act-rs database, is corrupt,
 //!   or was made by a newer act-rs is a clear error naming the file, never a
-//!   panic or a silent re-create.
+//!   panic or a silent re-create. Migration 2 (port v2: subscriptions, items
+//!   per reaction, replays) carries a version 1 file forward: its pending
+//!   work becomes items that name no reaction, its one checkpoint is
+//!   [`QueueStore::legacy_checkpoint`].
+//! - **Open modes.** [`OpenMode::Create`] (brokers, applications) creates and
+//!   migrates; [`OpenMode::Existing`] never creates ([`Error::Missing`]);
+//!   [`OpenMode::ReadOnly`] (operator views) never creates, migrates or
+//!   writes, also in a read-only directory, and refuses writes.
+//! - **Costs.** Claim walks the `queues_due` index in claim order and stops
+//!   once it has leased enough queues; a batch is a range of the `items`
+//!   primary key; an ack deletes one. An enqueue is one prepared insert per
+//!   item and one write per touched queue, in one transaction.
+//! - **Errors** are classified by SQLite's result code: locks, I/O errors, a
+//!   full disk and a file that became read-only are transient
+//!   ([`Error::Unavailable`]); see the `error` module for the table.
 //!
 //! rusqlite 0.39 with its bundled SQLite: it links `libsqlite3-sys` 0.37, the
 //! version sqlx 0.9 uses, so an application can use both.

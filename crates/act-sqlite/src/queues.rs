@@ -29,6 +29,28 @@ pub(crate) fn time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// A queue's pending items up to a horizon, with their events, in id order:
+/// a range of the `items` primary key and one event lookup per item.
+const PENDING: &str = "SELECT e.id, e.stream, e.version, e.name, e.data, e.created, e.correlation,
+        e.causation, e.actor, i.reaction
+    FROM items i JOIN events e ON e.id = i.event
+    WHERE i.stream = ?1 AND i.event <= ?2
+    ORDER BY i.event, i.reaction";
+
+/// Claim candidates in claim order: a walk of the `queues_due` index (no
+/// sort), checking each entry's lease, retry time and replay horizon.
+const CANDIDATES: &str =
+    "SELECT stream, position, retries, lapses, lease_owner, waiting, replay, enqueued
+    FROM queues
+    WHERE next IS NOT NULL AND blocked = 0
+      AND (lease_expires IS NULL OR lease_expires <= ?1)
+      AND (retry_at IS NULL OR retry_at <= ?1)
+      AND (replay IS NULL OR next <= replay)
+    ORDER BY priority DESC, next, stream";
+
+/// Removes the acknowledged items: a range of the `items` primary key.
+const ACKED: &str = "DELETE FROM items WHERE stream = ?1 AND event <= ?2 AND seq <= ?3";
+
 /// One pending event of a queue and the reactions of its items ('' is an
 /// item of schema version 1, which names none).
 struct Due {
@@ -45,13 +67,7 @@ fn pending(
     horizon: Option<i64>,
     limit: usize,
 ) -> Result<Vec<Due>, Failure> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT e.id, e.stream, e.version, e.name, e.data, e.created, e.correlation, e.causation,
-                e.actor, i.reaction
-         FROM items i JOIN events e ON e.id = i.event
-         WHERE i.stream = ?1 AND i.event <= ?2
-         ORDER BY i.event, i.reaction",
-    )?;
+    let mut stmt = tx.prepare_cached(PENDING)?;
     let mut rows = stmt.query(params![stream, horizon.unwrap_or(i64::MAX)])?;
     let mut out: Vec<Due> = Vec::new();
     while let Some(row) = rows.next()? {
@@ -96,15 +112,7 @@ pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>,
     }
     let expires = now.saturating_add(micros(c.lease));
     let per_queue = c.events.max(1);
-    let mut candidates = tx.prepare_cached(
-        "SELECT stream, position, retries, lapses, lease_owner, waiting, replay, enqueued
-         FROM queues
-         WHERE next IS NOT NULL AND blocked = 0
-           AND (lease_expires IS NULL OR lease_expires <= ?1)
-           AND (retry_at IS NULL OR retry_at <= ?1)
-           AND (replay IS NULL OR next <= replay)
-         ORDER BY priority DESC, next, stream",
-    )?;
+    let mut candidates = tx.prepare_cached(CANDIDATES)?;
     let mut lapse = tx.prepare_cached(
         "UPDATE queues SET retries = retries + 1, lapses = lapses + 1, error = ?2,
              lease_owner = NULL, lease_expires = NULL
@@ -270,8 +278,7 @@ pub(crate) fn settle(
     now: i64,
 ) -> Result<Vec<Result<(), Rejection>>, Failure> {
     let mut results = vec![Ok(()); settlements.len()];
-    let mut remove =
-        tx.prepare_cached("DELETE FROM items WHERE stream = ?1 AND event <= ?2 AND seq <= ?3")?;
+    let mut remove = tx.prepare_cached(ACKED)?;
     let mut update = tx.prepare_cached(
         "UPDATE queues SET position = max(position, ?2), retries = ?3, lapses = ?4, retry_at = ?5,
              blocked = CASE WHEN ?6 THEN 1 ELSE blocked END, error = ?7,
@@ -496,6 +503,12 @@ pub(crate) fn queues(tx: &Transaction, f: &QueueFilter) -> Result<Vec<QueueState
     Ok(rows)
 }
 
+const NEXT_DUE: &str = "SELECT min(max(coalesce(retry_at, 0), coalesce(lease_expires, 0)))
+    FROM queues
+    WHERE next IS NOT NULL AND blocked = 0
+      AND (replay IS NULL OR next <= replay)
+      AND (waiting IS NULL OR waiting IN (SELECT value FROM json_each(?1)))";
+
 /// How long until a queue a broker running `reactions` may claim comes due.
 /// Reads the due index (every unblocked queue with pending work).
 pub(crate) fn next_due(
@@ -506,13 +519,62 @@ pub(crate) fn next_due(
     let reactions = serde_json::to_string(reactions)
         .map_err(|e| Error::decode("the reactions of a broker", e))?;
     let at: Option<i64> = tx
-        .prepare_cached(
-            "SELECT min(max(coalesce(retry_at, 0), coalesce(lease_expires, 0)))
-             FROM queues
-             WHERE next IS NOT NULL AND blocked = 0
-               AND (replay IS NULL OR next <= replay)
-               AND (waiting IS NULL OR waiting IN (SELECT value FROM json_each(?1)))",
-        )?
+        .prepare_cached(NEXT_DUE)?
         .query_row(params![reactions], |r| r.get(0))?;
     Ok(at.map(|t| Duration::from_micros(u64::try_from(t.saturating_sub(now)).unwrap_or(0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql` on a migrated database, one line per step.
+    fn plan(sql: &str) -> String {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn, "test").unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![Sql::Null; stmt.parameter_count()];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        rows.join("\n")
+    }
+
+    #[test]
+    fn claim_walks_the_due_index_in_order_without_sorting() {
+        let p = plan(CANDIDATES);
+        assert!(p.contains("USING INDEX queues_due"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+    }
+
+    #[test]
+    fn a_batch_follows_the_items_key_and_looks_events_up_by_id() {
+        let p = plan(PENDING);
+        assert!(
+            p.contains("SEARCH i USING PRIMARY KEY (stream=? AND event<?)"),
+            "{p}"
+        );
+        assert!(
+            p.contains("SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{p}"
+        );
+        assert!(!p.contains("TEMP B-TREE") && !p.contains("SCAN"), "{p}");
+    }
+
+    #[test]
+    fn an_ack_deletes_a_range_of_the_items_key() {
+        let p = plan(ACKED);
+        assert!(
+            p.contains("SEARCH items USING PRIMARY KEY (stream=? AND event<?)"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn next_due_reads_the_due_index_only() {
+        let p = plan(NEXT_DUE);
+        assert!(p.contains("queues USING INDEX queues_due"), "{p}");
+    }
 }
