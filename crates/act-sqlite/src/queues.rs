@@ -119,9 +119,6 @@ pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>,
          WHERE stream = ?1",
     )?;
     let mut wait = tx.prepare_cached("UPDATE queues SET waiting = ?2 WHERE stream = ?1")?;
-    let mut block = tx.prepare_cached(
-        "UPDATE queues SET blocked = 1, error = ?2, retry_at = NULL WHERE stream = ?1",
-    )?;
     let mut lease = tx.prepare_cached(
         "UPDATE queues SET token = token + 1, lease_owner = ?2, lease_expires = ?3, waiting = NULL
          WHERE stream = ?1 RETURNING token",
@@ -163,32 +160,19 @@ pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>,
             wait.execute(params![q.stream, missing])?;
             continue;
         }
-        // Decoded before leasing: an event that cannot be read back blocks
-        // this queue only (with the reason), and other queues go on.
-        let mut events = Vec::with_capacity(cut);
-        let mut undecodable = None;
-        for d in due.into_iter().take(cut) {
-            match d.event.decode() {
-                Ok(event) => {
-                    // An item of schema version 1 names no reaction: the
-                    // broker runs every reaction to the event that targets
-                    // the queue.
-                    let legacy = d.reactions.iter().any(String::is_empty);
-                    let reactions = if legacy { Vec::new() } else { d.reactions };
-                    events.push(Pending { event, reactions });
+        let events: Vec<Pending> = due
+            .into_iter()
+            .take(cut)
+            .map(|d| {
+                // An item of schema version 1 names no reaction: the broker
+                // runs every reaction to the event that targets the queue.
+                let legacy = d.reactions.iter().any(String::is_empty);
+                Pending {
+                    event: d.event.decode(),
+                    reactions: if legacy { Vec::new() } else { d.reactions },
                 }
-                Err(e) => {
-                    undecodable = Some(e.into_act(""));
-                    break;
-                }
-            }
-        }
-        if events.is_empty() {
-            if let Some(e) = undecodable {
-                block.execute(params![q.stream, e.to_string()])?;
-            }
-            continue;
-        }
+            })
+            .collect();
         let token: i64 = lease.query_row(params![q.stream, c.owner, expires], |r| r.get(0))?;
         out.push(Batch {
             lease: Lease {
