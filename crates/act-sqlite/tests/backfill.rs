@@ -116,3 +116,79 @@ async fn a_late_reaction_backfills_at_least_100k_events_per_second() {
     assert_eq!(listed.iter().map(|q| q.lag).sum::<u64>(), head as u64);
     assert!(rate >= 100_000.0, "{rate:.0} events/s is below 100,000");
 }
+
+/// The `act bench` backfill workload through the broker: 1,000,000 events
+/// in blocks of 1,000 over 100 streams, a reaction added with
+/// `from_beginning()` beside a caught-up one, delivered while it
+/// correlates. Reports how fast its checkpoint reaches the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: appends a million events"]
+async fn a_late_reaction_backfills_through_the_broker() {
+    use act::{Act, BrokerOptions, Reaction};
+    use std::sync::Arc;
+    let total = env("BACKFILL_EVENTS", 1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn act::Store> =
+        Arc::new(SqliteStore::open(dir.path().join("act.db")).await.unwrap());
+    let mut i = 0;
+    while i < total {
+        let stream = format!("s{}", (i / 1000) % 100);
+        let n = (total - i).min(1000);
+        let messages = (i..i + n)
+            .map(|k| Message::new("Ping", json!({ "i": k })))
+            .collect();
+        store.append(Append::new(stream, messages)).await.unwrap();
+        i += n;
+    }
+    let live = Reaction::on("Probe")
+        .named("live")
+        .to_stream("live")
+        .from_now()
+        .handle(|_e, _ctx| async { Ok(()) });
+    let v1 = Act::builder(store.clone())
+        .reaction(live.clone())
+        .build()
+        .unwrap();
+    v1.register().await.unwrap();
+    let v2 = Act::builder(store.clone())
+        .reaction(live)
+        .reaction(
+            Reaction::on("Ping")
+                .named("history")
+                .to(|e| Some(format!("h-{}", e.stream)))
+                .from_beginning()
+                .handle(|_e, _ctx| async { Ok(()) }),
+        )
+        .build()
+        .unwrap();
+    v2.register().await.unwrap();
+    let head = store.head().await.unwrap();
+    let handle = v2.broker(BrokerOptions::default()).start();
+    let started = Instant::now();
+    loop {
+        let at = store
+            .subscriptions()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.name == "history")
+            .map_or(0, |x| x.checkpoint);
+        if at >= head {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "stuck at {at} of {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store
+            .append(Append::new("probe", vec![Message::new("Probe", json!({}))]))
+            .await
+            .unwrap();
+    }
+    let took = started.elapsed();
+    let rate = head as f64 / took.as_secs_f64();
+    handle.shutdown().await.unwrap();
+    eprintln!("the broker correlated {head} events of history in {took:?}: {rate:.0} events/s");
+    assert!(rate >= 100_000.0, "{rate:.0} events/s is below 100,000");
+}
