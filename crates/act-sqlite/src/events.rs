@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use act::{Append, Causation, Error, Event, Meta, Query, StreamFilter};
+use act::{Actor, Append, Causation, Error, Event, Meta, Query, StreamFilter};
 use rusqlite::types::Value as Sql;
 use rusqlite::{params, Transaction};
 
@@ -42,37 +42,83 @@ pub(crate) struct RawEvent {
 }
 
 impl RawEvent {
-    pub(crate) fn decode(self) -> Result<Arc<Event>, Failure> {
-        let what = |field: &str| format!("the {field} of event {} `{}`", self.id, self.name);
-        let data = serde_json::from_str(&self.data).map_err(|e| Error::decode(what("data"), e))?;
+    /// The event, or, when its stored data or meta cannot be read back
+    /// (written before today's limits, or damaged), an
+    /// [`Event::undecodable`] one carrying the reason: a read never fails
+    /// for one bad row, and the broker blocks only the queues it reaches.
+    pub(crate) fn decode(self) -> Arc<Event> {
+        match self.parts() {
+            Ok((data, causation, actor, created)) => Arc::new(Event {
+                id: self.id,
+                stream: self.stream,
+                version: self.version,
+                name: self.name,
+                data,
+                meta: Meta {
+                    created,
+                    correlation: self.correlation,
+                    causation,
+                    actor,
+                },
+            }),
+            Err((error, raw)) => {
+                let created =
+                    chrono::DateTime::from_timestamp_micros(self.created).unwrap_or_default();
+                Arc::new(Event::undecodable(
+                    self.id,
+                    self.stream,
+                    self.version,
+                    self.name,
+                    created,
+                    self.correlation,
+                    error,
+                    &raw,
+                ))
+            }
+        }
+    }
+
+    /// The decoded data, causation, actor and time, or why not and the
+    /// stored text that failed.
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        &self,
+    ) -> Result<
+        (
+            serde_json::Value,
+            Causation,
+            Actor,
+            chrono::DateTime<chrono::Utc>,
+        ),
+        (String, String),
+    > {
+        let data = serde_json::from_str(&self.data).map_err(|e| {
+            (
+                format!("its data is not valid JSON ({e})"),
+                self.data.clone(),
+            )
+        })?;
         let causation = match &self.causation {
-            Some(c) => serde_json::from_str(c).map_err(|e| Error::decode(what("causation"), e))?,
+            Some(c) => serde_json::from_str(c)
+                .map_err(|e| (format!("its causation cannot be read ({e})"), c.clone()))?,
             None => Causation::default(),
         };
         let actor = match &self.actor {
-            Some(a) => serde_json::from_str(a).map_err(|e| Error::decode(what("actor"), e))?,
-            None => Default::default(),
+            Some(a) => serde_json::from_str(a)
+                .map_err(|e| (format!("its actor cannot be read ({e})"), a.clone()))?,
+            None => Actor::default(),
         };
         let created = chrono::DateTime::from_timestamp_micros(self.created).ok_or_else(|| {
-            Error::decode(what("time"), format!("{} is out of range", self.created))
+            (
+                format!("its creation time ({} µs) is out of range", self.created),
+                self.created.to_string(),
+            )
         })?;
-        Ok(Arc::new(Event {
-            id: self.id,
-            stream: self.stream,
-            version: self.version,
-            name: self.name,
-            data,
-            meta: Meta {
-                created,
-                correlation: self.correlation,
-                causation,
-                actor,
-            },
-        }))
+        Ok((data, causation, actor, created))
     }
 }
 
-fn decode_all(rows: Vec<RawEvent>) -> Result<Vec<Arc<Event>>, Failure> {
+fn decode_all(rows: Vec<RawEvent>) -> Vec<Arc<Event>> {
     rows.into_iter().map(RawEvent::decode).collect()
 }
 
@@ -83,7 +129,7 @@ fn range(tx: &Transaction, first: i64, last: i64) -> Result<Vec<Arc<Event>>, Fai
     let rows = stmt
         .query_map(params![first, last], event)?
         .collect::<Result<Vec<_>, _>>()?;
-    decode_all(rows)
+    Ok(decode_all(rows))
 }
 
 /// Pre-encoded JSON of an append, so a retried transaction does not encode
@@ -276,7 +322,7 @@ pub(crate) fn query(tx: &Transaction, q: &Query) -> Result<Vec<Arc<Event>>, Fail
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args.iter()), event)?
         .collect::<Result<Vec<_>, _>>()?;
-    decode_all(rows)
+    Ok(decode_all(rows))
 }
 
 /// The highest event id (0 when empty).

@@ -5,8 +5,9 @@
 //! own connection: one writer lane (all writes, each in a `BEGIN IMMEDIATE`
 //! transaction, retried with backoff while another process holds the lock)
 //! and one reader lane (queries on WAL snapshots, in parallel with writes).
-//! Dropping the store closes the lanes; the threads finish their current job,
-//! close their connections and exit.
+//! Dropping the store closes the lanes; the threads finish the jobs already
+//! queued, close their connections and exit (`SqliteStore::close` waits for
+//! that).
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
@@ -44,6 +45,7 @@ const BUSY_PATIENCE: Duration = Duration::from_secs(30);
 pub(crate) struct Lane {
     tx: mpsc::Sender<Job>,
     store: Arc<str>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Lane {
@@ -55,9 +57,10 @@ impl Lane {
     ) -> std::io::Result<Lane> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(connections.len());
         for (i, mut conn) in connections.into_iter().enumerate() {
             let rx = rx.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("act-sqlite-{name}-{i}"))
                 .spawn(move || loop {
                     let job = {
@@ -69,8 +72,16 @@ impl Lane {
                     // an error and the thread keeps serving.
                     let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
                 })?;
+            threads.push(thread);
         }
-        Ok(Lane { tx, store })
+        Ok(Lane { tx, store, threads })
+    }
+
+    /// Stops taking jobs and returns the threads: each finishes the jobs
+    /// already queued, closes its connection and exits.
+    pub(crate) fn close(self) -> Vec<std::thread::JoinHandle<()>> {
+        drop(self.tx);
+        self.threads
     }
 
     /// Runs `f` on one of the lane's connections and waits for its result.

@@ -1,137 +1,195 @@
-//! Queues in SQL: correlation checkpoint, work index, claim with leases and
-//! fencing tokens, settle, renew, release, unblock, reset, listing.
+//! Queues in SQL: claim with leases and fencing tokens, settle, renew,
+//! release, unblock, reset, listing.
 //!
 //! Every write runs inside the writer lane's `BEGIN IMMEDIATE` transaction, so
 //! a claim in one process and a claim in another cannot both see a queue free.
-//! Claim reads the `queues_due` partial index only; fetch follows `work`.
+//! Claim walks the `queues_due` partial index (queues whose first pending item
+//! is not blocked) in claim order and stops once it has leased enough queues;
+//! a leased queue's batch follows the `items` primary key. Neither reads the
+//! log beyond the events they return, nor every queue.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use act::{
-    Batch, Claim, Error, Event, Lease, LeaseRef, Outcome, QueueFilter, QueueState, Rejection,
-    Settlement, Work,
+    Batch, Claim, Error, Lease, LeaseRef, Outcome, Pending, QueueFilter, QueueState, Rejection,
+    Settlement,
 };
 use chrono::{DateTime, Utc};
+use rusqlite::types::Value as Sql;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use crate::error::Failure;
-use crate::events::{event, COLUMNS};
+use crate::events::{event, RawEvent};
 
-fn micros(d: Duration) -> i64 {
+pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn time(us: i64) -> DateTime<Utc> {
+pub(crate) fn time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-pub(crate) fn checkpoint(tx: &Transaction) -> Result<i64, Failure> {
-    Ok(
-        tx.query_row("SELECT position FROM checkpoint WHERE id = 1", [], |r| {
-            r.get(0)
-        })?,
-    )
+/// A queue's pending items up to a horizon, with their events, in id order:
+/// a range of the `items` primary key and one event lookup per item.
+const PENDING: &str = "SELECT e.id, e.stream, e.version, e.name, e.data, e.created, e.correlation,
+        e.causation, e.actor, i.reaction
+    FROM items i JOIN events e ON e.id = i.event
+    WHERE i.stream = ?1 AND i.event <= ?2
+    ORDER BY i.event, i.reaction";
+
+/// Claim candidates in claim order: a walk of the `queues_due` index (no
+/// sort), checking each entry's lease, retry time and replay horizon.
+const CANDIDATES: &str =
+    "SELECT stream, position, retries, lapses, lease_owner, waiting, replay, enqueued
+    FROM queues
+    WHERE next IS NOT NULL AND blocked = 0
+      AND (lease_expires IS NULL OR lease_expires <= ?1)
+      AND (retry_at IS NULL OR retry_at <= ?1)
+      AND (replay IS NULL OR next <= replay)
+    ORDER BY priority DESC, next, stream";
+
+/// Removes the acknowledged items: a range of the `items` primary key.
+const ACKED: &str = "DELETE FROM items WHERE stream = ?1 AND event <= ?2 AND seq <= ?3";
+
+/// One pending event of a queue and the reactions of its items ('' is an
+/// item of schema version 1, which names none).
+struct Due {
+    event: RawEvent,
+    id: i64,
+    reactions: Vec<String>,
 }
 
-/// Records work and moves the checkpoint, if it is still `from`.
-pub(crate) fn enqueue(
+/// Up to `limit` pending events of `stream` at or below `horizon`, with all
+/// their items, in id order. Stops reading at the first item past them.
+fn pending(
     tx: &Transaction,
-    work: &[Work],
-    from: i64,
-    to: i64,
-) -> Result<(i64, bool), Failure> {
-    let current = checkpoint(tx)?;
-    if current != from {
-        return Ok((current, false));
-    }
-    // Per queue: the highest event (work mark) and priority.
-    let mut queues: BTreeMap<&str, (i64, i32)> = BTreeMap::new();
-    {
-        let mut insert =
-            tx.prepare_cached("INSERT OR IGNORE INTO work (stream, event) VALUES (?1, ?2)")?;
-        for w in work {
-            insert.execute(params![w.stream, w.event])?;
-            let e = queues
-                .entry(w.stream.as_str())
-                .or_insert((w.event, w.priority));
-            e.0 = e.0.max(w.event);
-            e.1 = e.1.max(w.priority);
+    stream: &str,
+    horizon: Option<i64>,
+    limit: usize,
+) -> Result<Vec<Due>, Failure> {
+    let mut stmt = tx.prepare_cached(PENDING)?;
+    let mut rows = stmt.query(params![stream, horizon.unwrap_or(i64::MAX)])?;
+    let mut out: Vec<Due> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let reaction: String = row.get(9)?;
+        if let Some(last) = out.last_mut() {
+            if last.id == id {
+                last.reactions.push(reaction);
+                continue;
+            }
         }
+        if out.len() == limit {
+            break;
+        }
+        out.push(Due {
+            event: event(row)?,
+            id,
+            reactions: vec![reaction],
+        });
     }
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO queues (stream, head, priority) VALUES (?1, ?2, ?3)
-         ON CONFLICT (stream) DO UPDATE SET
-             head = max(head, excluded.head),
-             priority = max(priority, excluded.priority)",
-    )?;
-    let mut next = tx.prepare_cached(
-        "UPDATE queues SET next = (SELECT min(event) FROM work WHERE work.stream = ?1 AND work.event > queues.position)
-         WHERE stream = ?1 AND next IS NULL",
-    )?;
-    for (stream, (head, priority)) in &queues {
-        upsert.execute(params![stream, head, priority])?;
-        next.execute(params![stream])?;
-    }
-    tx.prepare_cached("UPDATE checkpoint SET position = ?1 WHERE id = 1")?
-        .execute(params![to])?;
-    Ok((to, !work.is_empty()))
+    Ok(out)
 }
 
+/// A claim candidate read from the due index.
+struct Candidate {
+    stream: String,
+    position: i64,
+    retries: u32,
+    lapses: u32,
+    owner: Option<String>,
+    waiting: Option<String>,
+    replay: Option<i64>,
+    enqueued: i64,
+}
+
+/// Leases up to `c.queues` claimable queues in claim order (see
+/// [`act::QueueStore::claim`]).
 pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>, Failure> {
+    let mut out = Vec::new();
+    if c.queues == 0 {
+        return Ok(out);
+    }
     let expires = now.saturating_add(micros(c.lease));
-    let picked: Vec<(String, i64, u32)> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT stream, position, retries FROM queues
-             WHERE next IS NOT NULL AND blocked = 0
-               AND (lease_expires IS NULL OR lease_expires <= ?1)
-               AND (retry_at IS NULL OR retry_at <= ?1)
-             ORDER BY priority DESC, next, stream
-             LIMIT ?2",
-        )?;
-        let limit = i64::try_from(c.queues).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(params![now, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        rows
-    };
-    let mut lease = tx.prepare_cached(
-        "UPDATE queues SET token = token + 1, lease_owner = ?2, lease_expires = ?3 WHERE stream = ?1 RETURNING token",
+    let per_queue = c.events.max(1);
+    let mut candidates = tx.prepare_cached(CANDIDATES)?;
+    let mut lapse = tx.prepare_cached(
+        "UPDATE queues SET retries = retries + 1, lapses = lapses + 1, error = ?2,
+             lease_owner = NULL, lease_expires = NULL
+         WHERE stream = ?1",
     )?;
-    let mut fetch = tx.prepare_cached(&format!(
-        "SELECT {} FROM work w JOIN events e ON e.id = w.event
-         WHERE w.stream = ?1 AND w.event > ?2 ORDER BY w.event LIMIT ?3",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("e.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))?;
-    let per_queue = i64::try_from(c.events).unwrap_or(i64::MAX);
-    let mut out = Vec::with_capacity(picked.len());
-    for (stream, position, retries) in picked {
-        let token: i64 = lease.query_row(params![stream, c.owner, expires], |r| r.get(0))?;
-        let rows = fetch
-            .query_map(params![stream, position, per_queue], event)?
-            .collect::<Result<Vec<_>, _>>()?;
-        let events = rows
+    let mut wait = tx.prepare_cached("UPDATE queues SET waiting = ?2 WHERE stream = ?1")?;
+    let mut lease = tx.prepare_cached(
+        "UPDATE queues SET token = token + 1, lease_owner = ?2, lease_expires = ?3, waiting = NULL
+         WHERE stream = ?1 RETURNING token",
+    )?;
+    // The updates below change no column of the due index (priority, next,
+    // blocked), so the scan goes on past the queues it has changed.
+    let mut rows = candidates.query(params![now])?;
+    while let Some(row) = rows.next()? {
+        let q = Candidate {
+            stream: row.get(0)?,
+            position: row.get(1)?,
+            retries: row.get(2)?,
+            lapses: row.get(3)?,
+            owner: row.get(4)?,
+            waiting: row.get(5)?,
+            replay: row.get(6)?,
+            enqueued: row.get(7)?,
+        };
+        if q.waiting.as_ref().is_some_and(|w| !c.reactions.contains(w)) {
+            continue;
+        }
+        let (mut retries, mut lapses) = (q.retries, q.lapses);
+        if let Some(previous) = &q.owner {
+            // Claimable means the lease expired: it ended without a settlement.
+            lapse.execute(params![q.stream, act::queue::lapse_error(previous)])?;
+            retries = retries.saturating_add(1);
+            lapses = lapses.saturating_add(1);
+        }
+        let due = pending(tx, &q.stream, q.replay, per_queue)?;
+        let runnable = |r: &String| r.is_empty() || c.reactions.contains(r);
+        let cut = due
+            .iter()
+            .position(|d| !d.reactions.iter().all(runnable))
+            .unwrap_or(due.len());
+        if cut == 0 {
+            let missing = due
+                .first()
+                .and_then(|d| d.reactions.iter().find(|r| !runnable(r)));
+            wait.execute(params![q.stream, missing])?;
+            continue;
+        }
+        let events: Vec<Pending> = due
             .into_iter()
-            .map(|r| r.decode())
-            .collect::<Result<Vec<Arc<Event>>, _>>()?;
+            .take(cut)
+            .map(|d| {
+                // An item of schema version 1 names no reaction: the broker
+                // runs every reaction to the event that targets the queue.
+                let legacy = d.reactions.iter().any(String::is_empty);
+                Pending {
+                    event: d.event.decode(),
+                    reactions: if legacy { Vec::new() } else { d.reactions },
+                }
+            })
+            .collect();
+        let token: i64 = lease.query_row(params![q.stream, c.owner, expires], |r| r.get(0))?;
         out.push(Batch {
             lease: Lease {
-                stream,
+                stream: q.stream,
                 owner: c.owner.clone(),
                 token,
                 expires: time(expires),
-                position,
+                position: q.position,
                 retries,
+                lapses,
+                mark: q.enqueued,
             },
             events,
         });
+        if out.len() == c.queues {
+            break;
+        }
     }
     Ok(out)
 }
@@ -141,11 +199,12 @@ struct Fence {
     expires: Option<i64>,
     position: i64,
     retries: u32,
+    lapses: u32,
 }
 
 fn fence(tx: &Transaction, stream: &str) -> Result<Option<Fence>, Failure> {
     let mut stmt = tx.prepare_cached(
-        "SELECT token, lease_expires, position, retries FROM queues WHERE stream = ?1",
+        "SELECT token, lease_expires, position, retries, lapses FROM queues WHERE stream = ?1",
     )?;
     Ok(stmt
         .query_row(params![stream], |r| {
@@ -154,6 +213,7 @@ fn fence(tx: &Transaction, stream: &str) -> Result<Option<Fence>, Failure> {
                 expires: r.get(1)?,
                 position: r.get(2)?,
                 retries: r.get(3)?,
+                lapses: r.get(4)?,
             })
         })
         .optional()?)
@@ -193,20 +253,22 @@ fn check(
     }
 }
 
-/// Applies settlements; returns the results and whether a settled queue still
-/// has work (so brokers should be woken).
+/// Applies settlements, blocks first; returns one result per settlement.
+/// Each applied one deletes the acknowledged items (event up to `acked`,
+/// enqueued up to `mark`: a range of the primary key) and releases the lease.
 pub(crate) fn settle(
     tx: &Transaction,
     settlements: &[Settlement],
     now: i64,
-) -> Result<(Vec<Result<(), Rejection>>, bool), Failure> {
+) -> Result<Vec<Result<(), Rejection>>, Failure> {
     let mut results = vec![Ok(()); settlements.len()];
-    let mut more = false;
+    let mut remove = tx.prepare_cached(ACKED)?;
     let mut update = tx.prepare_cached(
-        "UPDATE queues SET position = ?2, retries = ?3, retry_at = ?4, blocked = ?5, error = ?6,
-             lease_owner = NULL, lease_expires = NULL,
-             next = (SELECT min(event) FROM work WHERE work.stream = ?1 AND work.event > ?2)
-         WHERE stream = ?1 RETURNING next IS NOT NULL AND blocked = 0",
+        "UPDATE queues SET position = max(position, ?2), retries = ?3, lapses = ?4, retry_at = ?5,
+             blocked = CASE WHEN ?6 THEN 1 ELSE blocked END, error = ?7,
+             lease_owner = NULL, lease_expires = NULL, waiting = NULL,
+             next = (SELECT min(event) FROM items WHERE items.stream = ?1)
+         WHERE stream = ?1",
     )?;
     for i in act::queue::settle_order(settlements) {
         let s = &settlements[i];
@@ -215,24 +277,37 @@ pub(crate) fn settle(
         let Some(f) = f.filter(|_| results[i].is_ok()) else {
             continue;
         };
-        let failed = |retries| act::queue::retries_after_failure(s.from, s.to, retries);
-        let (retries, retry_at, blocked, error) = match &s.outcome {
-            Outcome::Ack => (0, None, false, None),
-            Outcome::Retry { delay, error } => (
-                failed(f.retries),
-                Some(now.saturating_add(micros(*delay))),
-                false,
-                Some(error.as_str()),
-            ),
-            Outcome::Block { error } => (failed(f.retries), None, true, Some(error.as_str())),
+        if let Some(acked) = s.acked {
+            remove.execute(params![s.lease.stream, acked, s.mark])?;
+        }
+        let progress = s.acked.is_some();
+        let failed = || {
+            let retries = act::queue::retries_after_failure(progress, f.retries);
+            (retries, if progress { 0 } else { f.lapses })
         };
-        let pending: bool = update.query_row(
-            params![s.lease.stream, s.to, retries, retry_at, blocked, error],
-            |r| r.get(0),
-        )?;
-        more |= pending && retry_at.is_none_or(|t| t <= now);
+        let (retries, lapses, retry_at, blocked, error) = match &s.outcome {
+            Outcome::Ack => (0, 0, None, false, None),
+            Outcome::Retry { delay, error } => {
+                let (r, l) = failed();
+                let at = now.saturating_add(micros(*delay));
+                (r, l, Some(at), false, Some(error.as_str()))
+            }
+            Outcome::Block { error } => {
+                let (r, l) = failed();
+                (r, l, None, true, Some(error.as_str()))
+            }
+        };
+        update.execute(params![
+            s.lease.stream,
+            s.acked.unwrap_or(i64::MIN),
+            retries,
+            lapses,
+            retry_at,
+            blocked,
+            error
+        ])?;
     }
-    Ok((results, more))
+    Ok(results)
 }
 
 pub(crate) fn renew(
@@ -283,38 +358,71 @@ pub(crate) fn release(
     Ok(out)
 }
 
+/// Unblocks blocked queues; each is reported once, in the order given.
 pub(crate) fn unblock(tx: &Transaction, streams: &[String]) -> Result<Vec<String>, Failure> {
     let mut update = tx.prepare_cached(
-        "UPDATE queues SET blocked = 0, retries = 0, retry_at = NULL, error = NULL, token = token + 1,
-             lease_owner = NULL, lease_expires = NULL
+        "UPDATE queues SET blocked = 0, retries = 0, lapses = 0, retry_at = NULL, error = NULL,
+             waiting = NULL, token = token + 1, lease_owner = NULL, lease_expires = NULL
          WHERE stream = ?1 AND blocked = 1",
     )?;
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     for s in streams {
-        if update.execute(params![s])? > 0 {
+        if !out.contains(s) && update.execute(params![s])? > 0 {
             out.push(s.clone());
         }
     }
     Ok(out)
 }
 
+/// Replays a queue from `position` (see [`act::QueueStore::reset`]).
 pub(crate) fn reset(tx: &Transaction, stream: &str, position: i64) -> Result<QueueState, Failure> {
     if position < 0 {
         return Err(Failure::Act(Error::InvalidInput(format!(
             "cannot reset `{stream}` to a negative position ({position})"
         ))));
     }
-    let n = tx
+    let head = crate::events::head(tx)?;
+    if position > head {
+        return Err(Failure::Act(Error::InvalidInput(format!(
+            "cannot reset `{stream}` to {position}: the log's head is {head}; events past it do not exist yet"
+        ))));
+    }
+    let candidates: Vec<(String, i64, i64)> = tx
         .prepare_cached(
-            "UPDATE queues SET position = ?2, retries = 0, retry_at = NULL, blocked = 0, error = NULL,
-                 token = token + 1, lease_owner = NULL, lease_expires = NULL,
-                 next = (SELECT min(event) FROM work WHERE work.stream = ?1 AND work.event > ?2)
-             WHERE stream = ?1",
+            "SELECT name, start, checkpoint FROM subscriptions
+             WHERE retired IS NULL AND (target IS NULL OR target = ?1)",
         )?
-        .execute(params![stream, position])?;
-    if n == 0 {
+        .query_map(params![stream], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM queues WHERE stream = ?1")?
+        .exists(params![stream])?;
+    if !exists && candidates.is_empty() {
         return Err(Failure::Act(Error::UnknownQueue(stream.to_string())));
     }
+    tx.prepare_cached("DELETE FROM replays WHERE stream = ?1")?
+        .execute(params![stream])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO replays (stream, reaction, position, until) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut horizon: Option<i64> = None;
+    for (reaction, start, checkpoint) in candidates {
+        let from = position.max(start);
+        if checkpoint > from {
+            insert.execute(params![stream, reaction, from, checkpoint])?;
+            horizon = Some(horizon.map_or(from, |h| h.min(from)));
+        }
+    }
+    tx.prepare_cached("DELETE FROM items WHERE stream = ?1")?
+        .execute(params![stream])?;
+    tx.prepare_cached(
+        "INSERT INTO queues (stream, position, floor, token, replay) VALUES (?1, ?2, ?2, 1, ?3)
+         ON CONFLICT (stream) DO UPDATE SET
+             position = ?2, floor = ?2, next = NULL, retries = 0, lapses = 0, retry_at = NULL,
+             blocked = 0, error = NULL, waiting = NULL, token = token + 1,
+             lease_owner = NULL, lease_expires = NULL, replay = ?3",
+    )?
+    .execute(params![stream, position, horizon])?;
     let filter = QueueFilter {
         stream: Some(stream.to_string()),
         ..Default::default()
@@ -324,15 +432,24 @@ pub(crate) fn reset(tx: &Transaction, stream: &str, position: i64) -> Result<Que
         .ok_or_else(|| Failure::Act(Error::UnknownQueue(stream.to_string())))
 }
 
+/// Queues for operators, ordered by stream (byte order: BINARY collation).
+/// Costs one read of each listed queue's items (for `lag`).
 pub(crate) fn queues(tx: &Transaction, f: &QueueFilter) -> Result<Vec<QueueState>, Failure> {
     let mut sql = String::from(
         "SELECT q.stream, q.position, q.head, q.next,
-                (SELECT count(*) FROM work w WHERE w.stream = q.stream AND w.event > q.position),
-                q.priority, q.retries, q.retry_at, q.blocked, q.error, q.token, q.lease_owner, q.lease_expires
+                (SELECT count(DISTINCT i.event) FROM items i WHERE i.stream = q.stream),
+                q.priority, q.retries, q.retry_at, q.blocked, q.error, q.token, q.lease_owner,
+                q.lease_expires, q.waiting, q.replay
          FROM queues q WHERE 1 = 1",
     );
-    if f.stream.is_some() {
-        sql.push_str(" AND q.stream = ?1");
+    let mut args: Vec<Sql> = Vec::new();
+    if let Some(s) = &f.stream {
+        args.push(Sql::Text(s.clone()));
+        sql.push_str(&format!(" AND q.stream = ?{}", args.len()));
+    }
+    if let Some(a) = &f.after {
+        args.push(Sql::Text(a.clone()));
+        sql.push_str(&format!(" AND q.stream > ?{}", args.len()));
     }
     if f.blocked {
         sql.push_str(" AND q.blocked = 1");
@@ -342,41 +459,106 @@ pub(crate) fn queues(tx: &Transaction, f: &QueueFilter) -> Result<Vec<QueueState
     }
     sql.push_str(" ORDER BY q.stream");
     if let Some(n) = f.limit {
-        sql.push_str(&format!(" LIMIT {}", i64::try_from(n).unwrap_or(i64::MAX)));
+        args.push(Sql::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" LIMIT ?{}", args.len()));
     }
     let mut stmt = tx.prepare_cached(&sql)?;
-    let map = |r: &rusqlite::Row<'_>| {
-        Ok(QueueState {
-            stream: r.get(0)?,
-            position: r.get(1)?,
-            head: r.get(2)?,
-            next: r.get(3)?,
-            lag: r.get::<_, i64>(4)?.max(0) as u64,
-            priority: r.get(5)?,
-            retries: r.get(6)?,
-            retry_at: r.get::<_, Option<i64>>(7)?.map(time),
-            blocked: r.get(8)?,
-            error: r.get(9)?,
-            token: r.get(10)?,
-            lease_owner: r.get(11)?,
-            lease_expires: r.get::<_, Option<i64>>(12)?.map(time),
-        })
-    };
-    let rows = match &f.stream {
-        Some(s) => stmt
-            .query_map(params![s], map)?
-            .collect::<Result<Vec<_>, _>>()?,
-        None => stmt.query_map([], map)?.collect::<Result<Vec<_>, _>>()?,
-    };
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            Ok(QueueState {
+                stream: r.get(0)?,
+                position: r.get(1)?,
+                head: r.get(2)?,
+                next: r.get(3)?,
+                lag: r.get::<_, i64>(4)?.max(0).unsigned_abs(),
+                priority: r.get(5)?,
+                retries: r.get(6)?,
+                retry_at: r.get::<_, Option<i64>>(7)?.map(time),
+                blocked: r.get(8)?,
+                error: r.get(9)?,
+                token: r.get(10)?,
+                lease_owner: r.get(11)?,
+                lease_expires: r.get::<_, Option<i64>>(12)?.map(time),
+                waiting: r.get(13)?,
+                replay: r.get(14)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 
-pub(crate) fn next_due(tx: &Transaction, now: i64) -> Result<Option<Duration>, Failure> {
-    let at: Option<i64> = tx.query_row(
-        "SELECT min(max(coalesce(retry_at, 0), coalesce(lease_expires, 0)))
-         FROM queues WHERE next IS NOT NULL AND blocked = 0",
-        [],
-        |r| r.get(0),
-    )?;
+const NEXT_DUE: &str = "SELECT min(max(coalesce(retry_at, 0), coalesce(lease_expires, 0)))
+    FROM queues
+    WHERE next IS NOT NULL AND blocked = 0
+      AND (replay IS NULL OR next <= replay)
+      AND (waiting IS NULL OR waiting IN (SELECT value FROM json_each(?1)))";
+
+/// How long until a queue a broker running `reactions` may claim comes due.
+/// Reads the due index (every unblocked queue with pending work).
+pub(crate) fn next_due(
+    tx: &Transaction,
+    reactions: &[String],
+    now: i64,
+) -> Result<Option<Duration>, Failure> {
+    let reactions = serde_json::to_string(reactions)
+        .map_err(|e| Error::decode("the reactions of a broker", e))?;
+    let at: Option<i64> = tx
+        .prepare_cached(NEXT_DUE)?
+        .query_row(params![reactions], |r| r.get(0))?;
     Ok(at.map(|t| Duration::from_micros(u64::try_from(t.saturating_sub(now)).unwrap_or(0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql` on a migrated database, one line per step.
+    fn plan(sql: &str) -> String {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn, "test").unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![Sql::Null; stmt.parameter_count()];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        rows.join("\n")
+    }
+
+    #[test]
+    fn claim_walks_the_due_index_in_order_without_sorting() {
+        let p = plan(CANDIDATES);
+        assert!(p.contains("USING INDEX queues_due"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+    }
+
+    #[test]
+    fn a_batch_follows_the_items_key_and_looks_events_up_by_id() {
+        let p = plan(PENDING);
+        assert!(
+            p.contains("SEARCH i USING PRIMARY KEY (stream=? AND event<?)"),
+            "{p}"
+        );
+        assert!(
+            p.contains("SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{p}"
+        );
+        assert!(!p.contains("TEMP B-TREE") && !p.contains("SCAN"), "{p}");
+    }
+
+    #[test]
+    fn an_ack_deletes_a_range_of_the_items_key() {
+        let p = plan(ACKED);
+        assert!(
+            p.contains("SEARCH items USING PRIMARY KEY (stream=? AND event<?)"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn next_due_reads_the_due_index_only() {
+        let p = plan(NEXT_DUE);
+        assert!(p.contains("queues USING INDEX queues_due"), "{p}");
+    }
 }

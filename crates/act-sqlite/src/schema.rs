@@ -12,10 +12,13 @@ use crate::error::Failure;
 pub(crate) const APPLICATION_ID: i32 = 0x6163_7421;
 
 /// The migrations, in order. Never edit a released one; add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "events, queues, work index", V1)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "events, queues, work index", V1),
+    (2, "subscriptions, items per reaction, replays", V2),
+];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const V1: &str = "
 CREATE TABLE events (
@@ -67,6 +70,61 @@ CREATE TABLE work (
 ) WITHOUT ROWID;
 ";
 
+/// Port version 2: durable subscriptions (one checkpoint per reaction),
+/// pending items that name their reaction, replays of reset queues, and the
+/// queue columns they need. Carries a version 1 file forward: its one
+/// correlation checkpoint stays in `checkpoint` (read as the legacy
+/// checkpoint, never written again); its pending work (rows past their
+/// queue's position) becomes items with no reaction (`''`), numbered in
+/// event order among every row the queue ever had (that count is its
+/// `enqueued`); acknowledged rows are dropped. `queues_due` is kept: `next` is now the first pending item.
+const V2: &str = "
+-- Every reaction the store has seen: where it starts and how far it has
+-- been correlated.
+CREATE TABLE subscriptions (
+    name       TEXT    PRIMARY KEY,
+    events     TEXT    NOT NULL,          -- JSON array of the event names it handles
+    target     TEXT,                      -- its static target queue; NULL when dynamic
+    start      INTEGER NOT NULL,          -- it handles events with an id above this
+    checkpoint INTEGER NOT NULL,          -- every event up to it was correlated for it
+    created    INTEGER NOT NULL,          -- microseconds since the Unix epoch, store clock
+    seen       INTEGER NOT NULL,          -- last registration by a broker
+    retired    INTEGER                    -- when it was retired; NULL while active
+) WITHOUT ROWID;
+-- Reset queues being re-correlated from the log, per reaction.
+CREATE TABLE replays (
+    stream   TEXT    NOT NULL,
+    reaction TEXT    NOT NULL,
+    position INTEGER NOT NULL,            -- re-correlated up to this event
+    until    INTEGER NOT NULL,            -- the reaction's checkpoint at the reset
+    PRIMARY KEY (stream, reaction)
+) WITHOUT ROWID;
+ALTER TABLE queues ADD COLUMN floor    INTEGER NOT NULL DEFAULT 0;  -- items at or below it are dropped
+ALTER TABLE queues ADD COLUMN enqueued INTEGER NOT NULL DEFAULT 0;  -- items ever enqueued (last seq)
+ALTER TABLE queues ADD COLUMN lapses   INTEGER NOT NULL DEFAULT 0;  -- leases that ended unsettled
+ALTER TABLE queues ADD COLUMN waiting  TEXT;                        -- reaction the queue waits for
+ALTER TABLE queues ADD COLUMN replay   INTEGER;                     -- replay horizon; NULL when none
+-- Pending items only: an ack deletes them. Claim and settle follow the
+-- primary key (a queue's items in event order).
+CREATE TABLE items (
+    stream   TEXT    NOT NULL,
+    event    INTEGER NOT NULL,
+    reaction TEXT    NOT NULL,            -- '' for work enqueued by schema version 1
+    seq      INTEGER NOT NULL,            -- the queue's enqueue counter when added
+    PRIMARY KEY (stream, event, reaction)
+) WITHOUT ROWID;
+INSERT INTO items (stream, event, reaction, seq)
+    SELECT stream, event, '', seq FROM (
+        SELECT w.stream, w.event, q.position,
+               row_number() OVER (PARTITION BY w.stream ORDER BY w.event) AS seq
+        FROM work w JOIN queues q ON q.stream = w.stream)
+    WHERE event > position;
+UPDATE queues SET
+    enqueued = (SELECT count(*) FROM work WHERE work.stream = queues.stream),
+    next = (SELECT min(event) FROM items WHERE items.stream = queues.stream);
+DROP TABLE work;
+";
+
 fn foreign(store: &str, message: String) -> Failure {
     Failure::Act(act::Error::Schema {
         store: store.to_string(),
@@ -106,6 +164,44 @@ pub(crate) fn is_ours(conn: &Connection, store: &str) -> Result<bool, Failure> {
     Ok(false)
 }
 
+/// The schema version recorded in an act-rs database.
+fn recorded_version(conn: &Connection) -> Result<i64, Failure> {
+    Ok(conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM act_migrations",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+fn newer(store: &str, current: i64) -> Failure {
+    foreign(
+        store,
+        format!(
+            "made by a newer act-rs: schema version {current}, this build knows versions up to {SCHEMA_VERSION}; upgrade act-rs to open it"
+        ),
+    )
+}
+
+/// Checks, reading only, that an act-rs database has exactly the schema
+/// this build writes: what a store opened read-only needs, since it cannot
+/// migrate. An older schema asks for one open for writing.
+pub(crate) fn check_current(conn: &Connection, store: &str) -> Result<(), Failure> {
+    let current = recorded_version(conn)?;
+    if current > SCHEMA_VERSION {
+        return Err(newer(store, current));
+    }
+    if current < SCHEMA_VERSION {
+        return Err(foreign(
+            store,
+            format!(
+                "schema version {current} is older than this build's ({SCHEMA_VERSION}) and a store opened read-only cannot upgrade it; \
+                 open it once for writing (e.g. `act worker`) to upgrade it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Brings the schema of an act-rs (or empty) database up to date.
 pub(crate) fn migrate(conn: &mut Connection, store: &str) -> Result<(), Failure> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -120,18 +216,9 @@ pub(crate) fn migrate(conn: &mut Connection, store: &str) -> Result<(), Failure>
             );",
         )?;
     }
-    let current: i64 = tx.query_row(
-        "SELECT coalesce(max(version), 0) FROM act_migrations",
-        [],
-        |r| r.get(0),
-    )?;
+    let current = recorded_version(&tx)?;
     if current > SCHEMA_VERSION {
-        return Err(foreign(
-            store,
-            format!(
-                "made by a newer act-rs: schema version {current}, this build knows versions up to {SCHEMA_VERSION}; upgrade act-rs to open it"
-            ),
-        ));
+        return Err(newer(store, current));
     }
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         tx.execute_batch(sql)?;
@@ -144,3 +231,6 @@ pub(crate) fn migrate(conn: &mut Connection, store: &str) -> Result<(), Failure>
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) const V1_SQL: &str = V1;

@@ -167,11 +167,12 @@ async fn a_missing_directory_is_an_error_naming_the_file() {
 }
 
 #[tokio::test]
-async fn a_stored_payload_that_is_not_json_is_a_decode_error_naming_the_event() {
+async fn a_stored_payload_that_is_not_json_reads_back_as_an_undecodable_event() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.db");
     let s = SqliteStore::open(&path).await.unwrap();
     let e = s.append(Append::new("a", ping())).await.unwrap();
+    s.append(Append::new("a", ping())).await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
         "UPDATE events SET data = '{not json' WHERE id = ?1",
@@ -179,11 +180,16 @@ async fn a_stored_payload_that_is_not_json_is_a_decode_error_naming_the_event() 
     )
     .unwrap();
     drop(conn);
-    let err = s.query(&Query::new()).await.unwrap_err();
-    assert!(matches!(err, Error::Decode { .. }), "{err:?}");
-    assert!(
-        err.to_string()
-            .contains(&format!("event {} `Ping`", e[0].id)),
-        "{err}"
+    // One bad row never fails a read: it comes back marked, with its text.
+    let all = s.query(&Query::new()).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let why = all[0].undecodable_error().expect("marked undecodable");
+    assert!(why.contains("not valid JSON"), "{why}");
+    assert_eq!(all[0].data[act::UNDECODABLE]["raw"], "{not json");
+    assert_eq!(
+        (all[0].id, all[0].name.as_str(), all[0].stream.as_str()),
+        (e[0].id, "Ping", "a")
     );
+    assert_eq!(all[1].undecodable_error(), None);
+    assert_eq!(all[1].data, json!({"n": 1}));
 }

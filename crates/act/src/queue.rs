@@ -59,8 +59,9 @@ pub struct Claim {
     pub reactions: Vec<String>,
 }
 
-/// One pending event of a claimed queue and the reactions to run for it, in
-/// the order they were registered by correlation.
+/// One pending event of a claimed queue and the reactions whose items for it
+/// are in the batch, in name order (the broker runs them in its own
+/// registration order).
 #[derive(Debug, Clone)]
 pub struct Pending {
     /// The event.

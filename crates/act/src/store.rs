@@ -163,9 +163,11 @@ pub enum OpenMode {
     /// (`unblock`, `reset`, `retire`).
     Existing,
     /// Open a store that exists for reading: never create it, never migrate
-    /// or write anything (works against a read-only database); a schema older
-    /// than this code is [`crate::Error::Schema`] asking for an upgrade
-    /// (`status`, `blocked`, `events`, `reactions`).
+    /// or write anything (works against a read-only database; SQLite may
+    /// still create its empty `-wal`/`-shm` companion files where the
+    /// directory allows it); a schema older than this code is
+    /// [`crate::Error::Schema`] asking for an upgrade (`status`, `blocked`,
+    /// `events`, `reactions`).
     ReadOnly,
 }
 
