@@ -568,6 +568,7 @@ impl QueueStore for MemoryStore {
     }
 
     async fn reset(&self, stream: &str, position: i64) -> Result<QueueState> {
+        crate::limits::check_name("the queue name", stream)?;
         if position < 0 {
             return Err(Error::InvalidInput(format!(
                 "cannot reset `{stream}` to a negative position ({position})"
