@@ -4,7 +4,9 @@
 //! the `postgres` user through `runuser` when the test runs as root, since
 //! initdb refuses root) and starts the server with `pg_ctl` on a free port,
 //! listening on 127.0.0.1 only, its unix socket in the same directory, with
-//! `fsync` off (nothing here must survive a machine crash). Superuser
+//! `fsync` off (nothing here must survive a machine crash; commits still
+//! reach the OS before they are acknowledged, so an immediate stop, like a
+//! crash of the server, loses none). Superuser
 //! `postgres`, trust authentication. Every wait polls `pg_isready` with a
 //! generous bound and panics with the server's log when it is exceeded.
 //! Dropping it stops the server at once and removes its files.
@@ -229,7 +231,7 @@ impl PrivatePostgres {
     pub fn start_again(&self) {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=100",
+             -c full_page_writes=off -c max_connections=100",
             self.port,
             self.dir.path().display()
         );
