@@ -3,8 +3,13 @@
 //!
 //! Visibility: ids are `(transaction id << 16) + n`, assigned by the writing
 //! transaction. A reader that follows ids (no exact stream) only reads ids
-//! below `pg_snapshot_xmin(pg_current_snapshot()) << 16`: every transaction
-//! with a smaller id has ended, so no event with a smaller id can commit later.
+//! below a bound under which no event can commit later. First the cheap one,
+//! `pg_snapshot_xmin(pg_current_snapshot()) << 16`: every transaction with a
+//! smaller id has ended. Any transaction on the server holds it back, though
+//! (a queue write, a migration in another schema), so when it hides committed
+//! events the reader asks `act_visible()` for this schema's own bound (only
+//! transactions appending to these events count) and reads again below that,
+//! in a later statement ([`Bound::Given`]).
 //! Reads of one stream need no such bound: a later version is written by a
 //! transaction that started after the earlier one committed, so it has a
 //! larger id.
@@ -21,8 +26,19 @@ use tokio_postgres::Row;
 pub(crate) const COLUMNS: &str =
     "id, stream, version, name, data, created, correlation, causation, actor";
 
-/// The bound below which every id is final (see the module docs).
+/// The server-wide bound below which every id is final (see the module docs).
 pub(crate) const VISIBLE: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16)";
+
+/// Which visibility bound a query respects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// None: reads of one stream, backward reads, the naive negative control.
+    Off,
+    /// The server-wide bound, computed in the statement.
+    Server,
+    /// An id bound computed by an earlier statement (`act_visible() << 16`).
+    Given(i64),
+}
 
 /// Decodes an event row whose first columns are [`COLUMNS`], from `at`.
 pub(crate) fn event(row: &Row, at: usize) -> act::Result<Arc<Event>> {
@@ -81,12 +97,13 @@ impl Sql {
     }
 }
 
-/// Builds the SQL of `q` in `schema`. When `bounded` (a forward read across
+/// Builds the SQL of `q` in `schema`. When bounded (a forward read across
 /// streams, the way brokers follow the log), the statement also returns, in
 /// its first two columns, the visibility bound and the highest committed id,
 /// and only rows below the bound; it always returns at least one row (event
 /// columns NULL when there is no event).
-pub(crate) fn query(schema: &str, q: &Query, bounded: bool) -> Sql {
+pub(crate) fn query(schema: &str, q: &Query, bound: Bound) -> Sql {
+    let bounded = bound != Bound::Off;
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
     let mut conds: Vec<String> = Vec::new();
     let mut arg = |v: Box<dyn ToSql + Sync + Send>| {
@@ -141,13 +158,17 @@ pub(crate) fn query(schema: &str, q: &Query, bounded: bool) -> Sql {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         inner.push_str(&format!(" LIMIT {}", arg(Box::new(n))));
     }
-    let text = if bounded {
-        format!(
-            "WITH b AS (SELECT {VISIBLE} AS bound, (SELECT coalesce(max(id), 0) FROM {schema}.events) AS top)
+    let bound = match bound {
+        Bound::Off => None,
+        Bound::Server => Some(VISIBLE.to_string()),
+        Bound::Given(b) => Some(format!("{}::bigint", arg(Box::new(b)))),
+    };
+    let text = match bound {
+        Some(bound) => format!(
+            "WITH b AS (SELECT {bound} AS bound, (SELECT coalesce(max(id), 0) FROM {schema}.events) AS top)
              SELECT b.bound, b.top, e.* FROM b LEFT JOIN LATERAL ({inner}) e ON true"
-        )
-    } else {
-        inner
+        ),
+        None => inner,
     };
     Sql { text, params }
 }

@@ -63,6 +63,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use conn::Conn;
+use events::Bound;
 
 pub use schema::SCHEMA_VERSION;
 
@@ -434,6 +435,16 @@ impl PgStore {
     fn bounded(&self) -> bool {
         !self.naive
     }
+
+    /// This schema's own visibility bound as an event id (`act_visible()`:
+    /// only transactions appending to these events hold it back). One round
+    /// trip; it scans the server's lock table.
+    async fn visible(&self) -> act::Result<i64> {
+        let sql = format!("SELECT {}.act_visible()", self.schema);
+        let rows = self.rows(&sql, &[]).await?;
+        let xid: i64 = rows.first().map_or(0, |r| r.get(0));
+        Ok(xid.max(0).saturating_mul(1 << 16))
+    }
 }
 
 /// Why a statement failed: no connection (already an [`act::Error`]), or the
@@ -441,6 +452,20 @@ impl PgStore {
 pub(crate) enum Failure {
     Mapped(Error),
     Driver(tokio_postgres::Error),
+}
+
+/// The visibility bound and the highest committed id of a bounded read.
+fn bounds(rows: &[Row]) -> (i64, i64) {
+    rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)))
+}
+
+/// True when a bounded read returned as many events as it asked for.
+fn full(q: &Query, rows: &[Row]) -> bool {
+    let events = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+        .count();
+    q.limit.is_some_and(|n| events >= n)
 }
 
 /// The NOTIFY channel of a schema (at most 63 bytes).
@@ -569,33 +594,43 @@ impl EventStore for PgStore {
         if q.limit == Some(0) {
             return Ok(Vec::new());
         }
-        let bounded = self.bounded() && events::follows_ids(q);
-        let sql = events::query(&self.schema, q, bounded);
-        if !bounded {
-            let rows = self.read(&sql).await?;
+        if !(self.bounded() && events::follows_ids(q)) {
+            let rows = self
+                .read(&events::query(&self.schema, q, Bound::Off))
+                .await?;
             return rows.iter().map(|r| events::event(r, 0)).collect();
         }
         // Read your writes: wait (briefly) until every event committed before
         // this call is below the visibility bound.
+        let server = events::query(&self.schema, q, Bound::Server);
         let waited_until = tokio::time::Instant::now() + VISIBILITY_WAIT;
         let mut target: Option<i64> = None;
         loop {
-            let rows = self.read(&sql).await?;
-            let (bound, top): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
-            let events = rows
-                .iter()
-                .filter(|r| r.get::<_, Option<i64>>(2).is_some())
-                .map(|r| events::event(r, 2))
-                .collect::<act::Result<Vec<_>>>()?;
+            let mut rows = self.read(&server).await?;
+            let (mut bound, mut top) = bounds(&rows);
             let target = *target.get_or_insert(top);
-            let full = q.limit.is_some_and(|n| events.len() >= n);
-            if full || bound > target || tokio::time::Instant::now() >= waited_until {
+            if bound <= target && !full(q, &rows) {
+                // The server-wide bound hides committed events: this schema's
+                // own bound, then a read below it in a later statement.
+                let own = self.visible().await?;
+                if own > bound {
+                    rows = self
+                        .read(&events::query(&self.schema, q, Bound::Given(own)))
+                        .await?;
+                    (bound, top) = bounds(&rows);
+                }
+            }
+            if full(q, &rows) || bound > target || tokio::time::Instant::now() >= waited_until {
                 if bound <= top {
                     // Committed events are still hidden behind a running
                     // transaction: wake brokers again shortly.
                     self.recheck.notify_one();
                 }
-                return Ok(events);
+                return rows
+                    .iter()
+                    .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+                    .map(|r| events::event(r, 2))
+                    .collect();
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -81,6 +81,11 @@ CREATE VIEW {s}.queue_states AS
 -- version never collide on (stream, version), and an exact expectation that
 -- loses a race is reported as a conflict with the actual version. Appends to
 -- other streams do not wait for each other.
+--
+-- Its first statement takes ROW EXCLUSIVE on the events table, before the
+-- transaction has an id: act_visible finds every transaction that may still
+-- commit events among the holders of that lock. So act_append must be the
+-- first write of its transaction (the store always calls it alone).
 CREATE OR REPLACE FUNCTION {s}.act_append(
     p_stream text, p_expected bigint, p_names text[], p_data jsonb[],
     p_correlation text, p_causation jsonb, p_actor jsonb, p_key text,
@@ -94,6 +99,7 @@ DECLARE
     v_n int := coalesce(array_length(p_names, 1), 0);
     v_now timestamptz := now() + p_offset_us * interval '1 microsecond';
 BEGIN
+    LOCK TABLE {s}.events IN ROW EXCLUSIVE MODE;
     PERFORM pg_advisory_xact_lock(hashtextextended('{s}' || chr(31) || p_stream, 0));
     IF p_key IS NOT NULL THEN
         SELECT a.first, a.last INTO v_first, v_last FROM {s}.appends a WHERE a.key = p_key;
@@ -128,6 +134,54 @@ BEGIN
                         NULL::text, NULL::jsonb, NULL::jsonb, false
                  FROM generate_series(1, v_n) AS i;
 END $$;
+
+-- The visibility bound of this schema's events, as a transaction id: every
+-- event with an id below (act_visible() << 16) is final for any snapshot
+-- taken after this call returns. Only transactions that write these events
+-- count, not every transaction on the server (a long transaction in another
+-- schema or database no longer hides new events). The least of:
+--   * the snapshot's xmax (ids assigned later are above it);
+--   * the id of every transaction holding or awaiting ROW EXCLUSIVE on the
+--     events table (act_append takes it before it has an id, and keeps it
+--     until it ends), read from the ExclusiveLock it holds on its own
+--     transaction id (32 bits, widened with the snapshot's epoch);
+--   * when a holder shows no transactionid lock yet (it has no id, or is
+--     between getting one and locking it), the least running id of the
+--     snapshot that shows no transactionid lock either.
+-- pg_locks is read once (materialized) and after the snapshot was taken;
+-- the caller reads events in a later statement. Costs one scan of the lock
+-- table, so readers call it only when the server-wide bound hides events.
+CREATE FUNCTION {s}.act_visible() RETURNS bigint LANGUAGE sql VOLATILE AS $$
+    WITH s AS MATERIALIZED (
+        SELECT pg_current_snapshot() AS snap
+    ), l AS MATERIALIZED (
+        SELECT k.locktype, k.database, k.relation, k.mode, k.virtualtransaction,
+               k.transactionid::text::bigint AS xid
+        FROM pg_locks k
+    ), x AS (
+        SELECT pg_snapshot_xmax(s.snap)::text::bigint AS xmax FROM s
+    ), holders AS (
+        SELECT (SELECT t.xid FROM l t
+                WHERE t.locktype = 'transactionid' AND t.mode = 'ExclusiveLock'
+                  AND t.virtualtransaction = h.virtualtransaction
+                LIMIT 1) AS xid
+        FROM l h
+        WHERE h.locktype = 'relation' AND h.mode = 'RowExclusiveLock'
+          AND h.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+          AND h.relation = '{s}.events'::regclass
+    )
+    SELECT least(
+        x.xmax,
+        (SELECT min(x.xmax - ((x.xmax % 4294967296 - h.xid + 6442450944) % 4294967296 - 2147483648))
+         FROM holders h WHERE h.xid IS NOT NULL),
+        CASE WHEN EXISTS (SELECT 1 FROM holders h WHERE h.xid IS NULL) THEN
+            (SELECT min(i::text::bigint) FROM s, pg_snapshot_xip(s.snap) AS i
+             WHERE NOT EXISTS (SELECT 1 FROM l t
+                               WHERE t.locktype = 'transactionid' AND t.mode = 'ExclusiveLock'
+                                 AND t.xid = i::text::bigint % 4294967296))
+        END)
+    FROM x
+$$;
 
 -- Subscribe: records unknown reactions (checkpoint = start), refreshes
 -- seen, events and target of known active ones (retired ones stay as they
