@@ -53,17 +53,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use act::{Append, Error, Event, EventStore, ExpectedVersion, OpenMode, Query};
-use async_trait::async_trait;
+use act::{Error, OpenMode};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use conn::Conn;
-use events::Bound;
 
 pub use schema::SCHEMA_VERSION;
 
@@ -431,20 +428,6 @@ impl PgStore {
             Failure::Driver(e) => self.err(e),
         }
     }
-
-    fn bounded(&self) -> bool {
-        !self.naive
-    }
-
-    /// This schema's own visibility bound as an event id (`act_visible()`:
-    /// only transactions appending to these events hold it back). One round
-    /// trip; it scans the server's lock table.
-    async fn visible(&self) -> act::Result<i64> {
-        let sql = format!("SELECT {}.act_visible()", self.schema);
-        let rows = self.rows(&sql, &[]).await?;
-        let xid: i64 = rows.first().map_or(0, |r| r.get(0));
-        Ok(xid.max(0).saturating_mul(1 << 16))
-    }
 }
 
 /// Why a statement failed: no connection (already an [`act::Error`]), or the
@@ -454,206 +437,11 @@ pub(crate) enum Failure {
     Driver(tokio_postgres::Error),
 }
 
-/// The visibility bound and the highest committed id of a bounded read.
-fn bounds(rows: &[Row]) -> (i64, i64) {
-    rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)))
-}
-
-/// True when a bounded read returned as many events as it asked for.
-fn full(q: &Query, rows: &[Row]) -> bool {
-    let events = rows
-        .iter()
-        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
-        .count();
-    q.limit.is_some_and(|n| events >= n)
-}
-
 /// The NOTIFY channel of a schema (at most 63 bytes).
 fn channel(schema: &str) -> String {
     let mut c = format!("act_{schema}");
     c.truncate(63);
     c
-}
-
-// Ids are (transaction id << 16) + n: an append holds fewer than 2^16 events.
-const _: () = assert!(act::limits::MAX_EVENTS_PER_APPEND < 65_536);
-
-/// How long a forward read waits for events committed before it to pass the
-/// visibility bound (they are behind transactions still running).
-const VISIBILITY_WAIT: Duration = Duration::from_millis(50);
-
-#[async_trait]
-impl EventStore for PgStore {
-    async fn append(&self, a: Append) -> act::Result<Vec<Arc<Event>>> {
-        act::limits::check_append(&a)?;
-        self.writable()?;
-        let expected: Option<i64> = match a.expected {
-            ExpectedVersion::Any => None,
-            ExpectedVersion::NoStream => Some(-1),
-            ExpectedVersion::Exact(v) => Some(v),
-        };
-        let names: Vec<&str> = a.messages.iter().map(|m| m.name.as_str()).collect();
-        let data: Vec<&Value> = a.messages.iter().map(|m| &m.data).collect();
-        let causation = (a.causation != act::Causation::default())
-            .then(|| serde_json::to_value(&a.causation))
-            .transpose()
-            .map_err(|e| Error::decode("causation", e))?;
-        let actor = (a.actor != act::Actor::default())
-            .then(|| serde_json::to_value(&a.actor))
-            .transpose()
-            .map_err(|e| Error::decode("actor", e))?;
-        let correlation = a.correlation_or_new();
-        let sql = format!(
-            "SELECT {}, replay FROM {}.act_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            events::COLUMNS,
-            self.schema
-        );
-        let offset = self.offset_us();
-        let params: [&(dyn ToSql + Sync); 11] = [
-            &a.stream,
-            &expected,
-            &names,
-            &data,
-            &correlation,
-            &causation,
-            &actor,
-            &a.idempotency_key,
-            &offset,
-            &self.naive,
-            &self.delay_ms,
-        ];
-        let mut attempts = 0;
-        loop {
-            match self.try_rows(&sql, &params).await {
-                Ok(rows) => {
-                    if rows.first().is_some_and(|r| r.get::<_, bool>(9)) {
-                        // A used key: the first append's events, as stored.
-                        return rows.iter().map(|r| events::event(r, 0)).collect();
-                    }
-                    // Our own events: the server sent only id, version and time.
-                    let mut out = Vec::with_capacity(rows.len());
-                    for (r, m) in rows.iter().zip(&a.messages) {
-                        out.push(Arc::new(Event {
-                            id: r.get(0),
-                            stream: a.stream.clone(),
-                            version: r.get(2),
-                            name: m.name.clone(),
-                            data: m.data.clone(),
-                            meta: act::Meta {
-                                created: r.get(5),
-                                correlation: correlation.clone(),
-                                causation: a.causation.clone(),
-                                actor: a.actor.clone(),
-                            },
-                        }));
-                    }
-                    if !out.is_empty() {
-                        self.notify();
-                    }
-                    return Ok(out);
-                }
-                Err(Failure::Driver(e)) if error::is_code(&e, "AC409") => {
-                    let actual = e
-                        .as_db_error()
-                        .and_then(|d| d.message().parse::<i64>().ok());
-                    return Err(Error::Concurrency {
-                        stream: a.stream.clone(),
-                        expected: a.expected,
-                        actual: actual.into(),
-                    });
-                }
-                Err(Failure::Driver(e)) if error::violates(&e, "events_stream_version") => {
-                    // Appends to one stream take turns, so only a writer
-                    // outside act_append can get here: report what it left.
-                    let sql = format!(
-                        "SELECT max(version) FROM {}.events WHERE stream = $1",
-                        self.schema
-                    );
-                    let actual: Option<i64> = self
-                        .rows(&sql, &[&a.stream])
-                        .await?
-                        .first()
-                        .and_then(|r| r.get(0));
-                    return Err(Error::Concurrency {
-                        stream: a.stream.clone(),
-                        expected: a.expected,
-                        actual: actual.into(),
-                    });
-                }
-                // A concurrent append with the same key (to another stream)
-                // committed first: the next attempt returns its events.
-                Err(Failure::Driver(e)) if error::violates(&e, "appends_pkey") && attempts < 5 => {
-                    attempts += 1;
-                }
-                Err(f) => return Err(self.fail(f)),
-            }
-        }
-    }
-
-    async fn query(&self, q: &Query) -> act::Result<Vec<Arc<Event>>> {
-        if q.limit == Some(0) {
-            return Ok(Vec::new());
-        }
-        if !(self.bounded() && events::follows_ids(q)) {
-            let rows = self
-                .read(&events::query(&self.schema, q, Bound::Off))
-                .await?;
-            return rows.iter().map(|r| events::event(r, 0)).collect();
-        }
-        // Read your writes: wait (briefly) until every event committed before
-        // this call is below the visibility bound.
-        let server = events::query(&self.schema, q, Bound::Server);
-        let waited_until = tokio::time::Instant::now() + VISIBILITY_WAIT;
-        let mut target: Option<i64> = None;
-        loop {
-            let mut rows = self.read(&server).await?;
-            let (mut bound, mut top) = bounds(&rows);
-            let target = *target.get_or_insert(top);
-            if bound <= target && !full(q, &rows) {
-                // The server-wide bound hides committed events: this schema's
-                // own bound, then a read below it in a later statement.
-                let own = self.visible().await?;
-                if own > bound {
-                    rows = self
-                        .read(&events::query(&self.schema, q, Bound::Given(own)))
-                        .await?;
-                    (bound, top) = bounds(&rows);
-                }
-            }
-            if full(q, &rows) || bound > target || tokio::time::Instant::now() >= waited_until {
-                if bound <= top {
-                    // Committed events are still hidden behind a running
-                    // transaction: wake brokers again shortly.
-                    self.recheck.notify_one();
-                }
-                return rows
-                    .iter()
-                    .filter(|r| r.get::<_, Option<i64>>(2).is_some())
-                    .map(|r| events::event(r, 2))
-                    .collect();
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    /// The highest committed event id. Readers that follow ids may see it a
-    /// moment later, once older transactions have ended.
-    async fn head(&self) -> act::Result<i64> {
-        let sql = format!("SELECT coalesce(max(id), 0) FROM {}.events", self.schema);
-        let rows = self.rows(&sql, &[]).await?;
-        Ok(rows.first().map_or(0, |r| r.get(0)))
-    }
-
-    fn wake(&self) -> watch::Receiver<u64> {
-        if let Some(l) = &self.listener {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                l.task.get_or_init(|| {
-                    notify::listener(l.config.clone(), l.channel.clone(), self.wake.clone())
-                });
-            }
-        }
-        self.wake.subscribe()
-    }
 }
 
 #[cfg(test)]
