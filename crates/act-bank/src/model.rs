@@ -253,6 +253,61 @@ impl State for Totals {
     }
 }
 
+/// The bank's ledger: one posting per deposit and withdrawal, in source
+/// order. Written by the `ledger` reaction, which version 2 of the demo adds
+/// to a running bank (it replays the history first).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// The last source event posted.
+    pub last: i64,
+}
+
+/// Ledger events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", content = "data")]
+pub enum LedgerEvent {
+    /// A source event was posted.
+    Posted {
+        /// The source event id.
+        source: i64,
+    },
+}
+
+/// Ledger actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerAction {
+    /// Post a source event (skipped when already posted).
+    Post {
+        /// The source event id.
+        source: i64,
+    },
+}
+
+impl Action for LedgerAction {
+    fn name(&self) -> &str {
+        "post"
+    }
+}
+
+impl State for Ledger {
+    type Event = LedgerEvent;
+    type Action = LedgerAction;
+    const SNAPSHOT_EVERY: Option<u64> = Some(50);
+
+    fn apply(&mut self, e: &LedgerEvent) {
+        let LedgerEvent::Posted { source } = e;
+        self.last = *source;
+    }
+
+    fn decide(&self, a: &LedgerAction) -> Result<Vec<LedgerEvent>, Invariant> {
+        let LedgerAction::Post { source } = a;
+        if *source <= self.last {
+            return Ok(vec![]);
+        }
+        Ok(vec![LedgerEvent::Posted { source: *source }])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

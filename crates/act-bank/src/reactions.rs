@@ -4,6 +4,12 @@
 //!   queue `audit-{n}`, whose handler appends `Recorded { source }` there.
 //! - `totals` (static): the same events go to queue `totals`, whose handler
 //!   appends `Totaled { source, total }` with the running sum.
+//! - `ledger` (static, version 2 of the demo, [`Options::ledger`]): the same
+//!   events go to queue `ledger`, whose handler appends `Posted { source }`.
+//!   Added to a running bank, it replays the history first.
+//!
+//! All three start from the beginning of the log: they are projections, and
+//! the demo appends before it delivers.
 //!
 //! A deposit carrying `fail: k` makes both handlers fail their first `k`
 //! attempts (the attempt number comes from the queue's stored retry count, so
@@ -15,7 +21,9 @@ use std::time::Duration;
 
 use act::{Act, Backoff, Context, Event, HandlerError, Reaction, Store};
 
-use crate::model::{account_number, Audit, AuditAction, Totals, TotalsAction};
+use crate::model::{
+    account_number, Audit, AuditAction, Ledger, LedgerAction, Totals, TotalsAction,
+};
 
 /// Retries before a queue blocks (a `fail: k` deposit needs `k <= MAX_RETRIES`).
 pub const MAX_RETRIES: u32 = 3;
@@ -38,6 +46,12 @@ pub struct Options {
     /// them like any other deposit. Models an operator fixing the cause of a
     /// blocked queue before `act unblock`.
     pub cured: bool,
+    /// Version 2 of the demo: the `ledger` reaction is registered too.
+    pub ledger: bool,
+    /// A poisoned deposit makes the audit handler abort its process instead
+    /// of failing (a crash loop: the queue must end blocked by lease
+    /// expiries). For tests of workers that die in a handler.
+    pub crash_on_poison: bool,
 }
 
 /// The bank on `store`, with both reactions registered.
@@ -52,13 +66,14 @@ pub fn app_with(store: Arc<dyn Store>, options: Options) -> act::Result<Act> {
 
 /// The two reactions.
 pub fn reactions(options: Options) -> Vec<Reaction> {
-    vec![
+    let mut out = vec![
         Reaction::on("Deposited")
             .also("Withdrawn")
             .named("audit")
             .to(|e| account_number(&e.stream).map(|n| format!("audit-{n}")))
             .max_retries(MAX_RETRIES)
             .backoff(backoff())
+            .from_beginning()
             .handle(move |e, ctx| async move { audit(e, ctx, options).await }),
         Reaction::on("Deposited")
             .also("Withdrawn")
@@ -66,13 +81,35 @@ pub fn reactions(options: Options) -> Vec<Reaction> {
             .to_stream("totals")
             .max_retries(MAX_RETRIES)
             .backoff(backoff())
+            .from_beginning()
             .handle(|e, ctx| async move { totals(e, ctx).await }),
-    ]
+    ];
+    if options.ledger {
+        out.push(
+            Reaction::on("Deposited")
+                .also("Withdrawn")
+                .named("ledger")
+                .to_stream("ledger")
+                .max_retries(MAX_RETRIES)
+                .backoff(backoff())
+                .from_beginning()
+                .handle(|e, ctx| async move { ledger(e, ctx).await }),
+        );
+    }
+    out
 }
 
 async fn audit(e: Arc<Event>, ctx: Context, options: Options) -> Result<(), HandlerError> {
     simulated_failure(&e, ctx.attempt())?;
-    if !options.cured && e.data.get("poison").and_then(|v| v.as_bool()) == Some(true) {
+    let poisoned = e.data.get("poison").and_then(|v| v.as_bool()) == Some(true);
+    if poisoned && options.crash_on_poison && !options.cured {
+        eprintln!(
+            "audit: poisoned deposit {}: aborting the process (--crash-on-poison)",
+            e.id
+        );
+        std::process::abort();
+    }
+    if !options.cured && poisoned {
         return Err(HandlerError::transient("poisoned deposit"));
     }
     ctx.act::<Audit>(ctx.stream(), &AuditAction::Record { source: e.id })
@@ -93,6 +130,13 @@ async fn totals(e: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
         },
     )
     .await?;
+    Ok(())
+}
+
+async fn ledger(e: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
+    simulated_failure(&e, ctx.attempt())?;
+    ctx.act::<Ledger>(ctx.stream(), &LedgerAction::Post { source: e.id })
+        .await?;
     Ok(())
 }
 

@@ -1,12 +1,15 @@
 //! Checks a bank's log after delivery, from the log alone:
 //!
 //! - every `Deposited`/`Withdrawn` on `account-{n}` has exactly one
-//!   `Recorded` in `audit-{n}` and one `Totaled` in `totals`, in source order
-//!   — except that an account's audit stops before its first poisoned deposit
-//!   while its queue is blocked (once cured and unblocked, it is complete);
+//!   `Recorded` in `audit-{n}` and one `Totaled` in `totals` (and, once the
+//!   version-2 `ledger` reaction ran, one `Posted` in `ledger`), in source
+//!   order — except that an account's audit stops before the poisoned
+//!   deposit its queue is blocked at (a poison cured and unblocked earlier
+//!   has its receipt like any other deposit);
 //! - each `Totaled` carries the running sum up to its source;
-//! - exactly the audit queues of poisoned accounts are blocked (with the
-//!   poison error), and every other queue is caught up.
+//! - exactly the audit queues with a poisoned deposit not yet recorded are
+//!   blocked (with the poison error, or the lease-expiry error of a handler
+//!   that crashed its process on it), and every other queue is caught up.
 //!
 //! Reads the log in pages, keeping only ids and amounts.
 
@@ -27,6 +30,8 @@ pub struct Verdict {
     pub recorded: u64,
     /// `Totaled` receipts.
     pub totaled: u64,
+    /// `Posted` receipts (version 2's ledger; 0 when it never ran).
+    pub posted: u64,
     /// Audit queues that must be blocked (accounts with a poisoned deposit).
     pub poisoned: Vec<String>,
     /// Queues that are blocked.
@@ -58,6 +63,7 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
     let mut all: Vec<(i64, i64)> = Vec::new();
     let mut recorded: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut totaled: Vec<(i64, i64)> = Vec::new();
+    let mut posted: Vec<i64> = Vec::new();
     let mut v = Verdict::default();
     let mut after = 0;
     loop {
@@ -87,6 +93,11 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
                         recorded.entry(n.to_string()).or_default().push(src);
                     }
                 }
+                "Posted" if e.stream == "ledger" => {
+                    if let Some(src) = e.data["source"].as_i64() {
+                        posted.push(src);
+                    }
+                }
                 "Totaled" if e.stream == "totals" => {
                     if let (Some(src), Some(total)) =
                         (e.data["source"].as_i64(), e.data["total"].as_i64())
@@ -105,35 +116,36 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
     v.sources = all.len() as u64;
     v.recorded = recorded.values().map(|r| r.len() as u64).sum();
     v.totaled = totaled.len() as u64;
+    v.posted = posted.len() as u64;
 
-    let queues = store.queues(&QueueFilter::default()).await?;
-    let is_blocked: BTreeSet<&str> = queues
+    let queues = list_queues(store).await?;
+    let blocked_at: BTreeMap<&str, Option<i64>> = queues
         .iter()
         .filter(|q| q.blocked)
-        .map(|q| q.stream.as_str())
+        .map(|q| (q.stream.as_str(), q.next))
         .collect();
+    // Poisoned deposits without a receipt: their queue must be blocked at
+    // the first of them.
     let mut poisoned_at: BTreeMap<String, i64> = BTreeMap::new();
     for (n, list) in &sources {
         let queue = format!("audit-{n}");
-        let stop = list.iter().position(|s| s.poison);
-        if let Some(p) = stop {
-            poisoned_at.insert(queue.clone(), list[p].id);
+        let got = recorded.remove(n).unwrap_or_default();
+        let seen: BTreeSet<i64> = got.iter().copied().collect();
+        if let Some(p) = list.iter().find(|s| s.poison && !seen.contains(&s.id)) {
+            poisoned_at.insert(queue.clone(), p.id);
         }
-        // A poisoned queue stops at the poison while blocked; once cured and
-        // unblocked it must hold every receipt.
-        let cut = if is_blocked.contains(queue.as_str()) {
-            stop
-        } else {
-            None
-        };
-        if stop.is_some() && cut.is_none() {
+        if list.iter().any(|s| s.poison && seen.contains(&s.id)) {
             v.cured.push(queue.clone());
         }
+        // A blocked queue stops before the event it is blocked at.
+        let cut = match blocked_at.get(queue.as_str()) {
+            Some(Some(at)) => list.iter().position(|s| s.id >= *at),
+            _ => None,
+        };
         let expected: Vec<i64> = list[..cut.unwrap_or(list.len())]
             .iter()
             .map(|s| s.id)
             .collect();
-        let got = recorded.remove(n).unwrap_or_default();
         if got != expected {
             v.problems.push(describe(&queue, &expected, &got));
         }
@@ -145,6 +157,10 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
         ));
     }
     let expected: Vec<i64> = all.iter().map(|(id, _)| *id).collect();
+    let ledger_ran = !posted.is_empty() || queues.iter().any(|q| q.stream == "ledger");
+    if ledger_ran && posted != expected {
+        v.problems.push(describe("ledger", &expected, &posted));
+    }
     let got: Vec<i64> = totaled.iter().map(|(src, _)| *src).collect();
     if got != expected {
         v.problems.push(describe("totals", &expected, &got));
@@ -179,7 +195,8 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
                             q.stream, q.next
                         ));
                     }
-                    if !q.error.as_deref().unwrap_or_default().contains("poisoned") {
+                    let error = q.error.as_deref().unwrap_or_default();
+                    if !error.contains("poisoned") && !error.contains("without a settlement") {
                         v.problems.push(format!(
                             "queue {} is blocked with an unexpected error: {:?}",
                             q.stream, q.error
@@ -201,6 +218,25 @@ pub async fn verify(store: &dyn Store) -> act::Result<Verdict> {
         v.problems.push(format!("… and {more} more problems"));
     }
     Ok(v)
+}
+
+/// Every queue, a page at a time.
+async fn list_queues(store: &dyn Store) -> act::Result<Vec<act::QueueState>> {
+    let mut out: Vec<act::QueueState> = Vec::new();
+    loop {
+        let page = store
+            .queues(&QueueFilter {
+                after: out.last().map(|q| q.stream.clone()),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await?;
+        let full = page.len() == 1000;
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// Says how two receipt lists differ: counts, duplicates, first difference.

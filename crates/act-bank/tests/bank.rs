@@ -118,3 +118,76 @@ async fn a_workload_with_impossible_numbers_is_refused() {
         "{err}"
     );
 }
+
+/// The documented fix flow, then a second run on the same store: unblock
+/// the poisoned audit queues, deliver them with the fix deployed, and run
+/// the demo again; the check must still pass (the second run's poisons block
+/// their queues at the new poisons, the cured ones have every receipt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fix_flow_then_a_second_run_still_verifies() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let w = Workload {
+        accounts: 20,
+        events: 1_000,
+        ..Workload::default()
+    };
+    run(store.clone(), &w).await;
+    let v = verify(&*store).await.unwrap();
+    assert!(v.ok(), "{:#?}", v.problems);
+    store.unblock(&v.blocked).await.unwrap();
+    let cured = act_bank::app_with(
+        store.clone(),
+        act_bank::Options {
+            cured: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    cured
+        .broker(BrokerOptions::default())
+        .catch_up()
+        .await
+        .unwrap();
+    let after_fix = verify(&*store).await.unwrap();
+    assert!(after_fix.ok(), "{:#?}", after_fix.problems);
+    assert!(after_fix.blocked.is_empty());
+    assert_eq!(after_fix.cured.len(), 2);
+    run(store.clone(), &w).await;
+    let again = verify(&*store).await.unwrap();
+    assert!(again.ok(), "{:#?}", again.problems);
+    assert_eq!(again.sources, 2_000);
+    assert!(
+        !again.blocked.is_empty(),
+        "the second run's poisons block again"
+    );
+}
+
+/// Version 2 of the demo adds the `ledger` reaction to a running bank: it
+/// replays the whole history, then keeps up; the check covers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_added_later_posts_the_whole_history_once_in_order() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let w = Workload {
+        accounts: 10,
+        events: 800,
+        poison: 0,
+        ..Workload::default()
+    };
+    run(store.clone(), &w).await;
+    let v2 = act_bank::app_with(
+        store.clone(),
+        act_bank::Options {
+            ledger: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let more = w.run(&v2, Arc::new(AtomicU64::new(0))).await.unwrap();
+    v2.broker(BrokerOptions::default())
+        .catch_up()
+        .await
+        .unwrap();
+    let v = verify(&*store).await.unwrap();
+    assert!(v.ok(), "{:#?}", v.problems);
+    assert_eq!(v.posted, 800 + more.events());
+}

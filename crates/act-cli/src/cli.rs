@@ -6,15 +6,28 @@ use crate::stores;
 
 /// act: event sourcing with an event-driven queue store and broker.
 ///
-/// Every command takes `--store URL` (sqlite://PATH,
-/// redis://HOST[:PORT][/DB][?prefix=NAME], memory:; default sqlite://act.db
-/// in the current directory, or $ACT_STORE) and `--json` (one JSON object
-/// per line). Exit codes: 0 success, 1 operational error
-/// (message on stderr), 2 usage error.
+/// Every command takes `--store URL` (default sqlite://act.db in the current
+/// directory, or $ACT_STORE) and `--json` (one JSON object per line).
+///
+/// Store URLs and their options:
+///
+///   sqlite://PATH[?readers=N&busy_timeout_ms=N&watch_ms=N&queue_sync=normal|full]
+///
+///   postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME&pool_size=N&listen=true|false]
+///
+///   redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME&timeout_ms=N&connect_timeout_ms=N&assume_noeviction=true]
+///
+///   memory:  (in this process only)
+///
+/// Commands that only read (status, blocked, events, reactions) never create,
+/// migrate or write a store; unblock, reset and retire need one that exists.
+///
+/// Exit codes: 0 success, 1 operational error (message on stderr), 2 usage
+/// error.
 #[derive(Debug, Parser)]
 #[command(name = "act", version, about, long_about)]
 pub struct Cli {
-    /// The store: sqlite://PATH, postgres://USER@HOST[:PORT]/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME] or memory:
+    /// The store: sqlite://PATH, postgres://USER@HOST[:PORT]/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME] or memory: (options: see `act --help`)
     #[arg(long, global = true, env = "ACT_STORE", default_value = stores::DEFAULT)]
     pub store: String,
 
@@ -42,8 +55,13 @@ pub enum Command {
     Blocked,
     /// Clear the block of queues: each resumes at the event that failed.
     Unblock(UnblockArgs),
-    /// Move a queue to a position: replay from there (or skip ahead).
+    /// Move a queue to a position and replay the log from there (or skip ahead).
     Reset(ResetArgs),
+    /// The reactions the store has registered: progress, start, retirement.
+    Reactions,
+    /// Retire reactions the application no longer has: their pending work is
+    /// dropped (and counted) and no broker runs them again.
+    Retire(RetireArgs),
     /// Print events from the log.
     Events(EventsArgs),
     /// Measure act on a store: appends, deliveries, latency, scaling (see BENCH.md).
@@ -87,21 +105,63 @@ pub struct BenchWorkerArgs {
     pub poll_ms: u64,
 }
 
+/// A whole number of at least 1.
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// Milliseconds, at least 1.
+pub fn millis(s: &str) -> Result<u64, String> {
+    positive(s).map(|n| n as u64)
+}
+
 /// Broker tuning shared by `worker`, `settle` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// Queues processed at once.
-    #[arg(long, default_value_t = 32)]
+    /// Queues processed at once (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = positive)]
     pub concurrency: usize,
-    /// Lease length in seconds.
+    /// Lease length in seconds (more than 0).
     #[arg(long, default_value_t = 30.0)]
     pub lease: f64,
-    /// Events per queue per claim.
-    #[arg(long, default_value_t = 100)]
+    /// Events per queue per claim (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = positive)]
     pub batch: usize,
-    /// Fallback polling period in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    /// Fallback polling period in milliseconds (at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = millis)]
     pub poll_ms: u64,
+}
+
+/// Which version of the bank demo's reactions a broker runs.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct BankArgs {
+    /// The fix for poisoned deposits is deployed: audit records them (use
+    /// with `act unblock` to let blocked audit queues finish).
+    #[arg(long)]
+    pub cured: bool,
+    /// Version 2 of the demo: also run the `ledger` reaction (added to a
+    /// running bank, it replays the history first).
+    #[arg(long)]
+    pub ledger: bool,
+    /// A poisoned deposit aborts the process in its handler (a crash loop;
+    /// for tests of workers that die).
+    #[arg(long, hide = true)]
+    pub crash_on_poison: bool,
+}
+
+impl BankArgs {
+    /// The demo's handler options.
+    pub fn options(&self) -> act_bank::Options {
+        act_bank::Options {
+            cured: self.cured,
+            ledger: self.ledger,
+            crash_on_poison: self.crash_on_poison,
+        }
+    }
 }
 
 /// Arguments of `act worker`.
@@ -115,10 +175,12 @@ pub struct WorkerArgs {
     /// Name of this worker in leases (default: broker-PID-RANDOM).
     #[arg(long)]
     pub name: Option<String>,
-    /// The fix for poisoned deposits is deployed: audit records them (use
-    /// with `act unblock` to let blocked audit queues finish).
+    /// Print the worker's counters every this many seconds (a JSON line
+    /// with `--json`).
     #[arg(long)]
-    pub cured: bool,
+    pub report_every: Option<f64>,
+    #[command(flatten)]
+    pub bank: BankArgs,
 }
 
 /// Arguments of `act settle`.
@@ -126,16 +188,15 @@ pub struct WorkerArgs {
 pub struct SettleArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
-    /// The fix for poisoned deposits is deployed (see `act worker --cured`).
-    #[arg(long)]
-    pub cured: bool,
+    #[command(flatten)]
+    pub bank: BankArgs,
 }
 
 /// Arguments of `act demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Accounts to open.
-    #[arg(long, default_value_t = 100)]
+    /// Accounts to open (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = positive)]
     pub accounts: usize,
     /// Deposits and withdrawals to append.
     #[arg(long, default_value_t = 10_000)]
@@ -149,12 +210,15 @@ pub struct DemoArgs {
     /// Share of deposits whose handlers fail their first 1–2 attempts.
     #[arg(long, default_value_t = 0.01)]
     pub fail_share: f64,
-    /// Concurrent writers.
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent writers (at least 1).
+    #[arg(long, default_value_t = 4, value_parser = positive)]
     pub writers: usize,
     /// Only append: leave delivery to `act worker` processes.
     #[arg(long)]
     pub no_settle: bool,
+    /// Version 2 of the demo: also run the `ledger` reaction.
+    #[arg(long)]
+    pub ledger: bool,
     #[command(flatten)]
     pub broker: BrokerArgs,
 }
@@ -171,6 +235,10 @@ pub struct StatusArgs {
     /// At most this many rows.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Every column in full (by default long columns are cut to fit the
+    /// terminal).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// Arguments of `act unblock`.
@@ -186,9 +254,18 @@ pub struct UnblockArgs {
 pub struct ResetArgs {
     /// The queue.
     pub stream: String,
-    /// The new position: events after it are delivered (again). 0 replays all.
-    #[arg(long)]
+    /// The new position: events after it are delivered (again), replayed
+    /// from the log. 0 replays all; past the log's head is refused.
+    #[arg(long, allow_negative_numbers = true)]
     pub to: i64,
+}
+
+/// Arguments of `act retire`.
+#[derive(Debug, Args)]
+pub struct RetireArgs {
+    /// The reactions to retire.
+    #[arg(required = true)]
+    pub names: Vec<String>,
 }
 
 /// Arguments of `act events`.

@@ -3,18 +3,17 @@
 //! way.
 //!
 //! - `append`: one event per append to round-robin streams, and ten in one;
-//! - `correlate`: enqueueing a correlation step's work and moving the
-//!   checkpoint;
+//! - `correlate`: enqueueing a correlation step's work;
 //! - `claim_fetch_ack`: a broker's claim of queues with pending events and
 //!   the settle call that acknowledges them;
 //! - `backoff`: the retry delays of one failing event;
 //! - `json`: encoding and decoding an [`Event`] with full meta.
 //!
 //! Every group reports elements per second (events, work items, delays). Only
-//! the store call is timed: building its input and resetting the store happen
-//! outside the measurement. Stores that grow with every iteration are replaced
-//! every [`CHUNK`] iterations, so memory stays bounded however long criterion
-//! runs.
+//! the store call is timed: building its input and refilling or draining the
+//! store happen outside the measurement. Stores that grow with every
+//! iteration are replaced every [`CHUNK`] iterations, so memory stays bounded
+//! however long criterion runs.
 //!
 //! Run with `cargo bench -p act --bench hot_paths`; the whole file takes about
 //! a minute on two cores.
@@ -27,8 +26,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use act::{
-    ActionRef, Actor, Append, Backoff, Causation, Claim, Event, EventRef, EventStore,
-    ExpectedVersion, MemoryStore, Message, QueueStore, Settlement, Work,
+    ActionRef, Actor, Append, Backoff, Causation, Claim, Correlation, Event, EventRef, EventStore,
+    ExpectedVersion, MemoryStore, Message, QueueStore, Settlement, Subscription, Work,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
@@ -123,51 +122,99 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-/// The work a correlation step hands to the store: `events` new events past
-/// `checkpoint`, each resolved to one of `targets` queues, as the broker
-/// builds it.
-fn work_after(checkpoint: i64, events: i64, targets: &[String]) -> Vec<Work> {
+/// The reaction the queue benchmarks enqueue work for.
+const REACTION: &str = "bench";
+
+fn subscribe(store: &MemoryStore) {
+    ready(store.subscribe(&[Subscription {
+        name: REACTION.into(),
+        events: vec!["Deposited".into()],
+        target: None,
+        start: 0,
+    }]))
+    .unwrap();
+}
+
+/// A correlation step of [`REACTION`] that does not move its checkpoint
+/// (`at` to `at`): it (re-)enqueues `work`, which a store accepts for events
+/// already in the log.
+fn step_at(at: i64, work: Vec<Work>) -> Correlation {
+    Correlation {
+        reactions: vec![REACTION.into()],
+        replay: None,
+        from: at,
+        to: at,
+        work,
+    }
+}
+
+/// Work for events `1..=events`, each resolved to one of `targets` queues,
+/// as the broker builds it.
+fn work_for(events: i64, targets: &[String]) -> Vec<Work> {
     (1..=events)
         .map(|k| Work {
             stream: targets[(k as usize) % targets.len()].clone(),
-            event: checkpoint + k,
+            event: k,
+            reaction: REACTION.into(),
             priority: 0,
         })
         .collect()
 }
 
+/// Claims every queue and acknowledges everything: queues caught up.
+async fn drain(store: &MemoryStore, claim: &Claim) {
+    loop {
+        let batches = store.claim(claim).await.unwrap();
+        if batches.is_empty() {
+            return;
+        }
+        let acks: Vec<Settlement> = batches
+            .iter()
+            .map(|b| Settlement::ack(&b.lease, b.events[b.events.len() - 1].event.id))
+            .collect();
+        store.settle(&acks).await.unwrap();
+    }
+}
+
+fn bench_claim(queues: usize, events: usize) -> Claim {
+    Claim {
+        owner: "bench-broker".into(),
+        queues,
+        events,
+        lease: Duration::from_secs(30),
+        reactions: vec![REACTION.into()],
+    }
+}
+
 /// QueueStore::enqueue of 100 work items over 10 target queues that had
 /// caught up (the steady state of a broker that keeps up): each queue gets
-/// new pending work and the checkpoint moves by 100.
+/// new pending work. Between iterations (untimed) a broker drains them.
 fn correlate(c: &mut Criterion) {
     const EVENTS: i64 = 100;
     let rt = runtime();
     let targets: Vec<String> = (0..10).map(|i| format!("statement-{i}")).collect();
+    let store = MemoryStore::new();
+    for i in 0..EVENTS as usize {
+        ready(store.append(append_of(
+            &format!("account-{}", i % STREAMS),
+            vec![deposit(i)],
+        )))
+        .unwrap();
+    }
+    subscribe(&store);
+    let claim = bench_claim(100, 1000);
     let mut group = c.benchmark_group("correlate");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.bench_function("100_work_10_queues", |b| {
-        let targets = &targets;
+        let (store, claim, targets) = (&store, &claim, &targets);
         b.to_async(&rt).iter_custom(|iters| async move {
             let mut timed = Duration::ZERO;
-            let mut done = 0;
-            while done < iters {
-                let n = CHUNK.min(iters - done);
-                let store = MemoryStore::new();
-                let mut checkpoint = 0;
-                for i in 0..n {
-                    if i > 0 {
-                        // Catch the queues up, as a broker would have.
-                        for t in targets {
-                            store.reset(t, checkpoint).await.unwrap();
-                        }
-                    }
-                    let work = work_after(checkpoint, EVENTS, targets);
-                    let to = checkpoint + EVENTS;
-                    let start = Instant::now();
-                    checkpoint = black_box(store.enqueue(&work, checkpoint, to).await.unwrap());
-                    timed += start.elapsed();
-                }
-                done += n;
+            for _ in 0..iters {
+                let step = step_at(0, work_for(EVENTS, targets));
+                let start = Instant::now();
+                black_box(store.enqueue(&step).await.unwrap());
+                timed += start.elapsed();
+                drain(store, claim).await;
             }
             timed
         });
@@ -176,9 +223,10 @@ fn correlate(c: &mut Criterion) {
 }
 
 /// A store with `queues` queues (`q-0`, `q-1`, …) holding `pending` enqueued
-/// events each, all claimable; returns the store and the queue names.
-fn store_with_queues(queues: usize, pending: usize) -> (MemoryStore, Vec<String>) {
+/// events each, all claimable; returns the store and the work that fills it.
+fn store_with_queues(queues: usize, pending: usize) -> (MemoryStore, Vec<Work>) {
     let store = MemoryStore::new();
+    subscribe(&store);
     let names: Vec<String> = (0..queues).map(|i| format!("q-{i}")).collect();
     let mut work = Vec::with_capacity(queues * pending);
     for k in 0..queues * pending {
@@ -190,29 +238,22 @@ fn store_with_queues(queues: usize, pending: usize) -> (MemoryStore, Vec<String>
         work.push(Work {
             stream: names[k % queues].clone(),
             event: events[0].id,
+            reaction: REACTION.into(),
             priority: 0,
         });
     }
-    let head = ready(store.head()).unwrap();
-    let checkpoint = ready(store.checkpoint()).unwrap();
-    ready(store.enqueue(&work, checkpoint, head)).unwrap();
-    (store, names)
+    ready(store.enqueue(&step_at(0, work.clone()))).unwrap();
+    (store, work)
 }
 
 /// One broker turn: claim up to 32 queues (the default concurrency) with
 /// batches of up to 100 events, then acknowledge every batch in one settle
-/// call. Setup resets the claimed queues to position 0 before each iteration,
-/// so every iteration finds the same pending work; only claim and settle are
-/// timed.
+/// call. Setup enqueues the same work again before each iteration, so every
+/// iteration finds the same pending work; only claim and settle are timed.
 fn claim_fetch_ack(c: &mut Criterion) {
     const CONCURRENCY: usize = 32;
     let rt = runtime();
-    let claim = Claim {
-        owner: "bench-broker".into(),
-        queues: CONCURRENCY,
-        events: 100,
-        lease: Duration::from_secs(30),
-    };
+    let claim = bench_claim(CONCURRENCY, 100);
     let mut group = c.benchmark_group("claim_fetch_ack");
     // (name, pending events per queue, queues leased by another broker first
     // in claim order)
@@ -222,27 +263,25 @@ fn claim_fetch_ack(c: &mut Criterion) {
         ("32_queues_x_100_events_behind_1000_leased", 100, 1000),
     ];
     for (name, pending, leased) in cases {
-        let (store, names) = store_with_queues(CONCURRENCY, pending);
+        let (store, work) = store_with_queues(CONCURRENCY, pending);
         if leased > 0 {
             // Queues another broker holds, with a higher priority than ours
             // so they come first in claim order: every claim walks past them.
-            let mut work = Vec::new();
+            let mut busy = Vec::new();
             for i in 0..leased {
                 let events = ready(store.append(append_of("elsewhere", vec![deposit(i)]))).unwrap();
-                work.push(Work {
+                busy.push(Work {
                     stream: format!("busy-{i}"),
                     event: events[0].id,
+                    reaction: REACTION.into(),
                     priority: 1,
                 });
             }
-            let head = ready(store.head()).unwrap();
-            let checkpoint = ready(store.checkpoint()).unwrap();
-            ready(store.enqueue(&work, checkpoint, head)).unwrap();
+            ready(store.enqueue(&step_at(0, busy))).unwrap();
             let taken = ready(store.claim(&Claim {
                 owner: "other-broker".into(),
-                queues: leased,
-                events: 100,
                 lease: Duration::from_secs(3600),
+                ..bench_claim(leased, 100)
             }))
             .unwrap();
             assert_eq!(taken.len(), leased);
@@ -251,21 +290,21 @@ fn claim_fetch_ack(c: &mut Criterion) {
         let batches = ready(store.claim(&claim)).unwrap();
         assert_eq!(batches.len(), CONCURRENCY);
         assert!(batches.iter().all(|b| b.events.len() == pending));
+        let refs: Vec<_> = batches.iter().map(|b| b.lease.reference()).collect();
+        ready(store.release(&refs)).unwrap();
         let events = (CONCURRENCY * pending) as u64;
         group.throughput(Throughput::Elements(events));
         group.bench_function(name, |b| {
-            let (store, claim) = (&store, &claim);
+            let (store, claim, work) = (&store, &claim, &work);
             b.to_async(&rt).iter_batched(
                 || {
-                    for q in &names {
-                        ready(store.reset(q, 0)).unwrap();
-                    }
+                    ready(store.enqueue(&step_at(0, work.clone()))).unwrap();
                 },
                 |()| async move {
                     let batches = store.claim(claim).await.unwrap();
                     let acks: Vec<Settlement> = batches
                         .iter()
-                        .map(|b| Settlement::ack(&b.lease, b.events[b.events.len() - 1].id))
+                        .map(|b| Settlement::ack(&b.lease, b.events[b.events.len() - 1].event.id))
                         .collect();
                     store.settle(&acks).await.unwrap()
                 },

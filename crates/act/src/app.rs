@@ -45,6 +45,11 @@ impl Registry {
         self.by_name.get(name)
     }
 
+    /// Where reaction `name` was registered (0 for the first).
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.reactions.iter().position(|r| r.name() == name)
+    }
+
     /// Names of reactions the application declares retired
     /// ([`ActBuilder::retire`]).
     pub fn retired(&self) -> &[String] {
@@ -171,7 +176,10 @@ impl ActBuilder {
                 )));
             }
             if let Some(target) = r.resolver().target() {
-                crate::limits::check_name(&format!("the target of reaction `{}`", r.name()), target)?;
+                crate::limits::check_name(
+                    &format!("the target of reaction `{}`", r.name()),
+                    target,
+                )?;
             }
             if r.events().iter().any(|e| e == SNAPSHOT) {
                 return Err(Error::InvalidInput(format!(

@@ -25,7 +25,59 @@ pub struct Event {
     pub meta: Meta,
 }
 
+/// The key of the data of an event a store could not decode (see
+/// [`Event::undecodable`]).
+pub const UNDECODABLE: &str = "act.undecodable";
+
 impl Event {
+    /// An event a store holds but cannot decode: its data or meta cannot be
+    /// read back (written before today's limits, or damaged). Stores return
+    /// it instead of failing the whole read, with `data` set to
+    /// `{"act.undecodable": {"error": …, "raw": …}}` (the first 1 KiB of the
+    /// stored text); the broker blocks every queue it reaches with the
+    /// decode error ([`Event::undecodable_error`]), and `act events` shows it
+    /// as it is. Everything else in the log goes on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn undecodable(
+        id: i64,
+        stream: String,
+        version: i64,
+        name: String,
+        created: DateTime<Utc>,
+        correlation: String,
+        error: impl std::fmt::Display,
+        raw: &str,
+    ) -> Event {
+        let mut end = raw.len().min(1024);
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        Event {
+            id,
+            stream,
+            version,
+            name,
+            data: serde_json::json!({ UNDECODABLE: { "error": error.to_string(), "raw": &raw[..end] } }),
+            meta: Meta {
+                created,
+                correlation,
+                causation: Causation::default(),
+                actor: Actor::default(),
+            },
+        }
+    }
+
+    /// Why the store could not decode this event, when it could not.
+    pub fn undecodable_error(&self) -> Option<&str> {
+        let Value::Object(map) = &self.data else {
+            return None;
+        };
+        if map.len() != 1 {
+            return None;
+        }
+        map.get(UNDECODABLE)?.get("error")?.as_str()
+    }
+
     /// A reference to this event, for a causation chain.
     pub fn reference(&self) -> EventRef {
         EventRef {

@@ -74,6 +74,7 @@ pub mod clock;
 mod context;
 mod error;
 mod event;
+pub mod limits;
 pub mod memory;
 mod query;
 pub mod queue;
@@ -81,7 +82,6 @@ mod reaction;
 pub mod state;
 mod store;
 pub mod subscription;
-pub mod limits;
 #[cfg(feature = "tck")]
 pub mod tck;
 
@@ -92,7 +92,7 @@ pub use context::Context;
 pub use error::{redact_url, ActualVersion, BoxError, Error, Result};
 pub use event::{
     new_correlation_id, ActionRef, Actor, Append, Causation, Event, EventRef, ExpectedVersion,
-    Message, Meta,
+    Message, Meta, UNDECODABLE,
 };
 pub use memory::MemoryStore;
 pub use query::{Query, StreamFilter};
@@ -104,9 +104,9 @@ pub use reaction::{
     Exhausted, Handler, HandlerError, HandlerFuture, Reaction, ReactionBuilder, ReactionOptions,
     Resolver, DEFAULT_TIMEOUT,
 };
-pub use subscription::{Correlation, Replay, Retired, Start, Subscription, SubscriptionState};
 pub use state::{Action, Invariant, Snapshot, State};
 pub use store::{EventStore, OpenMode, QueueStore, Store};
+pub use subscription::{Correlation, Replay, Retired, Start, Subscription, SubscriptionState};
 
 /// The README's code runs as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

@@ -182,7 +182,9 @@ mod tests {
     #[test]
     fn depth_is_counted_in_levels() {
         assert!(check_json("x", &nested(MAX_DEPTH)).is_ok());
-        let e = check_json("x", &nested(MAX_DEPTH + 1)).unwrap_err().to_string();
+        let e = check_json("x", &nested(MAX_DEPTH + 1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("64 levels"), "{e}");
         // Deep enough to overflow a recursive walker: refused, not crashed.
         assert!(check_json("x", &nested(5_000)).is_err());
@@ -207,7 +209,11 @@ mod tests {
         assert!(check_append(&ok).is_ok());
         let deep = Append::new("s", vec![Message::new("E", nested(200))]);
         assert!(check_append(&deep).is_err());
-        let bad = Append::new("s", vec![Message::new("E", json!(1))]).expect(ExpectedVersion::Exact(-1));
-        assert!(check_append(&bad).unwrap_err().to_string().contains("not a version"));
+        let bad =
+            Append::new("s", vec![Message::new("E", json!(1))]).expect(ExpectedVersion::Exact(-1));
+        assert!(check_append(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not a version"));
     }
 }

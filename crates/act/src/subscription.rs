@@ -161,9 +161,18 @@ mod tests {
 
     #[test]
     fn declared_starts_win_and_are_checked() {
-        assert_eq!(resolve_start("r", Some(Start::Beginning), 10, 5, false).unwrap(), 0);
-        assert_eq!(resolve_start("r", Some(Start::Now), 10, 5, false).unwrap(), 10);
-        assert_eq!(resolve_start("r", Some(Start::After(3)), 10, 0, true).unwrap(), 3);
+        assert_eq!(
+            resolve_start("r", Some(Start::Beginning), 10, 5, false).unwrap(),
+            0
+        );
+        assert_eq!(
+            resolve_start("r", Some(Start::Now), 10, 5, false).unwrap(),
+            10
+        );
+        assert_eq!(
+            resolve_start("r", Some(Start::After(3)), 10, 0, true).unwrap(),
+            3
+        );
         assert!(resolve_start("r", Some(Start::After(11)), 10, 0, true).is_err());
         assert!(resolve_start("r", Some(Start::After(-1)), 10, 0, true).is_err());
     }
@@ -177,7 +186,12 @@ mod tests {
         // A reaction added later to an empty log: nothing to decide.
         assert_eq!(resolve_start("r", None, 0, 0, false).unwrap(), 0);
         // Added later to a log with events: say which.
-        let e = resolve_start("mailer", None, 10, 0, false).unwrap_err().to_string();
-        assert!(e.contains("mailer") && e.contains("from_beginning") && e.contains("from_now"), "{e}");
+        let e = resolve_start("mailer", None, 10, 0, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mailer") && e.contains("from_beginning") && e.contains("from_now"),
+            "{e}"
+        );
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use act::{
-    Append, Batch, Claim, Event, EventStore, LeaseRef, Query, QueueFilter, QueueState, QueueStore,
-    Rejection, Settlement, Store, Work,
+    Append, Batch, Claim, Correlation, Event, EventStore, LeaseRef, Query, QueueFilter,
+    QueueState, QueueStore, Rejection, Replay, Retired, Settlement, Store, Subscription,
+    SubscriptionState,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -64,13 +65,29 @@ impl EventStore for Counting {
 
 #[async_trait]
 impl QueueStore for Counting {
-    async fn checkpoint(&self) -> act::Result<i64> {
+    async fn legacy_checkpoint(&self) -> act::Result<i64> {
         self.tick();
-        self.inner.checkpoint().await
+        self.inner.legacy_checkpoint().await
     }
-    async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> act::Result<i64> {
+    async fn subscribe(&self, s: &[Subscription]) -> act::Result<Vec<SubscriptionState>> {
         self.tick();
-        self.inner.enqueue(work, from, to).await
+        self.inner.subscribe(s).await
+    }
+    async fn subscriptions(&self) -> act::Result<Vec<SubscriptionState>> {
+        self.tick();
+        self.inner.subscriptions().await
+    }
+    async fn retire(&self, names: &[String]) -> act::Result<Vec<Retired>> {
+        self.tick();
+        self.inner.retire(names).await
+    }
+    async fn enqueue(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+        self.tick();
+        self.inner.enqueue(step).await
+    }
+    async fn replays(&self) -> act::Result<Vec<Replay>> {
+        self.tick();
+        self.inner.replays().await
     }
     async fn claim(&self, claim: &Claim) -> act::Result<Vec<Batch>> {
         self.tick();
@@ -105,8 +122,8 @@ impl QueueStore for Counting {
         self.tick();
         self.inner.queues(f).await
     }
-    async fn next_due(&self) -> act::Result<Option<Duration>> {
+    async fn next_due(&self, reactions: &[String]) -> act::Result<Option<Duration>> {
         self.tick();
-        self.inner.next_due().await
+        self.inner.next_due(reactions).await
     }
 }

@@ -4,7 +4,10 @@
 //! Workloads (`--workload`, repeatable; all by default):
 //! `limit`, `commit` (1 and 8 writers), `drain`, `demo`, `latency`, `scale`
 //! (1, 2 and 4 brokers), `fanout` (10,000 and 100,000 queues), `backlog`
-//! (20,000 and 200,000 events in one queue). `--scale` multiplies the event
+//! (20,000 and 200,000 events in one queue), and, only when asked for,
+//! `backfill` (a reaction added to a log of 1,000,000 events while a
+//! caught-up one takes live events).
+//! `--scale` multiplies the event
 //! counts. Each workload runs in a fresh namespace of the store (a new SQLite
 //! file, PostgreSQL schema or Redis prefix) removed afterwards.
 //!
@@ -49,6 +52,8 @@ pub enum Workload {
     Fanout,
     /// One queue with a long backlog.
     Backlog,
+    /// A reaction added to a log of 1,000,000 events, beside live traffic.
+    Backfill,
 }
 
 /// What the workloads share.
@@ -130,7 +135,8 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<(), CliError> {
     };
     let all = Workload::value_variants().to_vec();
     let chosen: Vec<Workload> = if args.workloads.is_empty() {
-        all
+        // The backfill of a million events runs only when asked for.
+        all.into_iter().filter(|w| *w != Workload::Backfill).collect()
     } else {
         all.into_iter()
             .filter(|w| args.workloads.contains(w))
@@ -148,6 +154,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<(), CliError> {
                 workloads::commit(&s, 8).await?,
             ],
             Workload::Drain => vec![workloads::drain(&s).await?],
+            Workload::Backfill => vec![workloads::backfill(&s).await?],
             Workload::Demo => vec![workloads::demo(&s).await?],
             Workload::Latency => vec![workloads::latency(&s).await?],
             Workload::Scale => {

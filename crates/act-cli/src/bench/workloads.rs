@@ -448,3 +448,116 @@ pub(crate) async fn backlog(s: &Settings, events: usize) -> Result<Row, CliError
     ns.destroy().await?;
     Ok(row)
 }
+
+/// `backfill`: a reaction added to a log of `n` events (1,000,000 at scale
+/// 1) with `.from_beginning()`, beside a caught-up reaction that keeps
+/// receiving live events (about 50/s) while the new one backfills. Reports
+/// the backfill's correlation rate (events read and routed per second until
+/// its checkpoint reaches the head) and the commit-to-handler latency of
+/// the caught-up reaction meanwhile. Delivery of the backfilled work goes
+/// on after correlation caught up; it is not timed here (`drain` measures
+/// delivery).
+pub(crate) async fn backfill(s: &Settings) -> Result<Row, CliError> {
+    let ns = Namespace::fresh(&s.store, "backfill").await?;
+    let writer = ns.reopen().await?;
+    let n = s.scaled(1_000_000);
+    fill(
+        &*ns.store,
+        n,
+        1000,
+        "Ping",
+        |i| format!("s{}", (i / 1000) % 100),
+        |i| json!({ "i": i }),
+    )
+    .await?;
+    let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let live = {
+        let seen = seen.clone();
+        Reaction::on("Probe")
+            .named("live")
+            .to_stream("live")
+            .from_now()
+            .handle(move |e, _ctx| {
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(e.id, Instant::now());
+                async { Ok(()) }
+            })
+    };
+    // Version 1: the caught-up reaction alone, registered at the head.
+    let v1 = Act::builder(ns.store.clone()).reaction(live.clone()).build()?;
+    v1.register().await?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let v2 = Act::builder(ns.store.clone())
+        .reaction(live)
+        .reaction(counting(
+            Reaction::on("Ping")
+                .named("history")
+                .to(|e| Some(format!("h-{}", e.stream)))
+                .from_beginning(),
+            &counter,
+        ))
+        .build()?;
+    v2.register().await?;
+    rss::reset_peak();
+    let handle = v2.broker(broker_options(s)).start();
+    let started = Instant::now();
+    let head = ns.store.head().await?;
+    let mut committed: Vec<(i64, Instant)> = Vec::new();
+    let mut next_probe = tokio::time::Instant::now();
+    let caught_up = loop {
+        let subs = ns.store.subscriptions().await?;
+        let at = subs
+            .iter()
+            .find(|x| x.name == "history")
+            .map_or(0, |x| x.checkpoint);
+        if at >= head {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            return Err(CliError::Check(vec![format!(
+                "the backfill did not catch up within an hour (at {at} of {head})"
+            )]));
+        }
+        // Live traffic while it runs: one probe every 20 ms.
+        tokio::time::sleep_until(next_probe).await;
+        next_probe += Duration::from_millis(20);
+        let e = writer
+            .append(Append::new("probe", vec![Message::new("Probe", json!({}))]))
+            .await?;
+        committed.push((e[0].id, Instant::now()));
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let count = || seen.lock().unwrap_or_else(|p| p.into_inner()).len();
+    while count() < committed.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = handle.shutdown().await?;
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut ms: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, at)| {
+            seen.get(id)
+                .map(|h| h.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let missing = committed.len() - ms.len();
+    ms.sort_by(f64::total_cmp);
+    let secs = caught_up.as_secs_f64();
+    let mut row = Row::new("backfill", ns.backend(), n as u64, 100 + 1, 1, secs);
+    row.p50_ms = Some(percentile(&ms, 0.50));
+    row.p99_ms = Some(percentile(&ms, 0.99));
+    row.max_ms = ms.last().copied();
+    row.extra.insert("live_events".into(), json!(committed.len()));
+    row.extra.insert("backfilled".into(), json!(stats.backfilled));
+    row.extra.insert(
+        "delivered_during_backfill".into(),
+        json!(counter.load(Ordering::Relaxed)),
+    );
+    if missing > 0 {
+        row.extra
+            .insert("live_undelivered_within_60s".into(), json!(missing));
+    }
+    ns.destroy().await?;
+    Ok(row)
+}

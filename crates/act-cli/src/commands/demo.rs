@@ -22,9 +22,24 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
         poison: args.poison,
         writers: args.writers,
     };
+    // Every flag is checked before anything is written.
     workload.validate()?;
+    if !(0.0..=1.0).contains(&args.fail_share) {
+        return Err(act::Error::InvalidInput(format!(
+            "--fail-share must be between 0 and 1, got {}",
+            args.fail_share
+        ))
+        .into());
+    }
+    let options = super::broker_options(&args.broker)?;
     let store = stores::open(&cli.store).await?;
-    let app = act_bank::app(store.clone())?;
+    let app = act_bank::app_with(
+        store.clone(),
+        act_bank::Options {
+            ledger: args.ledger,
+            ..Default::default()
+        },
+    )?;
 
     let done = Arc::new(AtomicU64::new(0));
     let pb = bar(cli.json, Some(args.events as u64), "append");
@@ -78,7 +93,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
         return Ok(());
     }
 
-    let broker = app.broker(super::broker_options(&args.broker)?);
+    let broker = app.broker(options);
     let pb = bar(cli.json, None, "deliver");
     let started = Instant::now();
     let delivery = {
@@ -125,8 +140,13 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
             thousands(rate(stats.reactions, elapsed)),
         ))?;
         if verdict.ok() {
+            let posted = if verdict.posted > 0 {
+                format!(", {} Posted", verdict.posted)
+            } else {
+                String::new()
+            };
             line(format!(
-                "check     ok: {} deposits/withdrawals, {} Recorded, {} Totaled, each once and in source order; only poisoned queues blocked",
+                "check     ok: {} deposits/withdrawals, {} Recorded, {} Totaled{posted}, each once and in source order; only poisoned queues blocked",
                 verdict.sources, verdict.recorded, verdict.totaled
             ))?;
         }

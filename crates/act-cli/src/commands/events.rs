@@ -1,6 +1,6 @@
 //! `act events`: print the log, optionally following new commits.
 
-use act::{Event, Query, StreamFilter};
+use act::{Event, OpenMode, Query, StreamFilter};
 
 use super::shutdown_signal;
 use crate::cli::{Cli, EventsArgs};
@@ -28,7 +28,7 @@ fn print(cli: &Cli, e: &Event) -> Result<(), CliError> {
 
 pub async fn run(cli: &Cli, args: &EventsArgs) -> Result<(), CliError> {
     let stop = shutdown_signal()?;
-    let store = stores::open(&cli.store).await?;
+    let store = stores::open_mode(&cli.store, OpenMode::ReadOnly).await?;
     let mut wake = store.wake();
     let filter = args.stream.as_ref().map(|s| {
         if s.contains(['*', '?']) {

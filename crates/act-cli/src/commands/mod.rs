@@ -3,6 +3,7 @@
 mod demo;
 mod events;
 mod queues;
+mod reactions;
 mod worker;
 
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Blocked => queues::blocked(&cli).await,
         Command::Unblock(args) => queues::unblock(&cli, args).await,
         Command::Reset(args) => queues::reset(&cli, args).await,
+        Command::Reactions => reactions::list(&cli).await,
+        Command::Retire(args) => reactions::retire(&cli, args).await,
         Command::Events(args) => events::run(&cli, args).await,
         Command::Bench(args) => crate::bench::run(&cli, args).await,
         Command::BenchWorker(args) => crate::bench::worker(&cli, args).await,
@@ -35,7 +38,7 @@ fn broker_options(args: &BrokerArgs) -> Result<BrokerOptions, CliError> {
         .concurrency(args.concurrency)
         .batch(args.batch)
         .lease(lease)
-        .poll(Duration::from_millis(args.poll_ms.max(1))))
+        .poll(Duration::from_millis(args.poll_ms)))
 }
 
 /// A positive number of seconds from a flag.

@@ -1,13 +1,21 @@
 //! Operator commands on queues: `status`, `blocked`, `unblock`, `reset`.
+//! `status` and `blocked` open the store read-only; `unblock` and `reset`
+//! need one that exists.
 
-use act::{QueueFilter, QueueState};
+use std::collections::BTreeMap;
+
+use act::{OpenMode, QueueFilter, QueueState, SubscriptionState};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::cli::{Cli, ResetArgs, StatusArgs, UnblockArgs};
 use crate::error::CliError;
-use crate::output::{json_line, line, table};
+use crate::output::{count, fitted, json_line, line, natural, terminal_width};
 use crate::stores;
+
+/// How long after its last registration a reaction counts as run by no
+/// broker (brokers register every 5 s by default).
+const SEEN_RECENTLY: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// `when` relative to now, for people: "in 2.5s", "3s ago".
 fn relative(when: Option<DateTime<Utc>>) -> String {
@@ -20,7 +28,23 @@ fn relative(when: Option<DateTime<Utc>>) -> String {
     }
 }
 
-fn row(q: &QueueState) -> Vec<String> {
+/// What a queue waits for, if anything, in words.
+fn waits(q: &QueueState, subs: &BTreeMap<String, SubscriptionState>) -> Option<String> {
+    if let Some(r) = &q.waiting {
+        let nobody = subs
+            .get(r)
+            .is_none_or(|s| Utc::now() - s.seen > SEEN_RECENTLY);
+        return Some(if nobody {
+            format!("reaction `{r}`, which no running broker has")
+        } else {
+            format!("a broker with reaction `{r}`")
+        });
+    }
+    q.replay
+        .map(|at| format!("its replay (re-correlated up to {at})"))
+}
+
+fn row(q: &QueueState, subs: &BTreeMap<String, SubscriptionState>) -> Vec<String> {
     vec![
         q.stream.clone(),
         q.position.to_string(),
@@ -29,13 +53,14 @@ fn row(q: &QueueState) -> Vec<String> {
         q.retries.to_string(),
         relative(q.retry_at),
         if q.blocked { "yes".into() } else { "no".into() },
+        waits(q, subs).unwrap_or_else(|| "-".into()),
         q.error.clone().unwrap_or_else(|| "-".into()),
         q.lease_owner.clone().unwrap_or_else(|| "-".into()),
         relative(q.lease_expires),
     ]
 }
 
-const HEADER: [&str; 10] = [
+const HEADER: [&str; 11] = [
     "STREAM",
     "POSITION",
     "HEAD",
@@ -43,29 +68,69 @@ const HEADER: [&str; 10] = [
     "RETRIES",
     "NEXT ATTEMPT",
     "BLOCKED",
+    "WAITING FOR",
     "ERROR",
     "LEASE OWNER",
     "LEASE EXPIRES",
 ];
 
+/// Every queue matching `filter`, a page at a time (stores list at most
+/// what they are asked for; an operator may have 100,000 queues).
+pub(crate) async fn all_queues(
+    store: &dyn act::Store,
+    filter: QueueFilter,
+) -> act::Result<Vec<QueueState>> {
+    const PAGE: usize = 1000;
+    let mut out: Vec<QueueState> = Vec::new();
+    loop {
+        let want = filter.limit.map_or(PAGE, |l| (l - out.len()).min(PAGE));
+        if want == 0 {
+            return Ok(out);
+        }
+        let page = store
+            .queues(&QueueFilter {
+                after: out.last().map(|q| q.stream.clone()).or(filter.after.clone()),
+                limit: Some(want),
+                ..filter.clone()
+            })
+            .await?;
+        let full = page.len() == want;
+        out.extend(page);
+        if !full || filter.stream.is_some() {
+            return Ok(out);
+        }
+    }
+}
+
 pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<(), CliError> {
-    let store = stores::open(&cli.store).await?;
-    let queues = store
-        .queues(&QueueFilter {
+    let store = stores::open_mode(&cli.store, OpenMode::ReadOnly).await?;
+    let mut queues = all_queues(
+        &*store,
+        QueueFilter {
             stream: args.stream.clone(),
             pending: args.pending,
             limit: args.limit,
             ..Default::default()
-        })
-        .await?;
+        },
+    )
+    .await?;
+    queues.sort_by(|a, b| natural(&a.stream, &b.stream));
+    let subs: BTreeMap<String, SubscriptionState> = store
+        .subscriptions()
+        .await?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
     let head = store.head().await?;
-    let checkpoint = store.checkpoint().await?;
+    let active: Vec<&SubscriptionState> = subs.values().filter(|s| s.retired.is_none()).collect();
+    let correlated = active.iter().map(|s| s.checkpoint).min().unwrap_or(head);
     let lag: u64 = queues.iter().map(|q| q.lag).sum();
     let blocked = queues.iter().filter(|q| q.blocked).count();
     let retrying = queues
         .iter()
         .filter(|q| q.retry_at.is_some() && !q.blocked)
         .count();
+    let waiting = queues.iter().filter(|q| q.waiting.is_some()).count();
     let now = Utc::now();
     let leased = queues
         .iter()
@@ -73,32 +138,46 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<(), CliError> {
         .count();
     let totals = json!({
         "queues": queues.len(), "lag": lag, "blocked": blocked, "retrying": retrying, "leased": leased,
-        "head": head, "checkpoint": checkpoint, "correlated": checkpoint >= head,
+        "waiting": waiting, "head": head, "correlated_to": correlated, "correlated": correlated >= head,
+        "reactions": active.len(),
     });
     if cli.json {
         for q in &queues {
-            json_line(q)?;
+            let mut v = serde_json::to_value(q).map_err(|e| act::Error::decode("a queue", e))?;
+            if let Some(w) = waits(q, &subs) {
+                v["waits_for"] = json!(w);
+            }
+            json_line(&v)?;
         }
         json_line(&json!({ "totals": totals }))?;
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = queues.iter().map(row).collect();
-    line(table(&HEADER, &rows))?;
+    let rows: Vec<Vec<String>> = queues.iter().map(|q| row(q, &subs)).collect();
+    let width = if args.wide { None } else { terminal_width() };
+    line(fitted(&HEADER, &rows, width.unwrap_or(usize::MAX)))?;
+    let behind = if correlated >= head {
+        "every reaction correlated".to_string()
+    } else {
+        format!("reactions correlated up to {correlated}")
+    };
     line(format!(
-        "{} queues, lag {lag}, {retrying} retrying, {blocked} blocked, {leased} leased; log head {head}, correlated up to {checkpoint}",
-        queues.len()
+        "{}, lag {lag}, {retrying} retrying, {blocked} blocked, {waiting} waiting, {leased} leased; log head {head}, {behind}",
+        count(queues.len(), "queue", "queues")
     ))?;
     Ok(())
 }
 
 pub async fn blocked(cli: &Cli) -> Result<(), CliError> {
-    let store = stores::open(&cli.store).await?;
-    let queues = store
-        .queues(&QueueFilter {
+    let store = stores::open_mode(&cli.store, OpenMode::ReadOnly).await?;
+    let mut queues = all_queues(
+        &*store,
+        QueueFilter {
             blocked: true,
             ..Default::default()
-        })
-        .await?;
+        },
+    )
+    .await?;
+    queues.sort_by(|a, b| natural(&a.stream, &b.stream));
     if cli.json {
         for q in &queues {
             json_line(q)?;
@@ -121,24 +200,24 @@ pub async fn blocked(cli: &Cli) -> Result<(), CliError> {
             ]
         })
         .collect();
-    line(table(
-        &[
-            "STREAM",
-            "POSITION",
-            "BLOCKED AT",
-            "LAG",
-            "RETRIES",
-            "ERROR",
-        ],
+    line(fitted(
+        &["STREAM", "POSITION", "BLOCKED AT", "LAG", "RETRIES", "ERROR"],
         &rows,
+        terminal_width().unwrap_or(usize::MAX),
     ))
 }
 
 pub async fn unblock(cli: &Cli, args: &UnblockArgs) -> Result<(), CliError> {
-    let store = stores::open(&cli.store).await?;
-    let done = store.unblock(&args.streams).await?;
-    let mut unknown = Vec::new();
+    let store = stores::open_mode(&cli.store, OpenMode::Existing).await?;
+    let mut names: Vec<String> = Vec::new();
     for s in &args.streams {
+        if !names.contains(s) {
+            names.push(s.clone());
+        }
+    }
+    let done = store.unblock(&names).await?;
+    let mut unknown = Vec::new();
+    for s in &names {
         let unblocked = done.contains(s);
         let exists = unblocked
             || !store
@@ -152,8 +231,9 @@ pub async fn unblock(cli: &Cli, args: &UnblockArgs) -> Result<(), CliError> {
             (true, _) => "unblocked",
             (false, true) => "not blocked",
             (false, false) => {
+                // Reported once, on stderr, by the error below.
                 unknown.push(s.clone());
-                "unknown queue"
+                continue;
             }
         };
         if cli.json {
@@ -162,21 +242,43 @@ pub async fn unblock(cli: &Cli, args: &UnblockArgs) -> Result<(), CliError> {
             line(format!("{s}: {outcome}"))?;
         }
     }
-    match unknown.first() {
-        Some(s) => Err(act::Error::UnknownQueue(s.clone()).into()),
-        None => Ok(()),
+    match unknown.len() {
+        0 => Ok(()),
+        1 => Err(act::Error::UnknownQueue(unknown.remove(0)).into()),
+        _ => Err(act::Error::InvalidInput(format!(
+            "no queues named {}",
+            unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+        ))
+        .into()),
     }
 }
 
 pub async fn reset(cli: &Cli, args: &ResetArgs) -> Result<(), CliError> {
-    let store = stores::open(&cli.store).await?;
+    let store = stores::open_mode(&cli.store, OpenMode::Existing).await?;
     let q = store.reset(&args.stream, args.to).await?;
+    let replays: Vec<String> = store
+        .replays()
+        .await?
+        .into_iter()
+        .filter(|r| r.stream == q.stream)
+        .map(|r| r.reaction)
+        .collect();
     if cli.json {
-        json_line(&q)?;
+        let mut v = serde_json::to_value(&q).map_err(|e| act::Error::decode("a queue", e))?;
+        v["replaying"] = json!(replays);
+        json_line(&v)?;
+    } else if replays.is_empty() {
+        line(format!(
+            "{}: position {}; no reaction has correlated past it, nothing to replay (head {})",
+            q.stream, q.position, q.head
+        ))?;
     } else {
         line(format!(
-            "{}: position {}, {} events to deliver (head {})",
-            q.stream, q.position, q.lag, q.head
+            "{}: position {}; replaying the log into it for {} ({}); a running broker with them delivers it",
+            q.stream,
+            q.position,
+            count(replays.len(), "reaction", "reactions"),
+            replays.join(", ")
         ))?;
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `act worker` (a broker until interrupted) and `act settle` (a broker
 //! until everything is caught up or blocked), both for the bank demo app.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -13,12 +13,28 @@ use crate::stores;
 
 pub async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<(), CliError> {
     let stop = shutdown_signal()?;
+    tokio::pin!(stop);
     let mut options = broker_options(&args.broker)?.grace(seconds("--grace", args.grace)?);
     if let Some(name) = &args.name {
         options = options.owner(name.clone());
     }
-    let store = stores::open(&cli.store).await?;
-    let app = act_bank::app_with(store, act_bank::Options { cured: args.cured })?;
+    let report_every = args
+        .report_every
+        .map(|s| seconds("--report-every", s))
+        .transpose()?;
+    // A worker outlives store blips: it waits for the store to open (and
+    // still stops at once on SIGINT/SIGTERM).
+    let store = tokio::select! {
+        store = stores::open_patiently(&cli.store, Duration::from_secs(300)) => store?,
+        _ = &mut stop => return Ok(()),
+    };
+    let app = act_bank::app_with(store, args.bank.options())?;
+    // Fail fast on what waiting cannot fix (an undeclared start, a retired
+    // name); transient failures are the broker's to wait out.
+    match app.register().await {
+        Err(e) if !e.is_transient() => return Err(e.into()),
+        _ => {}
+    }
     let owner = options.owner.clone();
     let started = Instant::now();
     let handle = app.broker(options).start();
@@ -32,7 +48,24 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<(), CliError> {
             act::redact_url(&cli.store)
         ))?;
     }
-    stop.await;
+    match report_every {
+        None => (&mut stop).await,
+        Some(every) => loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(every) => {
+                    let stats = handle.stats();
+                    if cli.json {
+                        json_line(&json!({"command": "worker", "event": "stats", "owner": owner,
+                            "seconds": started.elapsed().as_secs_f64(), "stats": stats}))?;
+                    } else {
+                        line(format!("worker {owner}: {} events, {} reactions, {} store errors so far",
+                            stats.events, stats.reactions, stats.errors))?;
+                    }
+                }
+            }
+        },
+    }
     let stats = handle.shutdown().await?;
     let elapsed = started.elapsed();
     if cli.json {
@@ -41,7 +74,7 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<(), CliError> {
         )?;
     } else {
         line(format!(
-            "worker {owner} stopped after {:.1}s: {} events, {} reactions ({}/s), {} retries, {} blocked, {} rejected, {} leases lost",
+            "worker {owner} stopped after {:.1}s: {} events, {} reactions ({}/s), {} retries, {} blocked, {} rejected, {} leases lost, {} store errors",
             elapsed.as_secs_f64(),
             stats.events,
             stats.reactions,
@@ -49,17 +82,19 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<(), CliError> {
             stats.retries,
             stats.blocked,
             stats.rejected,
-            stats.lost
+            stats.lost,
+            stats.errors
         ))?;
     }
     Ok(())
 }
 
 pub async fn settle(cli: &Cli, args: &SettleArgs) -> Result<(), CliError> {
+    let options = broker_options(&args.broker)?;
     let store = stores::open(&cli.store).await?;
-    let app = act_bank::app_with(store.clone(), act_bank::Options { cured: args.cured })?;
+    let app = act_bank::app_with(store.clone(), args.bank.options())?;
     let started = Instant::now();
-    let stats = app.broker(broker_options(&args.broker)?).catch_up().await?;
+    let stats = app.broker(options).catch_up().await?;
     let elapsed = started.elapsed();
     let blocked = store
         .queues(&act::QueueFilter {

@@ -69,24 +69,22 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker with 2 s leases, logging to `log`.
     pub fn start(store: &str, name: &str, log_path: &Path) -> Worker {
+        Worker::start_with(store, name, log_path, &[])
+    }
+
+    /// Starts a worker with 2 s leases and `extra` flags, logging to `log`.
+    pub fn start_with(store: &str, name: &str, log_path: &Path, extra: &[&str]) -> Worker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_path)
             .unwrap();
+        let mut args = vec![
+            "worker", "--store", store, "--lease", "2", "--poll-ms", "200", "--json", "--name", name,
+        ];
+        args.extend_from_slice(extra);
         let child = act()
-            .args([
-                "worker",
-                "--store",
-                store,
-                "--lease",
-                "2",
-                "--poll-ms",
-                "200",
-                "--json",
-                "--name",
-                name,
-            ])
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -132,6 +130,11 @@ impl Worker {
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// True once the process has exited (a crash in a handler).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     /// SIGTERM; asserts a clean exit (0) and returns the `stopped` line.
@@ -185,6 +188,12 @@ pub async fn open(url: &str) -> Arc<dyn act::Store> {
     }
 }
 
+/// Creates the store at `url` (read-only commands never do).
+pub fn create(url: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { drop(open(url).await) });
+}
+
 /// The bank's log check on the store at `url`.
 pub fn verify(url: &str) -> act_bank::Verdict {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -209,7 +218,7 @@ pub fn lease_owners(store: &str) -> Vec<String> {
 /// must show one receipt per source event per queue, in source order, and
 /// only the poisoned queues blocked.
 pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &Path) {
-    run(&["status", "--store", store]); // creates the schema
+    create(store);
     let mut workers: Vec<Worker> = (0..3)
         .map(|i| Worker::start(store, &format!("w{i}"), log))
         .collect();

@@ -159,7 +159,11 @@ impl Progress {
 
     /// The earliest time a followed cursor may be tried again.
     pub(super) fn follow_ends(&self) -> Option<Instant> {
-        self.follow.values().copied().filter(|t| *t > Instant::now()).min()
+        self.follow
+            .values()
+            .copied()
+            .filter(|t| *t > Instant::now())
+            .min()
     }
 
     /// Records what a step did. Returns true when another broker had moved
@@ -170,7 +174,9 @@ impl Progress {
         };
         let mut lost = false;
         let (reactions, replay) = match &s.job {
-            Job::Live { reactions, .. } | Job::Backfill { reactions, .. } => (reactions.clone(), None),
+            Job::Live { reactions, .. } | Job::Backfill { reactions, .. } => {
+                (reactions.clone(), None)
+            }
             Job::Replay(r) => (vec![r.reaction.clone()], Some(r.stream.clone())),
         };
         for (name, at) in reactions.iter().zip(after) {
@@ -198,7 +204,9 @@ impl Progress {
                                 }
                             }
                         }
-                        None => self.replays.retain(|r| !(&r.stream == q && &r.reaction == name)),
+                        None => self
+                            .replays
+                            .retain(|r| !(&r.stream == q && &r.reaction == name)),
                     }
                 }
             }
@@ -272,7 +280,12 @@ pub(super) async fn step(act: &Act, job: Job, page: usize) -> Result<Stepped> {
             })
         }
     };
-    let mut work = resolve(act, &events, &reactions);
+    // Backfill and replay work yields to live work: one priority level
+    // below the reaction's own, so queues holding only history are claimed
+    // after queues with live events (a queue keeps the highest priority it
+    // was given, so its first live event restores the reaction's level).
+    let yields = !matches!(job, Job::Live { .. });
+    let mut work = resolve(act, &events, &reactions, yields);
     if let Some(q) = &replay {
         work.retain(|w| &w.stream == q);
     }
@@ -307,33 +320,62 @@ fn event_names(act: &Act, reactions: &[String]) -> Vec<String> {
     names
 }
 
+/// Runs a reaction's resolver on an event; a panic (a bug in the
+/// resolver) becomes an error text instead of taking the broker down.
+pub(crate) fn resolve_caught(
+    r: &crate::reaction::Reaction,
+    e: &Event,
+) -> std::result::Result<Option<String>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.resolver().resolve(e))).map_err(
+        |p| {
+            let text = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".into());
+            format!("the resolver panicked: {text}")
+        },
+    )
+}
+
 /// The work `reactions` find in `events`: one item per (queue, event,
 /// reaction). A target no store accepts goes to the reaction's
 /// invalid-target queue, where it blocks with the reason.
-fn resolve(act: &Act, events: &[std::sync::Arc<Event>], reactions: &[String]) -> Vec<Work> {
+fn resolve(
+    act: &Act,
+    events: &[std::sync::Arc<Event>],
+    reactions: &[String],
+    yields: bool,
+) -> Vec<Work> {
     let mut work = Vec::new();
     for e in events {
         for r in act.registry().for_event(&e.name) {
             if !reactions.iter().any(|n| n == r.name()) {
                 continue;
             }
-            let Some(stream) = r.resolver().resolve(e) else {
-                continue;
-            };
-            let stream = if crate::limits::check_name("the queue name", &stream).is_ok()
-                && !stream.starts_with(INVALID_TARGET_PREFIX)
-            {
-                stream
-            } else {
-                tracing::warn!(reaction = r.name(), event = e.id,
-                    "the resolver answered a queue name no store accepts; the event goes to the reaction's invalid-target queue");
-                format!("{INVALID_TARGET_PREFIX}{}", r.name())
+            let stream = match resolve_caught(r, e) {
+                Ok(None) => continue,
+                Ok(Some(s))
+                    if crate::limits::check_name("the queue name", &s).is_ok()
+                        && !s.starts_with(INVALID_TARGET_PREFIX) =>
+                {
+                    s
+                }
+                answer => {
+                    tracing::warn!(reaction = r.name(), event = e.id, ?answer,
+                        "the resolver answered no queue name a store accepts; the event goes to the reaction's invalid-target queue");
+                    format!("{INVALID_TARGET_PREFIX}{}", r.name())
+                }
             };
             work.push(Work {
                 stream,
                 event: e.id,
                 reaction: r.name().to_string(),
-                priority: r.options().priority,
+                priority: if yields {
+                    r.options().priority.saturating_sub(1)
+                } else {
+                    r.options().priority
+                },
             });
         }
     }

@@ -44,14 +44,22 @@ pub(crate) struct Finished {
     pub timeouts: u64,
 }
 
-/// Processes `batch` in order. Stops before the next event once `lease_lost`
-/// or `shutdown` fires.
+/// Processes `batch` in order, once `gate` (if any) opens. Stops before the
+/// next event once `lease_lost` or `shutdown` fires.
 pub(crate) async fn run(
     act: Act,
     batch: Batch,
     lease_lost: CancellationToken,
     shutdown: CancellationToken,
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Finished {
+    if let Some(gate) = gate {
+        tokio::select! {
+            _ = gate => {}
+            _ = lease_lost.cancelled() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
     let Batch { lease, events } = batch;
     let mut done = Finished {
         settlement: None,
@@ -70,6 +78,14 @@ pub(crate) async fn run(
         let event = &pending.event;
         if let Some(reaction) = invalid_target {
             let error = invalid_target_error(&act, reaction, event);
+            done.settlement = Some(Settlement::block(&lease, acked, error));
+            return done;
+        }
+        if let Some(why) = event.undecodable_error() {
+            let error = format!(
+                "event {} `{}` cannot be decoded by the store: {why}; fix or remove it, then skip it with `reset`",
+                event.id, event.name
+            );
             done.settlement = Some(Settlement::block(&lease, acked, error));
             return done;
         }
@@ -165,9 +181,14 @@ pub(crate) async fn run(
 }
 
 /// The reactions to run for one pending event: those its items name, in
-/// registration order, or (an item of a schema-1 store, which names none)
+/// registration order (the same on every backend), or (an item of a
+/// schema-1 store, which names none)
 /// every reaction to the event's name whose resolver targets the queue.
-fn reactions_of(act: &Act, stream: &str, pending: &crate::queue::Pending) -> Result<Vec<Arc<Reaction>>, String> {
+fn reactions_of(
+    act: &Act,
+    stream: &str,
+    pending: &crate::queue::Pending,
+) -> Result<Vec<Arc<Reaction>>, String> {
     let registry = act.registry();
     if pending.reactions.is_empty() {
         return Ok(registry
@@ -184,6 +205,7 @@ fn reactions_of(act: &Act, stream: &str, pending: &crate::queue::Pending) -> Res
             None => return Err(name.clone()),
         }
     }
+    out.sort_by_key(|r| registry.position(r.name()));
     Ok(out)
 }
 
@@ -191,12 +213,14 @@ fn invalid_target_error(act: &Act, reaction: &str, event: &Event) -> String {
     let target = act
         .registry()
         .get(reaction)
-        .and_then(|r| r.resolver().resolve(event));
-    let why = match &target {
-        Some(t) => crate::limits::check_name("the queue name", t)
+        .map(|r| crate::broker::correlate::resolve_caught(r, event));
+    let why = match target {
+        Some(Ok(Some(t))) => crate::limits::check_name("the queue name", &t)
             .err()
             .map_or_else(|| format!("it now resolves to `{t}`, a valid name: reset this queue past the event and replay `{t}`"), |e| e.to_string()),
-        None => "the resolver no longer targets a queue for it".to_string(),
+        Some(Ok(None)) => "the resolver no longer targets a queue for it".to_string(),
+        Some(Err(panic)) => panic,
+        None => "this broker does not have the reaction".to_string(),
     };
     format!(
         "reaction `{reaction}` resolved event {} `{}` to a queue name no store accepts ({why}); \

@@ -29,7 +29,7 @@
 //! # Ok(()) }
 //! ```
 
-mod correlate;
+pub(crate) mod correlate;
 mod dispatch;
 mod pacer;
 mod runner;

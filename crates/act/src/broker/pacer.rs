@@ -41,7 +41,9 @@ impl StoreBackoff {
         let base = self.base.max(Duration::from_millis(1));
         let doubled = base.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
         let capped = doubled.min(self.cap.max(base));
-        capped.mul_f64(1.0 + 0.5 * u.clamp(0.0, 1.0)).min(self.cap.max(base) * 3 / 2)
+        capped
+            .mul_f64(1.0 + 0.5 * u.clamp(0.0, 1.0))
+            .min(self.cap.max(base) * 3 / 2)
     }
 }
 
@@ -84,7 +86,11 @@ impl Pacer {
     pub(super) fn succeeded(&mut self) {
         if self.failures > 0 {
             let down = self.since.map(|s| s.elapsed()).unwrap_or_default();
-            tracing::info!(failures = self.failures, down_s = down.as_secs_f64(), "store reachable again");
+            tracing::info!(
+                failures = self.failures,
+                down_s = down.as_secs_f64(),
+                "store reachable again"
+            );
         }
         self.failures = 0;
         self.since = None;
@@ -110,7 +116,10 @@ mod tests {
     fn pauses_double_to_the_cap_and_never_undercut_the_base() {
         let b = StoreBackoff::default();
         let ms = |n, u| b.pause(n, u).as_millis();
-        assert_eq!([ms(1, 0.0), ms(2, 0.0), ms(3, 0.0), ms(5, 0.0), ms(9, 0.0)], [100, 200, 400, 1600, 2000]);
+        assert_eq!(
+            [ms(1, 0.0), ms(2, 0.0), ms(3, 0.0), ms(5, 0.0), ms(9, 0.0)],
+            [100, 200, 400, 1600, 2000]
+        );
         assert_eq!(ms(1, 0.999_999), 149);
         assert!(ms(40, 0.999) <= 3000);
         for n in 1..50 {

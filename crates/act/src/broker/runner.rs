@@ -80,6 +80,11 @@ pub(crate) struct Runner {
     running: HashMap<Id, Running>,
     done: Vec<Finished>,
     orphans: Vec<LeaseRef>,
+    /// A queue whose last lease ended without a settlement (its handler may
+    /// crash the process): it runs alone, once every other batch of this
+    /// broker is done, so a crash costs no other queue an attempt. Its task
+    /// and the gate that starts it.
+    suspect: Option<(Id, Option<tokio::sync::oneshot::Sender<()>>)>,
     /// At most one backfill or replay step in flight.
     backfill: JoinSet<Result<Stepped>>,
     stepped: Option<Result<Stepped>>,
@@ -105,6 +110,7 @@ impl Runner {
             running: HashMap::new(),
             done: Vec::new(),
             orphans: Vec::new(),
+            suspect: None,
             backfill: JoinSet::new(),
             stepped: None,
             pacer,
@@ -257,8 +263,13 @@ impl Runner {
                     .spawn(async move { correlate::step(&act, job, page).await });
             }
         }
+        self.release_suspect();
         self.renew().await.map_err(|e| ("renew", e))?;
-        if want.claim && !stopping && self.running.len() < self.opts.concurrency {
+        if want.claim
+            && !stopping
+            && self.suspect.is_none()
+            && self.running.len() < self.opts.concurrency
+        {
             want.claim = self.claim().await.map_err(|e| ("claim", e))?;
         }
         Ok(())
@@ -274,7 +285,12 @@ impl Runner {
     }
 
     /// The one place that decides how long the loop sleeps.
-    fn deadline(&self, next_poll: Instant, grace_end: Option<Instant>, due_at: Option<Instant>) -> Instant {
+    fn deadline(
+        &self,
+        next_poll: Instant,
+        grace_end: Option<Instant>,
+        due_at: Option<Instant>,
+    ) -> Instant {
         if let Some(pause) = self.pacer.pausing() {
             // After a failure only the pause counts (and the end of a
             // shutdown's grace period).
@@ -299,7 +315,11 @@ impl Runner {
     /// A one-shot run is quiet: end it, or say how long to wait. Committed
     /// events the store cannot show followers yet (PostgreSQL: behind a
     /// transaction still running) are work too.
-    async fn finish(&mut self, mode: Mode, hidden_since: &mut Option<Instant>) -> Result<Option<Duration>> {
+    async fn finish(
+        &mut self,
+        mode: Mode,
+        hidden_since: &mut Option<Instant>,
+    ) -> Result<Option<Duration>> {
         let store = self.act.store().clone();
         let live = self.progress.live_checkpoint();
         let head = match live {
@@ -312,7 +332,9 @@ impl Runner {
             if mode == Mode::Settle && waited >= SETTLE_HIDDEN_PATIENCE {
                 return Ok(None);
             }
-            if waited >= Duration::from_secs(1) && waited.as_millis() % 1000 < HIDDEN_RECHECK.as_millis() {
+            if waited >= Duration::from_secs(1)
+                && waited.as_millis() % 1000 < HIDDEN_RECHECK.as_millis()
+            {
                 tracing::info!(head, checkpoint = ?live, ?waited,
                     "waiting for committed events hidden behind running transactions");
             }
@@ -388,7 +410,25 @@ impl Runner {
         }
     }
 
+    /// Starts the suspect once it is the only batch left running.
+    fn release_suspect(&mut self) {
+        if let Some((id, gate)) = &mut self.suspect {
+            if self.running.len() == 1 && self.running.contains_key(id) {
+                if let Some(open) = gate.take() {
+                    let _ = open.send(());
+                }
+            }
+        }
+    }
+
     fn finished(&mut self, res: Result<(Id, Finished), JoinError>) {
+        let id = match &res {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if self.suspect.as_ref().is_some_and(|(s, _)| *s == id) {
+            self.suspect = None;
+        }
         match res {
             Ok((id, f)) => {
                 self.running.remove(&id);
@@ -441,12 +481,47 @@ impl Runner {
                 reactions,
             })
             .await?;
+        let mut batches = batches;
         let full = batches.len() == free;
         Counters::add(&self.counters.claims, batches.len() as u64);
+        if let Some(i) = batches.iter().position(|b| b.lease.lapses > 0) {
+            // A lease of this queue ended without a settlement: its handler
+            // may have crashed the process. It runs alone; the rest of this
+            // claim goes back (a release is not a failed attempt).
+            let suspect = batches.swap_remove(i);
+            tracing::warn!(queue = %suspect.lease.stream, lapses = suspect.lease.lapses,
+                retries = suspect.lease.retries,
+                "a queue whose lease ended without a settlement runs alone, after this broker's other batches");
+            self.orphans
+                .extend(batches.iter().map(|b| b.lease.reference()));
+            let (open, gate) = tokio::sync::oneshot::channel();
+            let id = self.spawn(suspect, started, Some(gate));
+            self.suspect = Some((id, Some(open)));
+            self.release_suspect();
+            return Ok(false);
+        }
         for b in batches {
+            self.spawn(b, started, None);
+        }
+        Ok(full)
+    }
+
+    fn spawn(
+        &mut self,
+        b: crate::queue::Batch,
+        started: Instant,
+        gate: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Id {
+        {
             let lost = CancellationToken::new();
             let lease = b.lease.reference();
-            let task = dispatch::run(self.act.clone(), b, lost.clone(), self.shutdown.clone());
+            let task = dispatch::run(
+                self.act.clone(),
+                b,
+                lost.clone(),
+                self.shutdown.clone(),
+                gate,
+            );
             let handle = self.tasks.spawn(task);
             self.running.insert(
                 handle.id(),
@@ -456,8 +531,8 @@ impl Runner {
                     renewed: started,
                 },
             );
+            handle.id()
         }
-        Ok(full)
     }
 
     /// Writes back finished batches and gives orphaned leases back. A batch

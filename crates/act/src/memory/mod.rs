@@ -24,7 +24,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::event::{Append, Event, Meta};
 use crate::query::{Query, StreamFilter};
-use crate::queue::{Batch, Claim, LeaseRef, Pending, QueueFilter, QueueState, Rejection, Settlement};
+use crate::queue::{
+    Batch, Claim, LeaseRef, Pending, QueueFilter, QueueState, Rejection, Settlement,
+};
 use crate::store::{EventStore, QueueStore};
 use crate::subscription::{Correlation, Replay, Retired, Subscription, SubscriptionState};
 
@@ -583,9 +585,7 @@ impl QueueStore for MemoryStore {
             let candidates: Vec<(String, i64, i64)> = inner
                 .subscriptions
                 .values()
-                .filter(|s| {
-                    s.retired.is_none() && s.target.as_deref().is_none_or(|t| t == stream)
-                })
+                .filter(|s| s.retired.is_none() && s.target.as_deref().is_none_or(|t| t == stream))
                 .map(|s| (s.name.clone(), s.start, s.checkpoint))
                 .collect();
             if !inner.queues.contains_key(&key) && candidates.is_empty() {

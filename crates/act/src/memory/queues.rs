@@ -8,8 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::queue::{
-    lapse_error, retries_after_failure, Lease, LeaseRef, Outcome, QueueState, Rejection,
-    Settlement,
+    lapse_error, retries_after_failure, Lease, LeaseRef, Outcome, QueueState, Rejection, Settlement,
 };
 
 /// Claim order of a queue with deliverable work: priority (high first), then

@@ -23,6 +23,7 @@
 
 pub mod broker;
 pub mod events;
+pub mod lifecycle;
 pub mod model;
 pub mod queues;
 mod support;
@@ -142,6 +143,11 @@ macro_rules! tck_suite {
             events::a_reader_never_skips_an_event_while_writers_commit,
             events::a_commit_changes_the_wake_signal,
             events::data_and_meta_round_trip_unchanged,
+            events::appends_without_a_version_check_never_conflict,
+            events::an_expected_version_that_is_not_a_version_is_refused,
+            events::payloads_within_the_limits_round_trip_on_every_backend,
+            events::input_past_the_limits_is_refused_on_every_backend,
+            events::extreme_bounds_are_plain_ranges,
             queues::enqueue_is_guarded_by_the_checkpoint,
             queues::a_correlation_step_moves_only_reactions_at_its_start,
             queues::subscriptions_keep_their_start_and_progress,
@@ -209,6 +215,19 @@ macro_rules! tck_suite {
             broker::states_rebuild_from_snapshots,
             broker::cached_states_see_appends_by_other_writers,
             broker::a_refusal_is_decided_on_the_current_state,
+            lifecycle::a_new_reaction_receives_every_historical_event_once_and_in_order,
+            lifecycle::a_new_reaction_sharing_a_queue_receives_its_history,
+            lifecycle::a_new_reaction_must_declare_its_start_and_from_now_skips_history,
+            lifecycle::a_broker_without_a_reaction_never_acks_its_work,
+            lifecycle::a_broker_without_an_old_reaction_leaves_its_work_to_old_brokers,
+            lifecycle::a_changed_resolver_never_skips_enqueued_work,
+            lifecycle::a_retired_reaction_s_work_is_dropped_and_reported,
+            lifecycle::reset_replays_events_never_enqueued_before,
+            lifecycle::reset_of_a_queue_that_never_had_work_replays_the_log,
+            lifecycle::an_expired_lease_counts_as_an_attempt_and_the_queue_blocks_after_max_retries,
+            lifecycle::a_queue_whose_lease_lapsed_runs_alone,
+            lifecycle::a_handler_past_its_timeout_is_cancelled_and_retried,
+            lifecycle::a_resolver_s_bad_answer_blocks_only_that_reaction_s_event,
         }
         $crate::tck_props! { $backend;
             model::queue_store_matches_the_model,

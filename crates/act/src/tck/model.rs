@@ -38,19 +38,54 @@ const REACTIONS: [&str; 3] = ["ra", "rb", "rc"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { stream: u8, n: u8 },
-    Correlate { backfill: bool, page: u8 },
+    Append {
+        stream: u8,
+        n: u8,
+    },
+    Correlate {
+        backfill: bool,
+        page: u8,
+    },
     Join,
-    Replay { pick: u8, page: u8 },
-    Claim { owner: u8, queues: u8, events: u8, mine: u8 },
-    Settle { owner: u8, pick: u8, keep: u8, kind: Kind },
-    Renew { owner: u8 },
-    Release { owner: u8, pick: u8 },
-    Advance { secs: u8 },
-    Crash { owner: u8 },
-    Unblock { queue: u8 },
-    Reset { queue: u8, back: u8 },
-    Retire { which: u8 },
+    Replay {
+        pick: u8,
+        page: u8,
+    },
+    Claim {
+        owner: u8,
+        queues: u8,
+        events: u8,
+        mine: u8,
+    },
+    Settle {
+        owner: u8,
+        pick: u8,
+        keep: u8,
+        kind: Kind,
+    },
+    Renew {
+        owner: u8,
+    },
+    Release {
+        owner: u8,
+        pick: u8,
+    },
+    Advance {
+        secs: u8,
+    },
+    Crash {
+        owner: u8,
+    },
+    Unblock {
+        queue: u8,
+    },
+    Reset {
+        queue: u8,
+        back: u8,
+    },
+    Retire {
+        which: u8,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +159,10 @@ impl MQueue {
         self.lease.is_some_and(|(_, exp)| exp > now)
     }
     fn claimable(&self, now: u64) -> bool {
-        !self.blocked && self.deliverable() && !self.live(now) && self.retry_at.is_none_or(|t| t <= now)
+        !self.blocked
+            && self.deliverable()
+            && !self.live(now)
+            && self.retry_at.is_none_or(|t| t <= now)
     }
     /// Up to `limit` pending events within the replay horizon, with their
     /// reactions in name order.
@@ -156,7 +194,13 @@ impl MQueue {
         self.items.insert(key, self.enqueued);
         self.head = self.head.max(event);
     }
-    fn check(&self, stream: &str, token: i64, now: u64, from: Option<i64>) -> Result<(), Rejection> {
+    fn check(
+        &self,
+        stream: &str,
+        token: i64,
+        now: u64,
+        from: Option<i64>,
+    ) -> Result<(), Rejection> {
         if token != self.token {
             return Err(Rejection::Stale {
                 stream: stream.into(),
@@ -193,6 +237,10 @@ struct MSub {
     target: Option<String>,
     retired: bool,
 }
+
+/// What the model expects a claim to hand out for one queue: its pending
+/// events with their reactions, and the lease's retries, lapses and mark.
+type Expected = (Vec<(i64, Vec<String>)>, u32, u32, i64);
 
 struct Held {
     lease: Lease,
@@ -429,7 +477,7 @@ impl Model {
                     .filter_map(|(n, q)| q.next().map(|e| (e, n.clone())))
                     .collect();
                 order.sort();
-                let mut want: BTreeMap<String, (Vec<(i64, Vec<String>)>, u32, u32, i64)> = BTreeMap::new();
+                let mut want: BTreeMap<String, Expected> = BTreeMap::new();
                 for (_, name) in order {
                     if want.len() == queues as usize {
                         break;
@@ -449,7 +497,10 @@ impl Model {
                     if cut == 0 {
                         continue;
                     }
-                    want.insert(name.clone(), (pending[..cut].to_vec(), q.retries, q.lapses, q.enqueued));
+                    want.insert(
+                        name.clone(),
+                        (pending[..cut].to_vec(), q.retries, q.lapses, q.enqueued),
+                    );
                 }
                 let got_names: Vec<String> = got.iter().map(|b| b.lease.stream.clone()).collect();
                 ensure!(
@@ -469,15 +520,31 @@ impl Model {
                             (p.event.id, rs)
                         })
                         .collect();
-                    ensure!(&got_items == items, "claim of {name} returned {got_items:?}, expected {items:?}");
+                    ensure!(
+                        &got_items == items,
+                        "claim of {name} returned {got_items:?}, expected {items:?}"
+                    );
                     let q = self.queues.get_mut(&name).expect("claimed queue exists");
                     ensure!(
-                        (b.lease.position, b.lease.retries, b.lease.lapses, b.lease.mark) == (q.position, *retries, *lapses, *mark),
+                        (
+                            b.lease.position,
+                            b.lease.retries,
+                            b.lease.lapses,
+                            b.lease.mark
+                        ) == (q.position, *retries, *lapses, *mark),
                         "lease of {name}: (position, retries, lapses, mark) {:?}, model {:?}",
-                        (b.lease.position, b.lease.retries, b.lease.lapses, b.lease.mark),
+                        (
+                            b.lease.position,
+                            b.lease.retries,
+                            b.lease.lapses,
+                            b.lease.mark
+                        ),
                         (q.position, retries, lapses, mark)
                     );
-                    ensure!(b.lease.token > q.token, "token did not increase on claim of {name}");
+                    ensure!(
+                        b.lease.token > q.token,
+                        "token did not increase on claim of {name}"
+                    );
                     q.token = b.lease.token;
                     q.lease = Some((owner, self.now + LEASE_SECS));
                     self.held[owner].push(Held {
@@ -522,7 +589,11 @@ impl Model {
                     .settle(std::slice::from_ref(&settlement))
                     .await
                     .map_err(err)?;
-                ensure!(got.len() == 1, "settle returned {} results for 1", got.len());
+                ensure!(
+                    got.len() == 1,
+                    "settle returned {} results for 1",
+                    got.len()
+                );
                 ensure!(
                     same_kind(&got[0], &predicted),
                     "settle of {name}: store {:?}, model {predicted:?}",
@@ -564,7 +635,10 @@ impl Model {
                 if self.held[owner].is_empty() {
                     return Ok(());
                 }
-                let refs: Vec<_> = self.held[owner].iter().map(|h| h.lease.reference()).collect();
+                let refs: Vec<_> = self.held[owner]
+                    .iter()
+                    .map(|h| h.lease.reference())
+                    .collect();
                 let got = s
                     .renew(&refs, Duration::from_secs(LEASE_SECS))
                     .await
@@ -572,7 +646,10 @@ impl Model {
                 ensure!(got.len() == refs.len(), "renew result count");
                 let mut keep = Vec::new();
                 for (h, r) in std::mem::take(&mut self.held[owner]).into_iter().zip(got) {
-                    let q = self.queues.get_mut(&h.lease.stream).expect("held queue exists");
+                    let q = self
+                        .queues
+                        .get_mut(&h.lease.stream)
+                        .expect("held queue exists");
                     let predicted = q.check(&h.lease.stream, h.lease.token, self.now, None);
                     let r = r.map(|_| ());
                     ensure!(
@@ -594,7 +671,10 @@ impl Model {
                 }
                 let i = pick as usize % self.held[owner].len();
                 let h = self.held[owner].remove(i);
-                let q = self.queues.get_mut(&h.lease.stream).expect("held queue exists");
+                let q = self
+                    .queues
+                    .get_mut(&h.lease.stream)
+                    .expect("held queue exists");
                 let predicted: Result<(), Rejection> = if q.token == h.lease.token {
                     Ok(())
                 } else {
@@ -721,7 +801,10 @@ impl Model {
             .map_err(|e| TestCaseError::fail(format!("queues: {e}")))?;
         let names: Vec<&String> = self.queues.keys().collect();
         let got_names: Vec<&String> = rows.iter().map(|r| &r.stream).collect();
-        ensure!(got_names == names, "after {op:?}: queues {got_names:?}, model {names:?}");
+        ensure!(
+            got_names == names,
+            "after {op:?}: queues {got_names:?}, model {names:?}"
+        );
         for r in rows {
             let q = &self.queues[&r.stream];
             let got = (
@@ -787,7 +870,10 @@ impl Model {
             .iter()
             .map(|((q, r), (p, u))| (q.clone(), r.clone(), *p, *u))
             .collect();
-        ensure!(replays == want, "after {op:?}: replays {replays:?}, model {want:?}");
+        ensure!(
+            replays == want,
+            "after {op:?}: replays {replays:?}, model {want:?}"
+        );
         Ok(())
     }
 
@@ -820,7 +906,11 @@ impl Model {
             }
             let acks: Vec<Settlement> = got
                 .iter()
-                .filter_map(|b| b.events.last().map(|p| Settlement::ack(&b.lease, p.event.id)))
+                .filter_map(|b| {
+                    b.events
+                        .last()
+                        .map(|p| Settlement::ack(&b.lease, p.event.id))
+                })
                 .collect();
             for r in s.settle(&acks).await.map_err(err)? {
                 ensure!(r.is_ok(), "heal ack rejected: {r:?}");
@@ -831,7 +921,11 @@ impl Model {
             // On a clock that cannot be moved, leases of crashed brokers
             // are still live: those queues wait for them.
             let waiting = !self.manual && r.lease_expires.is_some();
-            ensure!(r.lag == 0 || waiting, "queue {} left behind: {r:?}", r.stream);
+            ensure!(
+                r.lag == 0 || waiting,
+                "queue {} left behind: {r:?}",
+                r.stream
+            );
             ensure!(r.head == q.head, "queue {} lost work: {r:?}", r.stream);
         }
         Ok(())

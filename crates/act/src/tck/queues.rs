@@ -52,13 +52,23 @@ pub async fn enqueue_is_guarded_by_the_checkpoint(b: &impl Backend) {
     subscribe(s, &[REACTION]).await;
     assert_eq!(checkpoint(s, REACTION).await, 0);
     let r = s
-        .enqueue(&step(&[REACTION], 0, ids[1], vec![item("q", ids[0], REACTION), item("q", ids[1], REACTION)]))
+        .enqueue(&step(
+            &[REACTION],
+            0,
+            ids[1],
+            vec![item("q", ids[0], REACTION), item("q", ids[1], REACTION)],
+        ))
         .await
         .unwrap();
     assert_eq!(r, vec![Some(ids[1])]);
     // A late broker that read from 0 too: nothing written, checkpoint reported.
     let r = s
-        .enqueue(&step(&[REACTION], 0, ids[2], vec![item("late", ids[2], REACTION)]))
+        .enqueue(&step(
+            &[REACTION],
+            0,
+            ids[2],
+            vec![item("late", ids[2], REACTION)],
+        ))
         .await
         .unwrap();
     assert_eq!(r, vec![Some(ids[1])]);
@@ -73,10 +83,21 @@ pub async fn enqueue_is_guarded_by_the_checkpoint(b: &impl Backend) {
     assert_eq!(checkpoint(s, REACTION).await, ids[1]);
     assert_eq!(queue(s, "q").await.lag, 2);
     // Moving the checkpoint without work is allowed (events nobody reacts to).
-    let r = s.enqueue(&step(&[REACTION], ids[1], ids[2], vec![])).await.unwrap();
+    let r = s
+        .enqueue(&step(&[REACTION], ids[1], ids[2], vec![]))
+        .await
+        .unwrap();
     assert_eq!(r, vec![Some(ids[2])]);
     // An unknown reaction is reported as such and moves nothing.
-    let r = s.enqueue(&step(&["nobody"], 0, ids[2], vec![item("x", ids[2], "nobody")])).await.unwrap();
+    let r = s
+        .enqueue(&step(
+            &["nobody"],
+            0,
+            ids[2],
+            vec![item("x", ids[2], "nobody")],
+        ))
+        .await
+        .unwrap();
     assert_eq!(r, vec![None]);
     // Backwards is a caller's bug.
     assert!(matches!(
@@ -93,19 +114,29 @@ pub async fn a_correlation_step_moves_only_reactions_at_its_start(b: &impl Backe
     let ids = pings(s, "a", 2).await;
     subscribe(s, &["x", "y"]).await;
     // Another broker moved `y` already.
-    s.enqueue(&step(&["y"], 0, ids[0], vec![item("qy", ids[0], "y")])).await.unwrap();
+    s.enqueue(&step(&["y"], 0, ids[0], vec![item("qy", ids[0], "y")]))
+        .await
+        .unwrap();
     let r = s
         .enqueue(&step(
             &["x", "y"],
             0,
             ids[1],
-            vec![item("qx", ids[0], "x"), item("qx", ids[1], "x"), item("qy", ids[1], "y")],
+            vec![
+                item("qx", ids[0], "x"),
+                item("qx", ids[1], "x"),
+                item("qy", ids[1], "y"),
+            ],
         ))
         .await
         .unwrap();
     assert_eq!(r, vec![Some(ids[1]), Some(ids[0])]);
     assert_eq!(queue(s, "qx").await.lag, 2);
-    assert_eq!(queue(s, "qy").await.lag, 1, "y's work of a step it did not move is dropped");
+    assert_eq!(
+        queue(s, "qy").await.lag,
+        1,
+        "y's work of a step it did not move is dropped"
+    );
 }
 
 /// Subscribing records a reaction once, with its start as its checkpoint;
@@ -120,9 +151,16 @@ pub async fn subscriptions_keep_their_start_and_progress(b: &impl Backend) {
         target: target.map(str::to_string),
         start,
     };
-    let got = s.subscribe(&[sub("late", ids[1], None), sub("all", 0, Some("q"))]).await.unwrap();
-    assert_eq!(got.iter().map(|g| (g.name.as_str(), g.start, g.checkpoint)).collect::<Vec<_>>(),
-        vec![("all", 0, 0), ("late", ids[1], ids[1])]);
+    let got = s
+        .subscribe(&[sub("late", ids[1], None), sub("all", 0, Some("q"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|g| (g.name.as_str(), g.start, g.checkpoint))
+            .collect::<Vec<_>>(),
+        vec![("all", 0, 0), ("late", ids[1], ids[1])]
+    );
     assert_eq!(got[0].target.as_deref(), Some("q"));
     s.enqueue(&step(&["all"], 0, ids[2], vec![])).await.unwrap();
     // Registering again (another broker, a restart) keeps the progress, even
@@ -131,7 +169,11 @@ pub async fn subscriptions_keep_their_start_and_progress(b: &impl Backend) {
     let all = again.iter().find(|g| g.name == "all").unwrap();
     assert_eq!((all.start, all.checkpoint), (0, ids[2]));
     assert!(all.seen >= all.created);
-    assert_eq!(s.subscriptions().await.unwrap().len(), 2, "one broker's registration lists them all");
+    assert_eq!(
+        s.subscriptions().await.unwrap().len(),
+        2,
+        "one broker's registration lists them all"
+    );
 }
 
 /// The same (queue, event, reaction) enqueued twice is one item; two
@@ -146,14 +188,23 @@ pub async fn enqueueing_the_same_work_twice_is_a_no_op(b: &impl Backend) {
             &["x", "y"],
             0,
             ids[0],
-            vec![item("q", ids[0], "x"), item("q", ids[0], "x"), item("q", ids[0], "y")],
+            vec![
+                item("q", ids[0], "x"),
+                item("q", ids[0], "x"),
+                item("q", ids[0], "y"),
+            ],
         ))
         .await
         .unwrap();
     assert_eq!(r, vec![Some(ids[0]); 2]);
-    s.enqueue(&step(&["x"], ids[0], ids[1], vec![item("q", ids[0], "x"), item("q", ids[1], "x")]))
-        .await
-        .unwrap();
+    s.enqueue(&step(
+        &["x"],
+        ids[0],
+        ids[1],
+        vec![item("q", ids[0], "x"), item("q", ids[1], "x")],
+    ))
+    .await
+    .unwrap();
     let q = queue(s, "q").await;
     assert_eq!((q.lag, q.head, q.next), (2, ids[1], Some(ids[0])));
     let got = s.claim(&claim_for("o", &["x", "y"])).await.unwrap();
@@ -175,7 +226,12 @@ pub async fn claim_is_exclusive_between_two_brokers(b: &impl Backend) {
     let ids = pings(s, "a", 4).await;
     enqueue(
         s,
-        &[("q1", ids[0]), ("q2", ids[1]), ("q3", ids[2]), ("q1", ids[3])],
+        &[
+            ("q1", ids[0]),
+            ("q2", ids[1]),
+            ("q3", ids[2]),
+            ("q1", ids[3]),
+        ],
     )
     .await;
     let a = s.claim(&claim("A", 2, 10, LEASE)).await.unwrap();
@@ -185,9 +241,20 @@ pub async fn claim_is_exclusive_between_two_brokers(b: &impl Backend) {
     assert_eq!(sa.len(), 2);
     assert_eq!(sb.len(), 1);
     assert!(sa.is_disjoint(&sb), "A {sa:?} and B {sb:?} share a queue");
-    assert!(s.claim(&claim("C", 10, 10, LEASE)).await.unwrap().is_empty());
+    assert!(s
+        .claim(&claim("C", 10, 10, LEASE))
+        .await
+        .unwrap()
+        .is_empty());
     for x in a.iter().chain(&bb) {
-        assert_eq!(x.lease.owner, if sa.contains(&x.lease.stream) { "A" } else { "B" });
+        assert_eq!(
+            x.lease.owner,
+            if sa.contains(&x.lease.stream) {
+                "A"
+            } else {
+                "B"
+            }
+        );
         let st = queue(s, &x.lease.stream).await;
         assert_eq!(st.lease_owner.as_deref(), Some(x.lease.owner.as_str()));
         assert_eq!(st.token, x.lease.token);
@@ -199,7 +266,11 @@ pub async fn concurrent_claims_never_share_a_queue(b: &impl Backend) {
     let f = b.open().await;
     let ids = pings(&*f.store, "a", 60).await;
     let names: Vec<String> = (0..60).map(|i| format!("q{i}")).collect();
-    let work: Vec<(&str, i64)> = names.iter().map(String::as_str).zip(ids.iter().copied()).collect();
+    let work: Vec<(&str, i64)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(ids.iter().copied())
+        .collect();
     enqueue(&*f.store, &work).await;
     let mut tasks = Vec::new();
     for w in 0..6 {
@@ -207,7 +278,11 @@ pub async fn concurrent_claims_never_share_a_queue(b: &impl Backend) {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for _ in 0..5 {
-                for x in s.claim(&claim(&format!("w{w}"), 3, 10, LEASE)).await.unwrap() {
+                for x in s
+                    .claim(&claim(&format!("w{w}"), 3, 10, LEASE))
+                    .await
+                    .unwrap()
+                {
                     got.push(x.lease.stream);
                 }
                 tokio::task::yield_now().await;
@@ -220,7 +295,11 @@ pub async fn concurrent_claims_never_share_a_queue(b: &impl Backend) {
         all.extend(t.await.unwrap());
     }
     let unique: HashSet<_> = all.iter().collect();
-    assert_eq!(unique.len(), all.len(), "a queue was claimed twice: {all:?}");
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "a queue was claimed twice: {all:?}"
+    );
     assert_eq!(all.len(), 60, "every queue was claimable once");
 }
 
@@ -239,7 +318,10 @@ pub async fn an_expired_lease_is_handed_to_another_broker(b: &impl Backend) {
     assert_eq!(bb.len(), 1, "the expired lease was not handed over");
     assert_eq!(bb[0].lease.stream, "q");
     assert!(bb[0].lease.token > a.lease.token, "the token must increase");
-    assert_eq!(bb[0].events[0].event.id, ids[0], "the new owner starts where A started");
+    assert_eq!(
+        bb[0].events[0].event.id, ids[0],
+        "the new owner starts where A started"
+    );
     assert_eq!((bb[0].lease.retries, bb[0].lease.lapses), (1, 1));
 }
 
@@ -252,7 +334,11 @@ pub async fn an_expired_lease_counts_as_a_failed_attempt(b: &impl Backend) {
     let ids = pings(s, "a", 2).await;
     enqueue(s, &[("q", ids[0]), ("q", ids[1])]).await;
     for n in 1..=3u32 {
-        let _ = s.claim(&claim("crashing", 1, 10, LEASE)).await.unwrap().remove(0);
+        let _ = s
+            .claim(&claim("crashing", 1, 10, LEASE))
+            .await
+            .unwrap()
+            .remove(0);
         f.clock.advance(PAST_LEASE).await;
         let st = queue(s, "q").await;
         assert_eq!(st.retries, n - 1, "counted when the next claim finds it");
@@ -260,27 +346,49 @@ pub async fn an_expired_lease_counts_as_a_failed_attempt(b: &impl Backend) {
             break;
         }
     }
-    let held = s.claim(&claim("next", 1, 10, LEASE)).await.unwrap().remove(0);
+    let held = s
+        .claim(&claim("next", 1, 10, LEASE))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!((held.lease.retries, held.lease.lapses), (3, 3));
     let st = queue(s, "q").await;
     assert_eq!(st.retries, 3);
     let error = st.error.unwrap_or_default();
-    assert!(error.contains("expired without a settlement") && error.contains("crashing"), "{error}");
+    assert!(
+        error.contains("expired without a settlement") && error.contains("crashing"),
+        "{error}"
+    );
     // A release gives the lease back without a failed attempt.
     s.release(&[held.lease.reference()]).await.unwrap();
-    let again = s.claim(&claim("next", 1, 10, LEASE)).await.unwrap().remove(0);
+    let again = s
+        .claim(&claim("next", 1, 10, LEASE))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!((again.lease.retries, again.lease.lapses), (3, 3));
     // Progress starts the count again.
-    s.settle(&[Settlement::retry(&again.lease, Some(ids[0]), Duration::ZERO, "second")])
-        .await
-        .unwrap();
+    s.settle(&[Settlement::retry(
+        &again.lease,
+        Some(ids[0]),
+        Duration::ZERO,
+        "second",
+    )])
+    .await
+    .unwrap();
     let st = queue(s, "q").await;
     assert_eq!((st.retries, st.position), (1, ids[0]));
-    let last = s.claim(&claim("next", 1, 10, LEASE)).await.unwrap().remove(0);
+    let last = s
+        .claim(&claim("next", 1, 10, LEASE))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!((last.lease.retries, last.lease.lapses), (1, 0));
 }
 
-async fn taken_over(b: &impl Backend) -> (super::Fixture, crate::queue::Batch, crate::queue::Batch) {
+async fn taken_over(
+    b: &impl Backend,
+) -> (super::Fixture, crate::queue::Batch, crate::queue::Batch) {
     let f = b.open().await;
     let s = &*f.store;
     let ids = pings(s, "a", 3).await;
@@ -298,10 +406,20 @@ async fn assert_stale(b: &impl Backend, outcome: Outcome) {
     let mut stale = Settlement::ack(&a.lease, a.events[1].event.id);
     stale.outcome = outcome;
     let r = s.settle(&[stale]).await.unwrap();
-    assert!(matches!(r[0], Err(Rejection::Stale { .. })), "a stale lease must be rejected, got {r:?}");
-    assert_eq!(queue(s, "q").await, before, "a rejected write changes nothing");
+    assert!(
+        matches!(r[0], Err(Rejection::Stale { .. })),
+        "a stale lease must be rejected, got {r:?}"
+    );
+    assert_eq!(
+        queue(s, "q").await,
+        before,
+        "a rejected write changes nothing"
+    );
     // The live owner's write works.
-    let r = s.settle(&[Settlement::ack(&bb.lease, bb.events[2].event.id)]).await.unwrap();
+    let r = s
+        .settle(&[Settlement::ack(&bb.lease, bb.events[2].event.id)])
+        .await
+        .unwrap();
     assert_eq!(r, vec![Ok(())]);
     assert_eq!(queue(s, "q").await.position, bb.events[2].event.id);
 }
@@ -313,7 +431,14 @@ pub async fn a_stale_lease_cannot_ack(b: &impl Backend) {
 
 /// Fencing: a retry with a stale token is rejected.
 pub async fn a_stale_lease_cannot_retry(b: &impl Backend) {
-    assert_stale(b, Outcome::Retry { delay: Duration::from_secs(1), error: "x".into() }).await;
+    assert_stale(
+        b,
+        Outcome::Retry {
+            delay: Duration::from_secs(1),
+            error: "x".into(),
+        },
+    )
+    .await;
 }
 
 /// Fencing: a block with a stale token is rejected.
@@ -329,7 +454,10 @@ pub async fn an_expired_lease_cannot_ack(b: &impl Backend) {
     enqueue(s, &[("q", ids[0])]).await;
     let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
     f.clock.advance(PAST_LEASE).await;
-    let r = s.settle(&[Settlement::ack(&a.lease, ids[0])]).await.unwrap();
+    let r = s
+        .settle(&[Settlement::ack(&a.lease, ids[0])])
+        .await
+        .unwrap();
     assert!(matches!(r[0], Err(Rejection::Expired { .. })), "{r:?}");
     assert_eq!(queue(s, "q").await.position, 0);
 }
@@ -345,9 +473,17 @@ pub async fn an_ack_checks_the_position_it_read(b: &impl Backend) {
     let mut forged = Settlement::ack(&a.lease, ids[1]);
     forged.from = ids[0];
     let r = s.settle(&[forged]).await.unwrap();
-    assert!(matches!(r[0], Err(Rejection::Moved { expected, actual: 0, .. }) if expected == ids[0]), "{r:?}");
+    assert!(
+        matches!(r[0], Err(Rejection::Moved { expected, actual: 0, .. }) if expected == ids[0]),
+        "{r:?}"
+    );
     assert_eq!(queue(s, "q").await.position, 0);
-    assert_eq!(s.settle(&[Settlement::ack(&a.lease, ids[1])]).await.unwrap(), vec![Ok(())]);
+    assert_eq!(
+        s.settle(&[Settlement::ack(&a.lease, ids[1])])
+            .await
+            .unwrap(),
+        vec![Ok(())]
+    );
 }
 
 /// Renewal extends the lease on the store's clock: nobody takes it over.
@@ -361,8 +497,16 @@ pub async fn a_renewed_lease_is_not_taken_over(b: &impl Backend) {
     let r = s.renew(&[a.lease.reference()], LEASE).await.unwrap();
     assert!(r[0].is_ok(), "{r:?}");
     f.clock.advance(LEASE * 2 / 3).await;
-    assert!(s.claim(&claim("B", 1, 10, LEASE)).await.unwrap().is_empty(), "a renewed lease was taken over");
-    assert_eq!(s.settle(&[Settlement::ack(&a.lease, ids[0])]).await.unwrap(), vec![Ok(())]);
+    assert!(
+        s.claim(&claim("B", 1, 10, LEASE)).await.unwrap().is_empty(),
+        "a renewed lease was taken over"
+    );
+    assert_eq!(
+        s.settle(&[Settlement::ack(&a.lease, ids[0])])
+            .await
+            .unwrap(),
+        vec![Ok(())]
+    );
 }
 
 /// A lease that expired cannot be renewed: its holder must stop.
@@ -376,7 +520,10 @@ pub async fn an_expired_lease_cannot_be_renewed(b: &impl Backend) {
     let r = s.renew(&[a.lease.reference()], LEASE).await.unwrap();
     assert!(matches!(r[0], Err(Rejection::Expired { .. })), "{r:?}");
     let bb = s.claim(&claim("B", 1, 10, LEASE)).await.unwrap().remove(0);
-    let r = s.renew(&[a.lease.reference(), bb.lease.reference()], LEASE).await.unwrap();
+    let r = s
+        .renew(&[a.lease.reference(), bb.lease.reference()], LEASE)
+        .await
+        .unwrap();
     assert!(matches!(r[0], Err(Rejection::Stale { .. })), "{r:?}");
     assert!(r[1].is_ok());
 }
@@ -389,16 +536,30 @@ pub async fn ack_advances_the_position(b: &impl Backend) {
     enqueue(s, &[("q", ids[0]), ("q", ids[1]), ("q", ids[2])]).await;
     let a = s.claim(&claim("A", 1, 2, LEASE)).await.unwrap().remove(0);
     assert_eq!(a.events.len(), 2);
-    s.settle(&[Settlement::ack(&a.lease, ids[1])]).await.unwrap()[0].clone().unwrap();
+    s.settle(&[Settlement::ack(&a.lease, ids[1])])
+        .await
+        .unwrap()[0]
+        .clone()
+        .unwrap();
     let q = queue(s, "q").await;
-    assert_eq!((q.position, q.next, q.lag, q.retries), (ids[1], Some(ids[2]), 1, 0));
+    assert_eq!(
+        (q.position, q.next, q.lag, q.retries),
+        (ids[1], Some(ids[2]), 1, 0)
+    );
     assert_eq!(q.lease_owner, None);
     let next = s.claim(&claim("B", 1, 10, LEASE)).await.unwrap().remove(0);
     assert_eq!(next.lease.position, ids[1]);
     assert_eq!(ids_of(&next), vec![ids[2]]);
-    s.settle(&[Settlement::ack(&next.lease, ids[2])]).await.unwrap()[0].clone().unwrap();
+    s.settle(&[Settlement::ack(&next.lease, ids[2])])
+        .await
+        .unwrap()[0]
+        .clone()
+        .unwrap();
     let q = queue(s, "q").await;
-    assert_eq!((q.position, q.next, q.lag, q.head), (ids[2], None, 0, ids[2]));
+    assert_eq!(
+        (q.position, q.next, q.lag, q.head),
+        (ids[2], None, 0, ids[2])
+    );
 }
 
 /// Watermarks: a queue with nothing pending is never behind, and events of
@@ -419,13 +580,32 @@ pub async fn idle_queues_are_never_reported_behind(b: &impl Backend) {
     let work: Vec<(&str, i64)> = more.iter().map(|&e| ("busy", e)).collect();
     enqueue(s, &work).await;
     let idle = queue(s, "idle").await;
-    assert_eq!((idle.lag, idle.next, idle.position, idle.head), (0, None, ids[0], ids[0]));
-    let pending = s.queues(&QueueFilter { pending: true, ..Default::default() }).await.unwrap();
-    assert_eq!(pending.iter().map(|q| q.stream.as_str()).collect::<Vec<_>>(), vec!["busy"]);
+    assert_eq!(
+        (idle.lag, idle.next, idle.position, idle.head),
+        (0, None, ids[0], ids[0])
+    );
+    let pending = s
+        .queues(&QueueFilter {
+            pending: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|q| q.stream.as_str())
+            .collect::<Vec<_>>(),
+        vec!["busy"]
+    );
     let claimed = s.claim(&claim("B", 10, 1000, LEASE)).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].lease.stream, "busy");
-    assert_eq!(claimed[0].events.len(), 200, "fetch reads only the queue's own events");
+    assert_eq!(
+        claimed[0].events.len(),
+        200,
+        "fetch reads only the queue's own events"
+    );
 }
 
 /// Lag counts exactly the pending events.
@@ -449,7 +629,9 @@ pub async fn lag_is_exact(b: &impl Backend) {
         }
     }
     let q = q.expect("q claimed");
-    s.settle(&[Settlement::ack(&q.lease, ids[0])]).await.unwrap();
+    s.settle(&[Settlement::ack(&q.lease, ids[0])])
+        .await
+        .unwrap();
     let st = queue(s, "q").await;
     assert_eq!((st.lag, st.position, st.next), (3, ids[0], Some(ids[3])));
 }
@@ -461,16 +643,30 @@ pub async fn state_is_exact_after_out_of_order_enqueues(b: &impl Backend) {
     let s = &*f.store;
     let ids = pings(s, "a", 6).await;
     subscribe(s, &["x", "y"]).await;
-    s.enqueue(&step(&["x"], 0, ids[5], vec![item("q", ids[5], "x"), item("q", ids[3], "x")]))
-        .await
-        .unwrap();
+    s.enqueue(&step(
+        &["x"],
+        0,
+        ids[5],
+        vec![item("q", ids[5], "x"), item("q", ids[3], "x")],
+    ))
+    .await
+    .unwrap();
     let st = queue(s, "q").await;
     assert_eq!((st.next, st.head, st.lag), (Some(ids[3]), ids[5], 2));
-    s.enqueue(&step(&["y"], 0, ids[5], vec![item("q", ids[1], "y"), item("q", ids[3], "y")]))
-        .await
-        .unwrap();
+    s.enqueue(&step(
+        &["y"],
+        0,
+        ids[5],
+        vec![item("q", ids[1], "y"), item("q", ids[3], "y")],
+    ))
+    .await
+    .unwrap();
     let st = queue(s, "q").await;
-    assert_eq!((st.next, st.head, st.lag), (Some(ids[1]), ids[5], 3), "{st:?}");
+    assert_eq!(
+        (st.next, st.head, st.lag),
+        (Some(ids[1]), ids[5], 3),
+        "{st:?}"
+    );
 }
 
 /// Priority first, whatever the age of the pending events.
@@ -511,7 +707,11 @@ pub async fn claim_serves_the_oldest_pending_event_first(b: &impl Backend) {
     let f = b.open().await;
     let s = &*f.store;
     let ids = pings(s, "a", 4).await;
-    enqueue(s, &[("c", ids[0]), ("b", ids[1]), ("a", ids[2]), ("c", ids[3])]).await;
+    enqueue(
+        s,
+        &[("c", ids[0]), ("b", ids[1]), ("a", ids[2]), ("c", ids[3])],
+    )
+    .await;
     let mut order = Vec::new();
     for _ in 0..3 {
         let got = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap();
@@ -545,7 +745,10 @@ pub async fn claim_order_holds_when_thousands_come_due_together(b: &impl Backend
     let mut leased = 0;
     while leased < n {
         let got = s.claim(&claim("crowd", 500, 1, LEASE)).await.unwrap();
-        assert!(!got.is_empty(), "only {leased} of {n} queues were claimable");
+        assert!(
+            !got.is_empty(),
+            "only {leased} of {n} queues were claimable"
+        );
         leased += got.len();
     }
     f.clock.advance(PAST_LEASE).await;
@@ -556,15 +759,27 @@ pub async fn claim_order_holds_when_thousands_come_due_together(b: &impl Backend
             break;
         }
         for b in got {
-            let st_priority = if high.iter().any(|(q, _)| *q == b.lease.stream) { 1 } else { 0 };
+            let st_priority = if high.iter().any(|(q, _)| *q == b.lease.stream) {
+                1
+            } else {
+                0
+            };
             order.push((st_priority, b.events[0].event.id, b.lease.stream));
         }
     }
     assert_eq!(order.len(), n);
     let mut sorted = order.clone();
     sorted.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    assert!(order == sorted, "claims came out of order (first differences: {:?})",
-        order.iter().zip(&sorted).filter(|(a, b)| a != b).take(3).collect::<Vec<_>>());
+    assert!(
+        order == sorted,
+        "claims came out of order (first differences: {:?})",
+        order
+            .iter()
+            .zip(&sorted)
+            .filter(|(a, b)| a != b)
+            .take(3)
+            .collect::<Vec<_>>()
+    );
 }
 
 /// A claim returns at most `events` events per queue, in id order.
@@ -588,14 +803,27 @@ pub async fn a_hot_queue_holds_one_lease_and_one_batch(b: &impl Backend) {
     enqueue(s, &work).await;
     let cold = pings(s, "cold", 1000).await;
     let names: Vec<String> = (0..1000).map(|i| format!("cold-{i}")).collect();
-    let work: Vec<(&str, i64)> = names.iter().map(String::as_str).zip(cold.iter().copied()).collect();
+    let work: Vec<(&str, i64)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(cold.iter().copied())
+        .collect();
     enqueue(s, &work).await;
     let first = s.claim(&claim("A", 1, 100, LEASE)).await.unwrap().remove(0);
-    assert_eq!(first.lease.stream, "hot", "the oldest pending event goes first");
+    assert_eq!(
+        first.lease.stream, "hot",
+        "the oldest pending event goes first"
+    );
     assert_eq!(first.events.len(), 100);
     let rest = s.claim(&claim("B", 5000, 100, LEASE)).await.unwrap();
-    assert_eq!(rest.len(), 1000, "every other queue is claimable while hot is leased");
-    assert!(rest.iter().all(|x| x.lease.stream != "hot" && x.events.len() == 1));
+    assert_eq!(
+        rest.len(),
+        1000,
+        "every other queue is claimable while hot is leased"
+    );
+    assert!(rest
+        .iter()
+        .all(|x| x.lease.stream != "hot" && x.events.len() == 1));
 }
 
 /// Promise 1 across a rolling deploy: a broker never leases a queue whose
@@ -623,19 +851,39 @@ pub async fn a_claim_leaves_work_for_reactions_the_broker_lacks(b: &impl Backend
     // cannot run, and leaves `fresh` alone.
     let got = s.claim(&claim_for("v1", &["old"])).await.unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!((got[0].lease.stream.as_str(), ids_of(&got[0])), ("mixed", vec![ids[0]]));
+    assert_eq!(
+        (got[0].lease.stream.as_str(), ids_of(&got[0])),
+        ("mixed", vec![ids[0]])
+    );
     let fresh = queue(s, "fresh").await;
-    assert_eq!((fresh.waiting.as_deref(), fresh.lease_owner), (Some("new"), None));
-    s.settle(&[Settlement::ack(&got[0].lease, ids[0])]).await.unwrap();
+    assert_eq!(
+        (fresh.waiting.as_deref(), fresh.lease_owner),
+        (Some("new"), None)
+    );
+    s.settle(&[Settlement::ack(&got[0].lease, ids[0])])
+        .await
+        .unwrap();
     // Now `mixed` waits too, and the old broker gets nothing.
-    assert!(s.claim(&claim_for("v1", &["old"])).await.unwrap().is_empty());
+    assert!(s
+        .claim(&claim_for("v1", &["old"]))
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(queue(s, "mixed").await.waiting.as_deref(), Some("new"));
-    assert_eq!(s.next_due(&["old".to_string()]).await.unwrap(), None, "nothing is due for the old broker");
+    assert_eq!(
+        s.next_due(&["old".to_string()]).await.unwrap(),
+        None,
+        "nothing is due for the old broker"
+    );
     // A broker of the new version takes both, from where they wait.
     let mut got = s.claim(&claim_for("v2", &["old", "new"])).await.unwrap();
     got.sort_by(|a, b| a.lease.stream.cmp(&b.lease.stream));
-    assert_eq!(got.iter().map(|b| (b.lease.stream.as_str(), ids_of(b))).collect::<Vec<_>>(),
-        vec![("fresh", vec![ids[3]]), ("mixed", vec![ids[1], ids[2]])]);
+    assert_eq!(
+        got.iter()
+            .map(|b| (b.lease.stream.as_str(), ids_of(b)))
+            .collect::<Vec<_>>(),
+        vec![("fresh", vec![ids[3]]), ("mixed", vec![ids[1], ids[2]])]
+    );
     assert_eq!(queue(s, "mixed").await.waiting, None);
 }
 
@@ -647,20 +895,43 @@ pub async fn a_late_item_below_the_position_is_delivered_next(b: &impl Backend) 
     let s = &*f.store;
     let ids = pings(s, "a", 4).await;
     enqueue_for(s, "early", &[("q", ids[0]), ("q", ids[2])], 0).await;
-    let a = s.claim(&claim_for("o", &["early"])).await.unwrap().remove(0);
-    s.settle(&[Settlement::ack(&a.lease, ids[2])]).await.unwrap();
+    let a = s
+        .claim(&claim_for("o", &["early"]))
+        .await
+        .unwrap()
+        .remove(0);
+    s.settle(&[Settlement::ack(&a.lease, ids[2])])
+        .await
+        .unwrap();
     enqueue_for(s, "early", &[("q", ids[3])], 0).await;
     // The new reaction's history arrives below the position.
     enqueue_for(s, "later", &[("q", ids[0]), ("q", ids[1])], 0).await;
     let st = queue(s, "q").await;
-    assert_eq!((st.position, st.next, st.lag, st.head), (ids[2], Some(ids[0]), 3, ids[3]));
-    let got = s.claim(&claim_for("o", &["early", "later"])).await.unwrap().remove(0);
+    assert_eq!(
+        (st.position, st.next, st.lag, st.head),
+        (ids[2], Some(ids[0]), 3, ids[3])
+    );
+    let got = s
+        .claim(&claim_for("o", &["early", "later"]))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(ids_of(&got), vec![ids[0], ids[1], ids[3]]);
     assert_eq!(got.events[0].reactions, vec!["later"]);
-    s.settle(&[Settlement::retry(&got.lease, Some(ids[1]), Duration::ZERO, "x")]).await.unwrap();
+    s.settle(&[Settlement::retry(
+        &got.lease,
+        Some(ids[1]),
+        Duration::ZERO,
+        "x",
+    )])
+    .await
+    .unwrap();
     let st = queue(s, "q").await;
-    assert_eq!((st.position, st.next, st.lag, st.retries), (ids[2], Some(ids[3]), 1, 1),
-        "acking late items never moves the position back");
+    assert_eq!(
+        (st.position, st.next, st.lag, st.retries),
+        (ids[2], Some(ids[3]), 1, 1),
+        "acking late items never moves the position back"
+    );
 }
 
 /// A settlement removes only what its batch could have held: an item
@@ -670,12 +941,26 @@ pub async fn a_settlement_keeps_items_enqueued_after_its_claim(b: &impl Backend)
     let s = &*f.store;
     let ids = pings(s, "a", 3).await;
     enqueue_for(s, "early", &[("q", ids[1]), ("q", ids[2])], 0).await;
-    let a = s.claim(&claim_for("o", &["early", "later"])).await.unwrap().remove(0);
+    let a = s
+        .claim(&claim_for("o", &["early", "later"]))
+        .await
+        .unwrap()
+        .remove(0);
     enqueue_for(s, "later", &[("q", ids[0]), ("q", ids[2])], 0).await;
-    s.settle(&[Settlement::ack(&a.lease, ids[2])]).await.unwrap();
+    s.settle(&[Settlement::ack(&a.lease, ids[2])])
+        .await
+        .unwrap();
     let st = queue(s, "q").await;
-    assert_eq!((st.position, st.next, st.lag), (ids[2], Some(ids[0]), 2), "{st:?}");
-    let got = s.claim(&claim_for("o", &["early", "later"])).await.unwrap().remove(0);
+    assert_eq!(
+        (st.position, st.next, st.lag),
+        (ids[2], Some(ids[0]), 2),
+        "{st:?}"
+    );
+    let got = s
+        .claim(&claim_for("o", &["early", "later"]))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(ids_of(&got), vec![ids[0], ids[2]]);
     assert!(got.events.iter().all(|p| p.reactions == vec!["later"]));
 }
@@ -690,10 +975,16 @@ pub async fn retry_is_scheduled_on_the_store_clock_for_every_broker(b: &impl Bac
     let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
     assert_eq!(a.lease.retries, 0);
     let delay = Duration::from_secs(20);
-    let r = s.settle(&[Settlement::retry(&a.lease, None, delay, "boom")]).await.unwrap();
+    let r = s
+        .settle(&[Settlement::retry(&a.lease, None, delay, "boom")])
+        .await
+        .unwrap();
     assert_eq!(r, vec![Ok(())]);
     let st = queue(s, "q").await;
-    assert_eq!((st.retries, st.error.as_deref(), st.blocked), (1, Some("boom"), false));
+    assert_eq!(
+        (st.retries, st.error.as_deref(), st.blocked),
+        (1, Some("boom"), false)
+    );
     assert!(st.retry_at.is_some());
     assert!(s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().is_empty());
     assert!(s.claim(&claim("B", 1, 10, LEASE)).await.unwrap().is_empty());
@@ -702,7 +993,9 @@ pub async fn retry_is_scheduled_on_the_store_clock_for_every_broker(b: &impl Bac
     f.clock.advance(Duration::from_secs(11)).await;
     let bb = s.claim(&claim("B", 1, 10, LEASE)).await.unwrap().remove(0);
     assert_eq!((bb.lease.retries, bb.events[0].event.id), (1, ids[0]));
-    s.settle(&[Settlement::ack(&bb.lease, ids[0])]).await.unwrap();
+    s.settle(&[Settlement::ack(&bb.lease, ids[0])])
+        .await
+        .unwrap();
     let st = queue(s, "q").await;
     assert_eq!((st.retries, st.retry_at, st.error), (0, None, None));
 }
@@ -716,13 +1009,30 @@ pub async fn partial_progress_is_kept_on_retry(b: &impl Backend) {
     let work: Vec<(&str, i64)> = ids.iter().map(|&e| ("q", e)).collect();
     enqueue(s, &work).await;
     let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
-    s.settle(&[Settlement::retry(&a.lease, Some(ids[0]), Duration::ZERO, "first")]).await.unwrap();
+    s.settle(&[Settlement::retry(
+        &a.lease,
+        Some(ids[0]),
+        Duration::ZERO,
+        "first",
+    )])
+    .await
+    .unwrap();
     let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
     assert_eq!((a.lease.position, a.lease.retries), (ids[0], 1));
     // Two more succeed, the fourth event fails: progress kept, count restarts.
-    s.settle(&[Settlement::retry(&a.lease, Some(ids[2]), Duration::ZERO, "fourth")]).await.unwrap();
+    s.settle(&[Settlement::retry(
+        &a.lease,
+        Some(ids[2]),
+        Duration::ZERO,
+        "fourth",
+    )])
+    .await
+    .unwrap();
     let st = queue(s, "q").await;
-    assert_eq!((st.position, st.retries, st.next), (ids[2], 1, Some(ids[3])));
+    assert_eq!(
+        (st.position, st.retries, st.next),
+        (ids[2], 1, Some(ids[3]))
+    );
 }
 
 /// A block stops the queue with its error; no broker claims it; it is not due.
@@ -732,7 +1042,9 @@ pub async fn block_stops_the_queue_and_keeps_the_error(b: &impl Backend) {
     let ids = pings(s, "a", 3).await;
     enqueue(s, &[("q", ids[0]), ("q", ids[1]), ("q", ids[2])]).await;
     let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
-    s.settle(&[Settlement::block(&a.lease, Some(ids[0]), "poisoned event")]).await.unwrap()[0]
+    s.settle(&[Settlement::block(&a.lease, Some(ids[0]), "poisoned event")])
+        .await
+        .unwrap()[0]
         .clone()
         .unwrap();
     let st = queue(s, "q").await;
@@ -740,9 +1052,19 @@ pub async fn block_stops_the_queue_and_keeps_the_error(b: &impl Backend) {
     assert_eq!((st.position, st.next, st.lag), (ids[0], Some(ids[1]), 2));
     assert_eq!(st.error.as_deref(), Some("poisoned event"));
     f.clock.advance(Duration::from_secs(3600)).await;
-    assert!(s.claim(&claim("B", 10, 10, LEASE)).await.unwrap().is_empty());
+    assert!(s
+        .claim(&claim("B", 10, 10, LEASE))
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(s.next_due(&[REACTION.to_string()]).await.unwrap(), None);
-    let blocked = s.queues(&QueueFilter { blocked: true, ..Default::default() }).await.unwrap();
+    let blocked = s
+        .queues(&QueueFilter {
+            blocked: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(blocked.len(), 1);
 }
 
@@ -755,13 +1077,24 @@ pub async fn unblock_resumes_at_the_failed_event(b: &impl Backend) {
     enqueue(s, &[("q", ids[0]), ("q", ids[1]), ("other", ids[1])]).await;
     let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
     assert_eq!(a.lease.stream, "q");
-    s.settle(&[Settlement::block(&a.lease, Some(ids[0]), "bad")]).await.unwrap();
-    let before = queue(s, "q").await;
-    let done = s
-        .unblock(&["q".to_string(), "other".to_string(), "missing".to_string(), "q".to_string()])
+    s.settle(&[Settlement::block(&a.lease, Some(ids[0]), "bad")])
         .await
         .unwrap();
-    assert_eq!(done, vec!["q".to_string()], "only blocked queues are unblocked, each once");
+    let before = queue(s, "q").await;
+    let done = s
+        .unblock(&[
+            "q".to_string(),
+            "other".to_string(),
+            "missing".to_string(),
+            "q".to_string(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        vec!["q".to_string()],
+        "only blocked queues are unblocked, each once"
+    );
     let st = queue(s, "q").await;
     assert!(!st.blocked);
     assert_eq!((st.retries, st.error.as_deref()), (0, None));
@@ -784,13 +1117,26 @@ pub async fn reset_records_replays_and_holds_delivery_until_they_catch_up(b: &im
     enqueue(s, &work).await;
     let held = s.claim(&claim("A", 1, 2, LEASE)).await.unwrap().remove(0);
     let st = s.reset("q", ids[1]).await.unwrap();
-    assert_eq!((st.position, st.lag, st.next, st.replay), (ids[1], 0, None, Some(ids[1])));
-    let r = s.settle(&[Settlement::ack(&held.lease, ids[1])]).await.unwrap();
+    assert_eq!(
+        (st.position, st.lag, st.next, st.replay),
+        (ids[1], 0, None, Some(ids[1]))
+    );
+    let r = s
+        .settle(&[Settlement::ack(&held.lease, ids[1])])
+        .await
+        .unwrap();
     assert!(matches!(r[0], Err(Rejection::Stale { .. })), "{r:?}");
     let replays = s.replays().await.unwrap();
     assert_eq!(replays.len(), 1);
-    assert_eq!((replays[0].stream.as_str(), replays[0].reaction.as_str(), replays[0].position, replays[0].until),
-        ("q", REACTION, ids[1], ids[3]));
+    assert_eq!(
+        (
+            replays[0].stream.as_str(),
+            replays[0].reaction.as_str(),
+            replays[0].position,
+            replays[0].until
+        ),
+        ("q", REACTION, ids[1], ids[3])
+    );
     // A replay step, like a broker's: one page of one event.
     let r = s
         .enqueue(&Correlation {
@@ -798,13 +1144,24 @@ pub async fn reset_records_replays_and_holds_delivery_until_they_catch_up(b: &im
             replay: Some("q".into()),
             from: ids[1],
             to: ids[2],
-            work: vec![item("q", ids[2], REACTION), item("elsewhere", ids[2], REACTION)],
+            work: vec![
+                item("q", ids[2], REACTION),
+                item("elsewhere", ids[2], REACTION),
+            ],
         })
         .await
         .unwrap();
     assert_eq!(r, vec![Some(ids[2])]);
-    assert!(s.queues(&QueueFilter { stream: Some("elsewhere".into()), ..Default::default() }).await.unwrap().is_empty(),
-        "a replay step writes to its queue only");
+    assert!(
+        s.queues(&QueueFilter {
+            stream: Some("elsewhere".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty(),
+        "a replay step writes to its queue only"
+    );
     let st = queue(s, "q").await;
     assert_eq!((st.lag, st.replay), (1, Some(ids[2])));
     // Work that arrives meanwhile (live correlation) waits behind the replay.
@@ -812,8 +1169,13 @@ pub async fn reset_records_replays_and_holds_delivery_until_they_catch_up(b: &im
     enqueue(s, &[("q", live)]).await;
     let got = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
     assert_eq!(ids_of(&got), vec![ids[2]]);
-    s.settle(&[Settlement::ack(&got.lease, ids[2])]).await.unwrap();
-    assert!(s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().is_empty(), "nothing past the replay");
+    s.settle(&[Settlement::ack(&got.lease, ids[2])])
+        .await
+        .unwrap();
+    assert!(
+        s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().is_empty(),
+        "nothing past the replay"
+    );
     let r = s
         .enqueue(&Correlation {
             reactions: vec![REACTION.into()],
@@ -825,7 +1187,10 @@ pub async fn reset_records_replays_and_holds_delivery_until_they_catch_up(b: &im
         .await
         .unwrap();
     assert_eq!(r, vec![Some(ids[3])]);
-    assert!(s.replays().await.unwrap().is_empty(), "a replay that reached its end is over");
+    assert!(
+        s.replays().await.unwrap().is_empty(),
+        "a replay that reached its end is over"
+    );
     let st = queue(s, "q").await;
     assert_eq!((st.lag, st.replay), (2, None));
     let got = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
@@ -854,9 +1219,18 @@ pub async fn items_below_a_reset_floor_are_dropped(b: &impl Backend) {
     enqueue(s, &[("q", ids[2])]).await;
     subscribe(s, &["slow"]).await;
     s.reset("q", ids[1]).await.unwrap();
-    s.enqueue(&step(&["slow"], 0, ids[2], vec![item("q", ids[0], "slow"), item("q", ids[1], "slow"), item("q", ids[2], "slow")]))
-        .await
-        .unwrap();
+    s.enqueue(&step(
+        &["slow"],
+        0,
+        ids[2],
+        vec![
+            item("q", ids[0], "slow"),
+            item("q", ids[1], "slow"),
+            item("q", ids[2], "slow"),
+        ],
+    ))
+    .await
+    .unwrap();
     let st = queue(s, "q").await;
     assert_eq!((st.lag, st.next), (1, Some(ids[2])));
 }
@@ -871,15 +1245,27 @@ pub async fn reset_of_an_unknown_queue_is_an_error(b: &impl Backend) {
         other => panic!("expected UnknownQueue, got {other:?}"),
     }
     let ids = pings(s, "a", 2).await;
-    s.subscribe(&[Subscription { name: "fixed".into(), events: vec!["Ping".into()], target: Some("only".into()), start: 0 }])
+    s.subscribe(&[Subscription {
+        name: "fixed".into(),
+        events: vec!["Ping".into()],
+        target: Some("only".into()),
+        start: 0,
+    }])
+    .await
+    .unwrap();
+    s.enqueue(&step(&["fixed"], 0, ids[1], vec![]))
         .await
         .unwrap();
-    s.enqueue(&step(&["fixed"], 0, ids[1], vec![])).await.unwrap();
-    assert!(matches!(s.reset("nope", 0).await, Err(Error::UnknownQueue(_))),
-        "a static reaction targets its own queue only");
+    assert!(
+        matches!(s.reset("nope", 0).await, Err(Error::UnknownQueue(_))),
+        "a static reaction targets its own queue only"
+    );
     // A queue that never had work, but that a reaction targets: replayed.
     let st = s.reset("only", 0).await.unwrap();
-    assert_eq!((st.stream.as_str(), st.position, st.replay), ("only", 0, Some(0)));
+    assert_eq!(
+        (st.stream.as_str(), st.position, st.replay),
+        ("only", 0, Some(0))
+    );
     assert_eq!(s.replays().await.unwrap().len(), 1);
 }
 
@@ -898,7 +1284,10 @@ pub async fn reset_past_the_head_is_refused(b: &impl Backend) {
         }
     }
     assert_eq!(queue(s, "q").await, before);
-    assert!(s.reset("q", head).await.is_ok(), "the head itself is a position");
+    assert!(
+        s.reset("q", head).await.is_ok(),
+        "the head itself is a position"
+    );
 }
 
 /// Retiring a reaction drops its pending items everywhere, reports how
@@ -921,22 +1310,36 @@ pub async fn retire_drops_pending_work_and_reports_it(b: &impl Backend) {
     ))
     .await
     .unwrap();
-    assert!(s.claim(&claim_for("v2", &["keep"])).await.unwrap().is_empty());
+    assert!(s
+        .claim(&claim_for("v2", &["keep"]))
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(queue(s, "shared").await.waiting.as_deref(), Some("gone"));
     match s.retire(&["gone".to_string(), "missing".to_string()]).await {
         Err(Error::UnknownReaction(n)) => assert_eq!(n, "missing"),
         other => panic!("expected UnknownReaction, got {other:?}"),
     }
-    assert_eq!(queue(s, "shared").await.lag, 2, "a failed retire changes nothing");
+    assert_eq!(
+        queue(s, "shared").await.lag,
+        2,
+        "a failed retire changes nothing"
+    );
     let r = s.retire(&["gone".to_string()]).await.unwrap();
     assert_eq!((r[0].dropped, r[0].queues, r[0].newly), (3, 3, true));
     let shared = queue(s, "shared").await;
-    assert_eq!((shared.lag, shared.next, shared.waiting), (1, Some(ids[1]), None));
+    assert_eq!(
+        (shared.lag, shared.next, shared.waiting),
+        (1, Some(ids[1]), None)
+    );
     assert_eq!(queue(s, "solo").await.lag, 0);
     let got = s.claim(&claim_for("v2", &["keep"])).await.unwrap();
     assert_eq!(got.len(), 1);
     // Retired stays retired: no work, no moves, and a second retire drops nothing.
-    let r = s.enqueue(&step(&["gone"], ids[2], ids[2], vec![])).await.unwrap();
+    let r = s
+        .enqueue(&step(&["gone"], ids[2], ids[2], vec![]))
+        .await
+        .unwrap();
     assert_eq!(r, vec![None]);
     let again = s.retire(&["gone".to_string()]).await.unwrap();
     assert_eq!((again[0].dropped, again[0].newly), (0, false));
@@ -944,7 +1347,12 @@ pub async fn retire_drops_pending_work_and_reports_it(b: &impl Backend) {
     assert!(subs.iter().any(|x| x.name == "gone" && x.retired.is_some()));
     // Registering it again does not bring it back.
     subscribe(s, &["gone"]).await;
-    assert!(s.subscriptions().await.unwrap().iter().any(|x| x.name == "gone" && x.retired.is_some()));
+    assert!(s
+        .subscriptions()
+        .await
+        .unwrap()
+        .iter()
+        .any(|x| x.name == "gone" && x.retired.is_some()));
 }
 
 /// Release frees a queue at once, position unchanged.
@@ -954,7 +1362,10 @@ pub async fn release_gives_the_queue_back(b: &impl Backend) {
     let ids = pings(s, "a", 1).await;
     enqueue(s, &[("q", ids[0])]).await;
     let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
-    assert_eq!(s.release(&[a.lease.reference()]).await.unwrap(), vec![Ok(())]);
+    assert_eq!(
+        s.release(&[a.lease.reference()]).await.unwrap(),
+        vec![Ok(())]
+    );
     let st = queue(s, "q").await;
     assert_eq!((st.position, st.lease_owner), (0, None));
     let bb = s.claim(&claim("B", 1, 10, LEASE)).await.unwrap();
@@ -974,11 +1385,29 @@ pub async fn next_due_reports_when_work_becomes_claimable(b: &impl Backend) {
     enqueue(s, &[("q", ids[0])]).await;
     assert_eq!(s.next_due(&mine).await.unwrap(), Some(Duration::ZERO));
     let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
-    let d = s.next_due(&mine).await.unwrap().expect("leased work is still pending");
+    let d = s
+        .next_due(&mine)
+        .await
+        .unwrap()
+        .expect("leased work is still pending");
     assert!(d > Duration::from_secs(25) && d <= LEASE, "{d:?}");
-    s.settle(&[Settlement::retry(&a.lease, None, Duration::from_secs(5), "x")]).await.unwrap();
-    let d = s.next_due(&mine).await.unwrap().expect("retrying work is pending");
-    assert!(d > Duration::from_secs(3) && d <= Duration::from_secs(5), "{d:?}");
+    s.settle(&[Settlement::retry(
+        &a.lease,
+        None,
+        Duration::from_secs(5),
+        "x",
+    )])
+    .await
+    .unwrap();
+    let d = s
+        .next_due(&mine)
+        .await
+        .unwrap()
+        .expect("retrying work is pending");
+    assert!(
+        d > Duration::from_secs(3) && d <= Duration::from_secs(5),
+        "{d:?}"
+    );
 }
 
 /// Listings are in byte order (never a collation's), their limit is a
@@ -993,30 +1422,67 @@ pub async fn queues_are_listed_in_byte_order_and_paged(b: &impl Backend) {
     let mut want: Vec<&str> = names.to_vec();
     want.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
     let all = s.queues(&QueueFilter::default()).await.unwrap();
-    assert_eq!(all.iter().map(|q| q.stream.as_str()).collect::<Vec<_>>(), want);
-    let first = s.queues(&QueueFilter { limit: Some(3), ..Default::default() }).await.unwrap();
-    assert_eq!(first.iter().map(|q| q.stream.as_str()).collect::<Vec<_>>(), want[..3].to_vec());
+    assert_eq!(
+        all.iter().map(|q| q.stream.as_str()).collect::<Vec<_>>(),
+        want
+    );
+    let first = s
+        .queues(&QueueFilter {
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|q| q.stream.as_str()).collect::<Vec<_>>(),
+        want[..3].to_vec()
+    );
     let mut paged = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = s.queues(&QueueFilter { after: after.clone(), limit: Some(4), ..Default::default() }).await.unwrap();
+        let page = s
+            .queues(&QueueFilter {
+                after: after.clone(),
+                limit: Some(4),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
         after = page.last().map(|q| q.stream.clone());
         paged.extend(page.into_iter().map(|q| q.stream));
     }
-    assert_eq!(paged, want.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        paged,
+        want.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    );
     // Claim tie-breaks (same priority, same next event) are byte order too.
     let ids = pings(s, "t", 1).await;
     subscribe(s, &["tie"]).await;
     let cp = checkpoint(s, "tie").await;
-    s.enqueue(&step(&["tie"], cp, ids[0], vec![item("tB", ids[0], "tie"), item("ta", ids[0], "tie"), item("tA", ids[0], "tie")]))
-        .await
-        .unwrap();
+    s.enqueue(&step(
+        &["tie"],
+        cp,
+        ids[0],
+        vec![
+            item("tB", ids[0], "tie"),
+            item("ta", ids[0], "tie"),
+            item("tA", ids[0], "tie"),
+        ],
+    ))
+    .await
+    .unwrap();
     let mut order = Vec::new();
     for _ in 0..3 {
-        let got = s.claim(&Claim { queues: 1, ..claim_for("o", &["tie"]) }).await.unwrap();
+        let got = s
+            .claim(&Claim {
+                queues: 1,
+                ..claim_for("o", &["tie"])
+            })
+            .await
+            .unwrap();
         order.push(got[0].lease.stream.clone());
     }
     assert_eq!(order, vec!["tA", "tB", "ta"]);

@@ -185,6 +185,30 @@ pub(crate) async fn ping(store: &dyn Store, stream: &str, data: Value) -> Arc<Ev
     e.remove(0)
 }
 
+/// Waits until a reader that follows the log sees `n` events. A store may
+/// hide committed events from followers for a while (PostgreSQL: behind a
+/// transaction still running anywhere on the server, which on a busy
+/// machine can take long); visibility is a promise about order, not speed,
+/// so tests that read their own writes across streams wait for it.
+pub(crate) async fn visible(store: &dyn Store, n: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let seen = store
+            .query(&crate::query::Query::new())
+            .await
+            .expect("query")
+            .len();
+        if seen >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {seen} of {n} committed events became visible to a reader within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Appends `n` plain `Ping` events to `stream`; returns their ids.
 pub(crate) async fn pings(store: &dyn Store, stream: &str, n: usize) -> Vec<i64> {
     let messages = (0..n)
@@ -240,7 +264,12 @@ pub(crate) async fn enqueue_with_priority(store: &dyn Store, work: &[(&str, i64)
 
 /// Enqueues `(queue, event)` pairs for `reaction` past its checkpoint
 /// (registering it first).
-pub(crate) async fn enqueue_for(store: &dyn Store, reaction: &str, work: &[(&str, i64)], priority: i32) {
+pub(crate) async fn enqueue_for(
+    store: &dyn Store,
+    reaction: &str,
+    work: &[(&str, i64)],
+    priority: i32,
+) {
     subscribe(store, &[reaction]).await;
     let from = checkpoint(store, reaction).await;
     let to = work.iter().map(|w| w.1).max().unwrap_or(from).max(from);
@@ -263,7 +292,11 @@ pub(crate) async fn enqueue_for(store: &dyn Store, reaction: &str, work: &[(&str
         })
         .await
         .expect("enqueue");
-    assert_eq!(after, vec![Some(to)], "enqueue from the current checkpoint must apply");
+    assert_eq!(
+        after,
+        vec![Some(to)],
+        "enqueue from the current checkpoint must apply"
+    );
 }
 
 /// The state of one queue (panics when it does not exist).
