@@ -48,41 +48,94 @@ pub(crate) enum Bound {
     Given(i64),
 }
 
+/// A jsonb (or json) value as the text the server sent, decoded by us: a
+/// value the driver's decoder would refuse (nested past serde_json's
+/// recursion limit, written before the limits existed) stays readable as
+/// text.
+struct RawJson<'a>(&'a str);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawJson<'a> {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // Binary jsonb is a version byte (1) and the JSON text.
+        let text = if *ty == tokio_postgres::types::Type::JSONB {
+            match raw.split_first() {
+                Some((1, rest)) => rest,
+                _ => return Err("unsupported jsonb encoding version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(RawJson(std::str::from_utf8(text)?))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSONB || *ty == tokio_postgres::types::Type::JSON
+    }
+}
+
 /// Decodes an event row whose first columns are [`COLUMNS`], from `at`.
+/// An event whose payload, causation or actor cannot be decoded comes back
+/// as [`Event::undecodable`] (the broker blocks only the queues it reaches);
+/// a row that is not an event row at all is an error.
 pub(crate) fn event(row: &Row, at: usize) -> act::Result<Arc<Event>> {
     let id: i64 = row.try_get(at).map_err(|e| decode("an event id", e))?;
     let name: String = row
         .try_get(at + 3)
         .map_err(|e| decode(format!("event {id}"), e))?;
     let what = |field: &str| format!("the {field} of event {id} `{name}`");
-    let causation: Option<Value> = row
+    let stream: String = row.try_get(at + 1).map_err(|e| decode(what("stream"), e))?;
+    let version: i64 = row
+        .try_get(at + 2)
+        .map_err(|e| decode(what("version"), e))?;
+    let created: DateTime<Utc> = row.try_get(at + 5).map_err(|e| decode(what("time"), e))?;
+    let correlation: String = row
+        .try_get(at + 6)
+        .map_err(|e| decode(what("correlation"), e))?;
+    let data: RawJson<'_> = row.try_get(at + 4).map_err(|e| decode(what("data"), e))?;
+    let causation: Option<RawJson<'_>> = row
         .try_get(at + 7)
         .map_err(|e| decode(what("causation"), e))?;
-    let actor: Option<Value> = row.try_get(at + 8).map_err(|e| decode(what("actor"), e))?;
-    Ok(Arc::new(Event {
-        id,
-        stream: row.try_get(at + 1).map_err(|e| decode(what("stream"), e))?,
-        version: row
-            .try_get(at + 2)
-            .map_err(|e| decode(what("version"), e))?,
-        data: row.try_get(at + 4).map_err(|e| decode(what("data"), e))?,
-        meta: Meta {
-            created: row
-                .try_get::<_, DateTime<Utc>>(at + 5)
-                .map_err(|e| decode(what("time"), e))?,
-            correlation: row
-                .try_get(at + 6)
-                .map_err(|e| decode(what("correlation"), e))?,
-            causation: match causation {
-                Some(c) => serde_json::from_value(c).map_err(|e| decode(what("causation"), e))?,
+    let actor: Option<RawJson<'_>> = row.try_get(at + 8).map_err(|e| decode(what("actor"), e))?;
+    let decoded =
+        (|| -> Result<(Value, Causation, act::Actor), (&'static str, serde_json::Error, &str)> {
+            let data: Value = serde_json::from_str(data.0).map_err(|e| ("data", e, data.0))?;
+            let causation = match causation {
+                Some(c) => serde_json::from_str(c.0).map_err(|e| ("causation", e, c.0))?,
                 None => Causation::default(),
-            },
-            actor: match actor {
-                Some(a) => serde_json::from_value(a).map_err(|e| decode(what("actor"), e))?,
-                None => Default::default(),
+            };
+            let actor = match actor {
+                Some(a) => serde_json::from_str(a.0).map_err(|e| ("actor", e, a.0))?,
+                None => act::Actor::default(),
+            };
+            Ok((data, causation, actor))
+        })();
+    Ok(Arc::new(match decoded {
+        Ok((data, causation, actor)) => Event {
+            id,
+            stream,
+            version,
+            name,
+            data,
+            meta: Meta {
+                created,
+                correlation,
+                causation,
+                actor,
             },
         },
-        name,
+        Err((field, e, raw)) => Event::undecodable(
+            id,
+            stream,
+            version,
+            name,
+            created,
+            correlation,
+            format!("its {field}: {e}"),
+            raw,
+        ),
     }))
 }
 
