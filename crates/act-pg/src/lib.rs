@@ -5,17 +5,29 @@
 //! - **Everything in one schema** of your choice (`?schema=NAME`, default
 //!   `act`), so several apps and parallel tests share one server. Numbered
 //!   migrations, recorded, applied under an advisory lock.
-//! - **Appends** are one call of the `act_append` function: optimistic
-//!   concurrency enforced by `UNIQUE (stream, version)`, conflicts reported as
-//!   [`act::Error::Concurrency`], idempotency keys in their own table.
+//! - **Appends** are one call of the `act_append` function, checked first
+//!   against [`act::limits`]: one writer per stream at a time (a
+//!   transaction-level advisory lock), so an append that expects any version
+//!   never fails and one that expects a version it does not find is
+//!   [`act::Error::Concurrency`] naming the actual one; idempotency keys in
+//!   their own table.
 //! - **Visibility** (contract promise 4) without a global lock: ids are
 //!   `(transaction id << 16) + n`, and readers that follow ids stop below the
 //!   oldest running transaction, so no event can appear behind a reader.
 //!   Appends from many clients run in parallel (see `docs/postgres.md`).
-//! - **Claim** is one statement: `FOR UPDATE SKIP LOCKED` over the
-//!   `queues_due` index, leases on the database clock, the claimed queues'
-//!   events fetched in the same round trip. Settle, renew and release are one
-//!   function call each for a whole batch, fenced by tokens.
+//! - **Queues** (port version 2): subscriptions with their own checkpoints,
+//!   pending items per (queue, event, reaction), replays of reset queues.
+//!   Every rule that takes more than one statement is one PL/pgSQL function
+//!   (enqueue, claim, settle, renew, release, reset, retire, subscribe), so
+//!   every port call is one round trip. Claim walks the `queues_due` index
+//!   in claim order with `FOR UPDATE SKIP LOCKED`, leases on the database
+//!   clock, and stops as soon as it has leased enough queues. Names are
+//!   `COLLATE "C"`: listings, pages and tie-breaks are byte order whatever
+//!   the database's default collation.
+//! - **Faults**: a connection whose error may have left it unusable (closed,
+//!   server shutting down, read-only session, failed transaction) is dropped
+//!   instead of going back to the pool; errors are classified by cause
+//!   (SQLSTATE, I/O), never by message text.
 //! - **Wake-up** with `LISTEN/NOTIFY`, sent after commits (never inside them),
 //!   with reconnection and polling as the fallback.
 //!
@@ -28,32 +40,44 @@
 //! TLS is not supported yet: use a local socket, a private network or an
 //! SSL-terminating proxy.
 
+mod conn;
 mod error;
 mod events;
 mod notify;
 mod queues;
 mod schema;
+mod subscriptions;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use act::{Append, Error, Event, EventStore, ExpectedVersion, Query};
-use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use serde_json::Value;
+use act::{Error, OpenMode};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use conn::Conn;
 
 pub use schema::SCHEMA_VERSION;
+
+/// Test-only helpers (feature `test-hooks`): never use in an application.
+#[cfg(feature = "test-hooks")]
+pub mod testing {
+    pub use crate::schema::v1_store_sql;
+}
 
 /// How a store is opened.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// The PostgreSQL schema holding act's tables (created when missing).
+    /// The PostgreSQL schema holding act's tables (created when missing,
+    /// if `mode` allows).
     pub schema: String,
+    /// Create, open an existing store, or open it read-only.
+    pub mode: OpenMode,
     /// Connections in the pool.
     pub pool_size: usize,
     /// How long a call waits for a free connection.
@@ -77,6 +101,7 @@ impl Default for PgOptions {
     fn default() -> Self {
         PgOptions {
             schema: "act".into(),
+            mode: OpenMode::Create,
             pool_size: 16,
             pool_timeout: Duration::from_secs(30),
             listen: true,
@@ -98,6 +123,7 @@ pub struct PgStore {
     pub(crate) offset: Arc<AtomicI64>,
     pub(crate) naive: bool,
     pub(crate) delay_ms: i32,
+    read_only: bool,
     wake: Arc<watch::Sender<u64>>,
     poke: Arc<Notify>,
     /// Pokes for news other processes need only eventually (freed leases).
@@ -185,21 +211,47 @@ pub fn parse_url(url: &str) -> act::Result<(tokio_postgres::Config, PgOptions)> 
 
 impl PgStore {
     /// Opens a store from a URL (`postgres://user:pass@host:port/db?schema=NAME&pool_size=N`),
-    /// creating or upgrading its schema.
+    /// creating or upgrading its schema ([`OpenMode::Create`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> act::Result<()> {
+    /// let store = act_pg::PgStore::open("postgres://postgres@127.0.0.1/app?schema=shop").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn open(url: &str) -> act::Result<Self> {
-        let (config, options) = parse_url(url)?;
+        PgStore::open_mode(url, OpenMode::Create).await
+    }
+
+    /// Opens a store from a URL as `mode` says: [`OpenMode::Create`] creates
+    /// or upgrades the schema; [`OpenMode::Existing`] upgrades it and
+    /// refuses a missing one ([`Error::Missing`]); [`OpenMode::ReadOnly`]
+    /// runs no DDL and writes nothing (it works against a read-only
+    /// database), refuses a missing schema ([`Error::Missing`]) and one older
+    /// or newer than this build ([`Error::Schema`]), opens sessions with
+    /// `default_transaction_read_only`, refuses writes itself
+    /// ([`Error::InvalidInput`]), and starts no `NOTIFY` sender. One round
+    /// trip or two to check the schema; the pool connects lazily after that.
+    pub async fn open_mode(url: &str, mode: OpenMode) -> act::Result<Self> {
+        let (config, mut options) = parse_url(url)?;
+        options.mode = mode;
         PgStore::open_with(config, options, &act::redact_url(url)).await
     }
 
     /// Opens with an explicit driver configuration and options; `label` names
     /// the store in errors (never put a password in it).
     pub async fn open_with(
-        config: tokio_postgres::Config,
+        mut config: tokio_postgres::Config,
         options: PgOptions,
         label: &str,
     ) -> act::Result<Self> {
         schema::validate(&options.schema)?;
         let name = format!("{label} (schema {})", options.schema);
+        let read_only = options.mode == OpenMode::ReadOnly;
+        if read_only {
+            // Belt and braces: the server refuses what the store would not do.
+            let given = config.get_options().unwrap_or_default().to_string();
+            config.options(format!("{given} -c default_transaction_read_only=on").trim());
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -214,24 +266,34 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::InvalidInput(format!("cannot build the connection pool: {e}")))?;
-        let mut client = pool.get().await.map_err(|e| error::pool(&name, e))?;
-        schema::migrate(&mut client, &options.schema, &name).await?;
+        let mut client = Conn::new(pool.get().await.map_err(|e| error::pool(&name, e))?);
+        let opened = schema::open(client.object_mut(), &options.schema, &name, options.mode).await;
+        if matches!(opened, Err(Error::Unavailable { .. })) {
+            client.discard();
+        }
+        opened?;
         drop(client);
         let wake = Arc::new(watch::Sender::new(0));
         let poke = Arc::new(Notify::new());
         let soft_poke = Arc::new(Notify::new());
         let channel = channel(&options.schema);
         let recheck = Arc::new(Notify::new());
-        let tasks = vec![
-            notify::notifier(pool.clone(), channel.clone(), poke.clone(), notify::PACE),
-            notify::notifier(
+        let mut tasks = vec![notify::rechecker(recheck.clone(), wake.clone())];
+        if !read_only {
+            // Only writers tell other processes about their commits.
+            tasks.push(notify::notifier(
+                pool.clone(),
+                channel.clone(),
+                poke.clone(),
+                notify::PACE,
+            ));
+            tasks.push(notify::notifier(
                 pool.clone(),
                 channel.clone(),
                 soft_poke.clone(),
                 notify::SOFT_PACE,
-            ),
-            notify::rechecker(recheck.clone(), wake.clone()),
-        ];
+            ));
+        }
         // The LISTEN connection is opened on the first `wake()`: one-shot
         // commands (status, reset…) never need it.
         let listener = options.listen.then(|| Listener {
@@ -250,6 +312,7 @@ impl PgStore {
             offset: options.clock_offset,
             naive,
             delay_ms,
+            read_only,
             wake,
             poke,
             soft_poke,
@@ -268,32 +331,70 @@ impl PgStore {
     /// CASCADE`): for benchmarks and tests that made a throwaway store.
     /// Irreversible.
     pub async fn drop_schema(&self) -> act::Result<()> {
-        let client = self.client().await?;
+        self.writable()?;
+        let client = self.conn().await?;
         client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .batch(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
             .await
             .map_err(|e| self.err(e))
     }
 
-    pub(crate) async fn client(&self) -> act::Result<Object> {
+    /// A pooled connection (dropped instead of returned after an error that
+    /// may have spoiled it).
+    pub(crate) async fn conn(&self) -> act::Result<Conn> {
         self.pool
             .get()
             .await
+            .map(Conn::new)
             .map_err(|e| error::pool(&self.name, e))
     }
 
-    /// Runs an event query on a pooled connection (returned to the pool
-    /// before the rows are decoded).
-    async fn read(&self, sql: &events::Sql) -> act::Result<Vec<tokio_postgres::Row>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&sql.text)
-            .await
-            .map_err(|e| self.err(e))?;
-        client
-            .query(&stmt, &sql.params())
-            .await
-            .map_err(|e| self.err(e))
+    /// Runs one statement on a pooled connection, again (up to 5 times)
+    /// when the server aborted it for a deadlock or a serialization failure.
+    /// The connection goes back to the pool before the rows are decoded.
+    pub(crate) async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> act::Result<Vec<Row>> {
+        self.try_rows(sql, params).await.map_err(|f| self.fail(f))
+    }
+
+    /// [`PgStore::rows`] with the driver's error, for callers that map act's
+    /// own SQLSTATEs first. A pool failure is already mapped.
+    pub(crate) async fn try_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Failure> {
+        let mut attempt = 0;
+        loop {
+            let client = self.conn().await.map_err(Failure::Mapped)?;
+            match client.query(sql, params).await {
+                Err(e) if error::is_retryable(&e) && attempt < 5 => {
+                    drop(client);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..10 * attempt))).await;
+                }
+                other => return other.map_err(Failure::Driver),
+            }
+        }
+    }
+
+    /// Runs an event query.
+    async fn read(&self, sql: &events::Sql) -> act::Result<Vec<Row>> {
+        self.rows(&sql.text, &sql.params()).await
+    }
+
+    /// Refuses a write on a store opened read-only.
+    pub(crate) fn writable(&self) -> act::Result<()> {
+        if self.read_only {
+            return Err(Error::InvalidInput(format!(
+                "store {} was opened read-only (OpenMode::ReadOnly): it writes nothing; open it with OpenMode::Existing to change it",
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn offset_us(&self) -> i64 {
@@ -320,29 +421,20 @@ impl PgStore {
         error::map(&self.name, e)
     }
 
-    /// Runs `f` on a pooled connection, again (up to 5 times) when the server
-    /// aborted it for a deadlock or a serialization failure.
-    pub(crate) async fn retrying<T, F, Fut>(&self, f: F) -> act::Result<T>
-    where
-        F: Fn(Object) -> Fut,
-        Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-    {
-        let mut attempt = 0;
-        loop {
-            let client = self.client().await?;
-            match f(client).await {
-                Err(e) if error::is_retryable(&e) && attempt < 5 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..10 * attempt))).await;
-                }
-                other => return other.map_err(|e| self.err(e)),
-            }
+    /// Maps a [`Failure`] that is not one of act's own codes.
+    pub(crate) fn fail(&self, f: Failure) -> Error {
+        match f {
+            Failure::Mapped(e) => e,
+            Failure::Driver(e) => self.err(e),
         }
     }
+}
 
-    fn bounded(&self) -> bool {
-        !self.naive
-    }
+/// Why a statement failed: no connection (already an [`act::Error`]), or the
+/// driver's error (the caller may look at act's own SQLSTATEs first).
+pub(crate) enum Failure {
+    Mapped(Error),
+    Driver(tokio_postgres::Error),
 }
 
 /// The NOTIFY channel of a schema (at most 63 bytes).
@@ -350,189 +442,6 @@ fn channel(schema: &str) -> String {
     let mut c = format!("act_{schema}");
     c.truncate(63);
     c
-}
-
-const MAX_EVENTS_PER_APPEND: usize = 65_535;
-
-/// How long a forward read waits for events committed before it to pass the
-/// visibility bound (they are behind transactions still running).
-const VISIBILITY_WAIT: Duration = Duration::from_millis(50);
-
-#[async_trait]
-impl EventStore for PgStore {
-    async fn append(&self, a: Append) -> act::Result<Vec<Arc<Event>>> {
-        if a.messages.len() > MAX_EVENTS_PER_APPEND {
-            return Err(Error::InvalidInput(format!(
-                "an append holds at most {MAX_EVENTS_PER_APPEND} events on PostgreSQL, got {}",
-                a.messages.len()
-            )));
-        }
-        let expected: Option<i64> = match a.expected {
-            ExpectedVersion::Any => None,
-            ExpectedVersion::NoStream => Some(-1),
-            ExpectedVersion::Exact(v) => Some(v),
-        };
-        let names: Vec<&str> = a.messages.iter().map(|m| m.name.as_str()).collect();
-        let data: Vec<&Value> = a.messages.iter().map(|m| &m.data).collect();
-        let causation = (a.causation != act::Causation::default())
-            .then(|| serde_json::to_value(&a.causation))
-            .transpose()
-            .map_err(|e| Error::decode("causation", e))?;
-        let actor = (a.actor != act::Actor::default())
-            .then(|| serde_json::to_value(&a.actor))
-            .transpose()
-            .map_err(|e| Error::decode("actor", e))?;
-        let correlation = a.correlation_or_new();
-        let sql = format!(
-            "SELECT {}, replay FROM {}.act_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            events::COLUMNS,
-            self.schema
-        );
-        let mut attempts = 0;
-        loop {
-            let client = self.client().await?;
-            let stmt = client.prepare_cached(&sql).await.map_err(|e| self.err(e))?;
-            let rows = client
-                .query(
-                    &stmt,
-                    &[
-                        &a.stream,
-                        &expected,
-                        &names,
-                        &data,
-                        &correlation,
-                        &causation,
-                        &actor,
-                        &a.idempotency_key,
-                        &self.offset_us(),
-                        &self.naive,
-                        &self.delay_ms,
-                    ],
-                )
-                .await;
-            match rows {
-                Ok(rows) => {
-                    if rows.first().is_some_and(|r| r.get::<_, bool>(9)) {
-                        // A used key: the first append's events, as stored.
-                        return rows.iter().map(|r| events::event(r, 0)).collect();
-                    }
-                    // Our own events: the server sent only id, version and time.
-                    let mut out = Vec::with_capacity(rows.len());
-                    for (r, m) in rows.iter().zip(&a.messages) {
-                        out.push(Arc::new(Event {
-                            id: r.get(0),
-                            stream: a.stream.clone(),
-                            version: r.get(2),
-                            name: m.name.clone(),
-                            data: m.data.clone(),
-                            meta: act::Meta {
-                                created: r.get(5),
-                                correlation: correlation.clone(),
-                                causation: a.causation.clone(),
-                                actor: a.actor.clone(),
-                            },
-                        }));
-                    }
-                    if !out.is_empty() {
-                        self.notify();
-                    }
-                    return Ok(out);
-                }
-                Err(e) if e.code().is_some_and(|c| c.code() == "AC409") => {
-                    let actual = e
-                        .as_db_error()
-                        .and_then(|d| d.message().parse::<i64>().ok());
-                    return Err(Error::Concurrency {
-                        stream: a.stream.clone(),
-                        expected: a.expected,
-                        actual: actual.into(),
-                    });
-                }
-                Err(e) if error::violates(&e, "events_stream_version") => {
-                    // A concurrent append of the same version committed first.
-                    let sql = format!(
-                        "SELECT max(version) FROM {}.events WHERE stream = $1",
-                        self.schema
-                    );
-                    let actual: Option<i64> = client
-                        .query_one(&sql, &[&a.stream])
-                        .await
-                        .map_err(|e| self.err(e))?
-                        .get(0);
-                    return Err(Error::Concurrency {
-                        stream: a.stream.clone(),
-                        expected: a.expected,
-                        actual: actual.into(),
-                    });
-                }
-                // A concurrent append with the same key committed first: the
-                // next attempt returns its events.
-                Err(e)
-                    if (error::violates(&e, "appends_pkey") || error::is_retryable(&e))
-                        && attempts < 5 =>
-                {
-                    attempts += 1;
-                }
-                Err(e) => return Err(self.err(e)),
-            }
-        }
-    }
-
-    async fn query(&self, q: &Query) -> act::Result<Vec<Arc<Event>>> {
-        if q.limit == Some(0) {
-            return Ok(Vec::new());
-        }
-        let bounded = self.bounded() && events::follows_ids(q);
-        let sql = events::query(&self.schema, q, bounded);
-        if !bounded {
-            let rows = self.read(&sql).await?;
-            return rows.iter().map(|r| events::event(r, 0)).collect();
-        }
-        // Read your writes: wait (briefly) until every event committed before
-        // this call is below the visibility bound.
-        let waited_until = tokio::time::Instant::now() + VISIBILITY_WAIT;
-        let mut target: Option<i64> = None;
-        loop {
-            let rows = self.read(&sql).await?;
-            let (bound, top): (i64, i64) = rows.first().map_or((0, 0), |r| (r.get(0), r.get(1)));
-            let events = rows
-                .iter()
-                .filter(|r| r.get::<_, Option<i64>>(2).is_some())
-                .map(|r| events::event(r, 2))
-                .collect::<act::Result<Vec<_>>>()?;
-            let target = *target.get_or_insert(top);
-            let full = q.limit.is_some_and(|n| events.len() >= n);
-            if full || bound > target || tokio::time::Instant::now() >= waited_until {
-                if bound <= top {
-                    // Committed events are still hidden behind a running
-                    // transaction: wake brokers again shortly.
-                    self.recheck.notify_one();
-                }
-                return Ok(events);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    /// The highest committed event id. Readers that follow ids may see it a
-    /// moment later, once older transactions have ended.
-    async fn head(&self) -> act::Result<i64> {
-        let sql = format!("SELECT coalesce(max(id), 0) FROM {}.events", self.schema);
-        let client = self.client().await?;
-        let row = client.query_one(&sql, &[]).await.map_err(|e| self.err(e))?;
-        Ok(row.get(0))
-    }
-
-    fn wake(&self) -> watch::Receiver<u64> {
-        if let Some(l) = &self.listener {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                l.task.get_or_init(|| {
-                    notify::listener(l.config.clone(), l.channel.clone(), self.wake.clone())
-                });
-            }
-        }
-        self.wake.subscribe()
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 //! a *notifier* task, which sends `pg_notify` in its own tiny transaction,
 //! coalescing pokes that arrive while one is in flight. A *listener* task
 //! holds a dedicated connection with `LISTEN` and turns notifications into
-//! wake-ups; when the connection drops it reconnects with backoff (brokers
-//! poll meanwhile) and wakes once after reconnecting, for anything missed.
+//! wake-ups; when the connection drops it reconnects with capped exponential
+//! backoff (brokers poll meanwhile), starting again from the shortest pause
+//! once a connection has worked, and wakes once after reconnecting, for
+//! anything missed.
 //! Both tasks belong to the store and are aborted when it is dropped.
 
 use std::sync::Arc;
@@ -23,6 +25,21 @@ fn bump(wake: &watch::Sender<u64>) {
     wake.send_modify(|n| *n = n.wrapping_add(1));
 }
 
+/// The shortest and longest pause between LISTEN connection attempts.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LAST_PAUSE: Duration = Duration::from_secs(5);
+
+/// The pause before the next LISTEN attempt: the shortest after a connection
+/// that worked (however it ended), twice the last one (capped) after a
+/// failed attempt.
+fn next_pause(last: Duration, listened: bool) -> Duration {
+    if listened {
+        FIRST_PAUSE
+    } else {
+        (last * 2).clamp(FIRST_PAUSE, LAST_PAUSE)
+    }
+}
+
 /// Listens on `channel` until aborted, waking `wake` on every notification.
 pub(crate) fn listener(
     config: tokio_postgres::Config,
@@ -30,24 +47,26 @@ pub(crate) fn listener(
     wake: Arc<watch::Sender<u64>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut pause = Duration::from_millis(100);
+        // Before the first attempt: a failure then waits FIRST_PAUSE.
+        let mut pause = FIRST_PAUSE / 2;
         loop {
-            match listen_once(&config, &channel, &wake).await {
-                Ok(()) => pause = Duration::from_millis(100),
-                Err(e) => {
-                    tracing::warn!(error = %e, ?pause, "LISTEN connection lost; brokers poll until it is back")
-                }
+            let mut listened = false;
+            if let Err(e) = listen_once(&config, &channel, &wake, &mut listened).await {
+                tracing::warn!(error = %e, "LISTEN connection lost; brokers poll until it is back");
             }
+            pause = next_pause(pause, listened);
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
         }
     })
 }
 
+/// One LISTEN connection, until it ends. Sets `listened` once LISTEN is in
+/// place.
 async fn listen_once(
     config: &tokio_postgres::Config,
     channel: &str,
     wake: &Arc<watch::Sender<u64>>,
+    listened: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     // The connection must be driven while LISTEN runs; the JoinSet owns the
@@ -68,6 +87,7 @@ async fn listen_once(
     client
         .batch_execute(&format!("LISTEN \"{channel}\""))
         .await?;
+    *listened = true;
     // Anything committed while we were not listening.
     bump(wake);
     let ended = driver.join_next().await;
@@ -103,10 +123,11 @@ pub(crate) fn notifier(
             }
             last = Some(tokio::time::Instant::now());
             let sent = async {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let client = crate::conn::Conn::new(pool.get().await.map_err(|e| e.to_string())?);
                 client
-                    .execute("SELECT pg_notify($1, '')", &[&channel])
+                    .query("SELECT pg_notify($1, '')", &[&channel])
                     .await
+                    .map(drop)
                     .map_err(|e| e.to_string())
             };
             if let Err(e) = sent.await {
@@ -128,4 +149,26 @@ pub(crate) fn rechecker(poke: Arc<Notify>, wake: Arc<watch::Sender<u64>>) -> Joi
             bump(&wake);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listen_backoff_grows_while_attempts_fail_and_restarts_after_one_works() {
+        let mut pause = FIRST_PAUSE / 2;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            pause = next_pause(pause, false);
+            seen.push(pause.as_millis());
+        }
+        assert_eq!(seen, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(
+            next_pause(pause, true),
+            FIRST_PAUSE,
+            "a connection that worked resets it"
+        );
+        assert_eq!(next_pause(FIRST_PAUSE, false), FIRST_PAUSE * 2);
+    }
 }

@@ -1,24 +1,38 @@
-//! The queue store port on PostgreSQL: correlation (`act_enqueue`), claim and
-//! fetch in one statement, settle/renew/release as one function call per
-//! batch, unblock, reset, listing. Every time is the database clock
-//! (`now()`, plus the test offset).
+//! The queue store port on PostgreSQL: claim (`act_claim`), settle, renew,
+//! release and reset as one function call each, unblock as one statement,
+//! listings from the `queue_states` view. Subscriptions and correlation are
+//! in `subscriptions.rs`. Every time is the database clock (`now()`, plus
+//! the test offset).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use act::{
-    Batch, Claim, Error, Event, Lease, LeaseRef, Outcome, QueueFilter, QueueState, QueueStore,
-    Rejection, Settlement, Work,
+    Batch, Claim, Correlation, Error, Lease, LeaseRef, Outcome, Pending, QueueFilter, QueueState,
+    QueueStore, Rejection, Replay, Retired, Settlement, Subscription, SubscriptionState,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::events::{event, COLUMNS};
-use crate::PgStore;
+use crate::error;
+use crate::events::event;
+use crate::{Failure, PgStore};
+
+/// The longest lease or retry delay written: a hundred years. Longer ones
+/// (`Duration::MAX`) would overflow the database's timestamps; this is as
+/// good as forever.
+const FOREVER_US: i64 = 100 * 366 * 24 * 3600 * 1_000_000;
 
 fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(FOREVER_US)
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// Turns a fence code from the SQL functions into a rejection.
@@ -49,6 +63,11 @@ fn rejection(
     }
 }
 
+/// The columns of `queue_states`, in the order [`state`] reads them.
+const STATE: &str =
+    "stream, position, head, next, lag, priority, retries, retry_at, blocked, error, \
+                     token, lease_owner, lease_expires, waiting, replay";
+
 fn state(r: &Row) -> QueueState {
     QueueState {
         stream: r.get(0),
@@ -64,105 +83,115 @@ fn state(r: &Row) -> QueueState {
         token: r.get(10),
         lease_owner: r.get(11),
         lease_expires: r.get(12),
+        waiting: r.get(13),
+        replay: r.get(14),
     }
 }
 
-impl PgStore {
-    fn queues_sql(&self) -> String {
-        let s = &self.schema;
-        format!(
-            "SELECT q.stream, q.position, q.head, q.next,
-                    (SELECT count(*) FROM {s}.work w WHERE w.stream = q.stream AND w.event > q.position),
-                    q.priority, q.retries, q.retry_at, q.blocked, q.error, q.token, q.lease_owner, q.lease_expires
-             FROM {s}.queues q
-             WHERE ($1::text IS NULL OR q.stream = $1) AND (NOT $2 OR q.blocked) AND (NOT $3 OR q.next IS NOT NULL)
-             ORDER BY q.stream LIMIT $4::bigint"
-        )
+/// The SQL of a listing and its parameters: only the filters given, so each
+/// shape gets its own plan (an exact stream is an index lookup, a page an
+/// index range).
+fn listing<'a>(
+    schema: &str,
+    f: &'a QueueFilter,
+    limit: &'a i64,
+) -> (String, Vec<&'a (dyn ToSql + Sync)>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut params: Vec<&'a (dyn ToSql + Sync)> = Vec::new();
+    if let Some(s) = &f.stream {
+        params.push(s);
+        conds.push(format!("stream = ${}", params.len()));
+    }
+    if let Some(a) = &f.after {
+        params.push(a);
+        conds.push(format!("stream > ${}", params.len()));
+    }
+    if f.blocked {
+        conds.push("blocked".into());
+    }
+    if f.pending {
+        conds.push("next IS NOT NULL".into());
+    }
+    let mut sql = format!("SELECT {STATE} FROM {schema}.queue_states");
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(" ORDER BY stream COLLATE \"C\"");
+    if f.limit.is_some() {
+        params.push(limit);
+        sql.push_str(&format!(" LIMIT ${}", params.len()));
+    }
+    (sql, params)
+}
+
+/// The lapse error of the core split around the owner, so the SQL function
+/// writes the same text as every other backend.
+fn lapse_parts() -> (String, String) {
+    const MARK: &str = "\u{1}";
+    let text = act::queue::lapse_error(MARK);
+    match text.split_once(MARK) {
+        Some((a, b)) => (a.to_string(), b.to_string()),
+        None => (text, String::new()),
     }
 }
 
 #[async_trait]
 impl QueueStore for PgStore {
-    async fn checkpoint(&self) -> act::Result<i64> {
-        let sql = format!(
-            "SELECT position FROM {}.checkpoint WHERE id = 1",
-            self.schema
-        );
-        let client = self.client().await?;
-        let row = client.query_one(&sql, &[]).await.map_err(|e| self.err(e))?;
-        Ok(row.get(0))
+    async fn legacy_checkpoint(&self) -> act::Result<i64> {
+        self.legacy().await
     }
 
-    async fn enqueue(&self, work: &[Work], from: i64, to: i64) -> act::Result<i64> {
-        if to < from {
-            return Err(Error::InvalidInput(format!(
-                "checkpoint cannot move backwards (from {from} to {to})"
-            )));
-        }
-        let streams: Vec<&str> = work.iter().map(|w| w.stream.as_str()).collect();
-        let events: Vec<i64> = work.iter().map(|w| w.event).collect();
-        let priorities: Vec<i32> = work.iter().map(|w| w.priority).collect();
-        let sql = format!("SELECT {}.act_enqueue($1, $2, $3, $4, $5)", self.schema);
-        let cp: i64 = self
-            .retrying(|client| {
-                let (sql, streams, events, priorities) = (&sql, &streams, &events, &priorities);
-                async move {
-                    let stmt = client.prepare_cached(sql).await?;
-                    let row = client
-                        .query_one(&stmt, &[&from, &to, streams, events, priorities])
-                        .await?;
-                    Ok(row.get::<_, i64>(0))
-                }
-            })
-            .await?;
-        if cp == to && !work.is_empty() {
-            self.notify();
-        }
-        Ok(cp)
+    async fn subscribe(
+        &self,
+        subscriptions: &[Subscription],
+    ) -> act::Result<Vec<SubscriptionState>> {
+        self.register(subscriptions).await
+    }
+
+    async fn subscriptions(&self) -> act::Result<Vec<SubscriptionState>> {
+        self.list_subscriptions().await
+    }
+
+    async fn retire(&self, names: &[String]) -> act::Result<Vec<Retired>> {
+        self.retire_all(names).await
+    }
+
+    async fn enqueue(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+        self.correlate(step).await
+    }
+
+    async fn replays(&self) -> act::Result<Vec<Replay>> {
+        self.list_replays().await
     }
 
     async fn claim(&self, claim: &Claim) -> act::Result<Vec<Batch>> {
-        let s = &self.schema;
+        self.writable()?;
+        if claim.queues == 0 {
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "WITH picked AS (
-                SELECT q.stream FROM {s}.queues q
-                WHERE q.next IS NOT NULL AND NOT q.blocked
-                  AND (q.lease_expires IS NULL OR q.lease_expires <= now() + $4::bigint * interval '1 microsecond')
-                  AND (q.retry_at IS NULL OR q.retry_at <= now() + $4::bigint * interval '1 microsecond')
-                ORDER BY q.priority DESC, q.next, q.stream
-                LIMIT $1::bigint
-                FOR UPDATE SKIP LOCKED
-            ), leased AS (
-                UPDATE {s}.queues q
-                SET token = q.token + 1, lease_owner = $2,
-                    lease_expires = now() + ($4::bigint + $3::bigint) * interval '1 microsecond'
-                FROM picked WHERE q.stream = picked.stream
-                RETURNING q.stream, q.position, q.retries, q.token, q.lease_expires, q.priority, q.next
-            )
-            SELECT l.stream, l.position, l.retries, l.token, l.lease_expires, {cols}
-            FROM leased l
-            LEFT JOIN LATERAL (
-                SELECT ev.* FROM {s}.work w JOIN {s}.events ev ON ev.id = w.event
-                WHERE w.stream = l.stream AND w.event > l.position
-                ORDER BY w.event LIMIT $5::bigint
-            ) e ON true
-            ORDER BY l.priority DESC, l.next, l.stream, e.id",
-            cols = COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
+            "SELECT * FROM {}.act_claim($1, $2, $3, $4, $5, $6, $7, $8)",
+            self.schema
         );
-        let queues = i64::try_from(claim.queues).unwrap_or(i64::MAX);
-        let per_queue = i64::try_from(claim.events).unwrap_or(i64::MAX);
+        let (queues, per_queue) = (count(claim.queues), count(claim.events.max(1)));
         let lease = micros(claim.lease);
+        let (prefix, suffix) = lapse_parts();
         let offset = self.offset_us();
         let rows = self
-            .retrying(|client| {
-                let sql = &sql;
-                async move {
-                    let stmt = client.prepare_cached(sql).await?;
-                    client
-                        .query(&stmt, &[&queues, &claim.owner, &lease, &offset, &per_queue])
-                        .await
-                }
-            })
+            .rows(
+                &sql,
+                &[
+                    &claim.owner,
+                    &queues,
+                    &per_queue,
+                    &lease,
+                    &claim.reactions,
+                    &prefix,
+                    &suffix,
+                    &offset,
+                ],
+            )
             .await?;
         let mut out: Vec<Batch> = Vec::new();
         for r in &rows {
@@ -172,42 +201,42 @@ impl QueueStore for PgStore {
                     lease: Lease {
                         stream,
                         owner: claim.owner.clone(),
-                        token: r.get(3),
-                        expires: r.get::<_, DateTime<Utc>>(4),
-                        position: r.get(1),
-                        retries: r.get::<_, i32>(2).max(0) as u32,
+                        token: r.get(1),
+                        expires: r.get::<_, DateTime<Utc>>(2),
+                        position: r.get(3),
+                        retries: r.get::<_, i32>(4).max(0) as u32,
+                        lapses: r.get::<_, i32>(5).max(0) as u32,
+                        mark: r.get(6),
                     },
                     events: Vec::new(),
                 });
             }
-            if r.get::<_, Option<i64>>(5).is_some() {
-                let e: Arc<Event> = event(r, 5)?;
-                if let Some(b) = out.last_mut() {
-                    b.events.push(e);
-                }
+            let e: Arc<act::Event> = event(r, 7)?;
+            let reactions: Vec<String> = r.get(16);
+            if let Some(b) = out.last_mut() {
+                b.events.push(Pending {
+                    event: e,
+                    reactions,
+                });
             }
         }
         Ok(out)
     }
 
     async fn settle(&self, settlements: &[Settlement]) -> act::Result<Vec<Result<(), Rejection>>> {
-        if let Some(s) = settlements.iter().find(|s| s.to < s.from) {
-            return Err(Error::InvalidInput(format!(
-                "settlement of `{}` moves its position backwards ({} to {})",
-                s.lease.stream, s.from, s.to
-            )));
-        }
+        self.writable()?;
         if settlements.is_empty() {
             return Ok(Vec::new());
         }
-        let streams: Vec<&str> = settlements
-            .iter()
-            .map(|s| s.lease.stream.as_str())
-            .collect();
-        let tokens: Vec<i64> = settlements.iter().map(|s| s.lease.token).collect();
-        let froms: Vec<i64> = settlements.iter().map(|s| s.from).collect();
-        let tos: Vec<i64> = settlements.iter().map(|s| s.to).collect();
-        let kinds: Vec<i16> = settlements
+        // Blocks first, then acks and retries: the core's order.
+        let order = act::queue::settle_order(settlements);
+        let ordered: Vec<&Settlement> = order.iter().map(|&i| &settlements[i]).collect();
+        let streams: Vec<&str> = ordered.iter().map(|s| s.lease.stream.as_str()).collect();
+        let tokens: Vec<i64> = ordered.iter().map(|s| s.lease.token).collect();
+        let froms: Vec<i64> = ordered.iter().map(|s| s.from).collect();
+        let marks: Vec<i64> = ordered.iter().map(|s| s.mark).collect();
+        let acked: Vec<Option<i64>> = ordered.iter().map(|s| s.acked).collect();
+        let kinds: Vec<i16> = ordered
             .iter()
             .map(|s| match s.outcome {
                 Outcome::Ack => 0,
@@ -215,14 +244,14 @@ impl QueueStore for PgStore {
                 Outcome::Block { .. } => 2,
             })
             .collect();
-        let delays: Vec<i64> = settlements
+        let delays: Vec<i64> = ordered
             .iter()
             .map(|s| match &s.outcome {
                 Outcome::Retry { delay, .. } => micros(*delay),
                 _ => 0,
             })
             .collect();
-        let errors: Vec<Option<&str>> = settlements
+        let errors: Vec<Option<&str>> = ordered
             .iter()
             .map(|s| match &s.outcome {
                 Outcome::Retry { error, .. } | Outcome::Block { error } => Some(error.as_str()),
@@ -231,35 +260,23 @@ impl QueueStore for PgStore {
             .collect();
         let offset = self.offset_us();
         let sql = format!(
-            "SELECT * FROM {}.act_settle($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT * FROM {}.act_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             self.schema
         );
         let rows = self
-            .retrying(|client| {
-                let sql = &sql;
-                let args = (&streams, &tokens, &froms, &tos, &kinds, &delays, &errors);
-                async move {
-                    let stmt = client.prepare_cached(sql).await?;
-                    client
-                        .query(
-                            &stmt,
-                            &[
-                                args.0, args.1, args.2, args.3, args.4, args.5, args.6, &offset,
-                            ],
-                        )
-                        .await
-                }
-            })
+            .rows(
+                &sql,
+                &[
+                    &streams, &tokens, &froms, &marks, &acked, &kinds, &delays, &errors, &offset,
+                ],
+            )
             .await?;
+        let mut results: Vec<Result<(), Rejection>> = vec![Ok(()); settlements.len()];
         let mut more = false;
-        let results: Vec<Result<(), Rejection>> = settlements
-            .iter()
-            .zip(&rows)
-            .map(|(s, r)| {
-                more |= r.get::<_, bool>(2);
-                rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from)
-            })
-            .collect();
+        for ((&i, s), r) in order.iter().zip(&ordered).zip(&rows) {
+            more |= r.get::<_, bool>(2);
+            results[i] = rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from);
+        }
         // Claimable work left, or at least a lease freed: brokers here look
         // again at once; brokers elsewhere (catch_up waits for other brokers'
         // leases) within the soft pace. The notifier coalesces NOTIFYs, so
@@ -275,6 +292,7 @@ impl QueueStore for PgStore {
         leases: &[LeaseRef],
         lease: Duration,
     ) -> act::Result<Vec<Result<DateTime<Utc>, Rejection>>> {
+        self.writable()?;
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -283,15 +301,7 @@ impl QueueStore for PgStore {
         let (lease_us, offset) = (micros(lease), self.offset_us());
         let sql = format!("SELECT * FROM {}.act_renew($1, $2, $3, $4)", self.schema);
         let rows = self
-            .retrying(|client| {
-                let (sql, streams, tokens) = (&sql, &streams, &tokens);
-                async move {
-                    let stmt = client.prepare_cached(sql).await?;
-                    client
-                        .query(&stmt, &[streams, tokens, &lease_us, &offset])
-                        .await
-                }
-            })
+            .rows(&sql, &[&streams, &tokens, &lease_us, &offset])
             .await?;
         Ok(leases
             .iter()
@@ -301,21 +311,14 @@ impl QueueStore for PgStore {
     }
 
     async fn release(&self, leases: &[LeaseRef]) -> act::Result<Vec<Result<(), Rejection>>> {
+        self.writable()?;
         if leases.is_empty() {
             return Ok(Vec::new());
         }
         let streams: Vec<&str> = leases.iter().map(|l| l.stream.as_str()).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
         let sql = format!("SELECT * FROM {}.act_release($1, $2)", self.schema);
-        let rows = self
-            .retrying(|client| {
-                let (sql, streams, tokens) = (&sql, &streams, &tokens);
-                async move {
-                    let stmt = client.prepare_cached(sql).await?;
-                    client.query(&stmt, &[streams, tokens]).await
-                }
-            })
-            .await?;
+        let rows = self.rows(&sql, &[&streams, &tokens]).await?;
         let out: Vec<_> = leases
             .iter()
             .zip(&rows)
@@ -328,24 +331,24 @@ impl QueueStore for PgStore {
     }
 
     async fn unblock(&self, streams: &[String]) -> act::Result<Vec<String>> {
+        self.writable()?;
+        let s = &self.schema;
+        // One statement; the rows are locked in stream order, like everywhere.
         let sql = format!(
-            "UPDATE {}.queues SET blocked = false, retries = 0, retry_at = NULL, error = NULL, token = token + 1,
-                 lease_owner = NULL, lease_expires = NULL
-             WHERE stream = ANY ($1) AND blocked RETURNING stream",
-            self.schema
+            "WITH l AS (SELECT q.stream FROM {s}.queues q WHERE q.stream = ANY ($1) AND q.blocked
+                        ORDER BY q.stream FOR UPDATE)
+             UPDATE {s}.queues q SET blocked = false, retries = 0, lapses = 0, retry_at = NULL, error = NULL,
+                 waiting = NULL, token = q.token + 1, lease_owner = NULL, lease_expires = NULL
+             FROM l WHERE q.stream = l.stream AND q.blocked RETURNING q.stream"
         );
-        let rows = self
-            .retrying(|client| {
-                let sql = &sql;
-                async move { client.query(sql.as_str(), &[&streams]).await }
-            })
-            .await?;
+        let rows = self.rows(&sql, &[&streams]).await?;
         let done: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let out: Vec<String> = streams
-            .iter()
-            .filter(|s| done.contains(s))
-            .cloned()
-            .collect();
+        let mut out: Vec<String> = Vec::new();
+        for s in streams {
+            if done.contains(s) && !out.contains(s) {
+                out.push(s.clone());
+            }
+        }
         if !out.is_empty() {
             self.notify();
         }
@@ -358,61 +361,94 @@ impl QueueStore for PgStore {
                 "cannot reset `{stream}` to a negative position ({position})"
             )));
         }
-        let s = &self.schema;
-        let sql = format!(
-            "UPDATE {s}.queues q SET position = $2, retries = 0, retry_at = NULL, blocked = false, error = NULL,
-                 token = q.token + 1, lease_owner = NULL, lease_expires = NULL,
-                 next = (SELECT min(w.event) FROM {s}.work w WHERE w.stream = $1 AND w.event > $2)
-             WHERE q.stream = $1 RETURNING q.stream"
-        );
-        let n = self
-            .retrying(|client| {
-                let sql = &sql;
-                async move { client.execute(sql.as_str(), &[&stream, &position]).await }
-            })
-            .await?;
-        if n == 0 {
-            return Err(Error::UnknownQueue(stream.to_string()));
-        }
-        self.notify();
-        let filter = QueueFilter {
-            stream: Some(stream.to_string()),
-            ..Default::default()
+        self.writable()?;
+        let sql = format!("SELECT {STATE} FROM {}.act_reset($1, $2)", self.schema);
+        let rows = match self.try_rows(&sql, &[&stream, &position]).await {
+            Ok(rows) => rows,
+            Err(Failure::Driver(e)) if error::is_code(&e, "AC404") => {
+                return Err(Error::UnknownQueue(stream.to_string()))
+            }
+            Err(Failure::Driver(e)) if error::is_code(&e, "AC422") => {
+                let head = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
+                return Err(Error::InvalidInput(format!(
+                    "cannot reset `{stream}` to {position}: the log's head is {head}; events past it do not exist yet"
+                )));
+            }
+            Err(f) => return Err(self.fail(f)),
         };
-        self.queues(&filter)
-            .await?
-            .pop()
+        self.notify();
+        rows.first()
+            .map(state)
             .ok_or_else(|| Error::UnknownQueue(stream.to_string()))
     }
 
     async fn queues(&self, f: &QueueFilter) -> act::Result<Vec<QueueState>> {
-        let limit = f.limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.queues_sql())
-            .await
-            .map_err(|e| self.err(e))?;
-        let rows = client
-            .query(&stmt, &[&f.stream, &f.blocked, &f.pending, &limit])
-            .await
-            .map_err(|e| self.err(e))?;
+        let limit = f
+            .limit
+            .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let (sql, params) = listing(&self.schema, f, &limit);
+        let rows = self.rows(&sql, &params).await?;
         Ok(rows.iter().map(state).collect())
     }
 
-    async fn next_due(&self) -> act::Result<Option<Duration>> {
+    async fn next_due(&self, reactions: &[String]) -> act::Result<Option<Duration>> {
         let sql = format!(
-            "SELECT (extract(epoch FROM
-                        min(greatest(coalesce(retry_at, 'epoch'), coalesce(lease_expires, 'epoch')))
-                        - (now() + $1::bigint * interval '1 microsecond')) * 1000000)::bigint
-             FROM {}.queues WHERE next IS NOT NULL AND NOT blocked",
+            "WITH c AS (SELECT now() + $1::bigint * interval '1 microsecond' AS now)
+             SELECT (extract(epoch FROM
+                        min(greatest(c.now, coalesce(q.retry_at, c.now), coalesce(q.lease_expires, c.now)) - c.now))
+                     * 1000000)::bigint
+             FROM {}.queues q, c
+             WHERE q.next IS NOT NULL AND NOT q.blocked AND (q.replay IS NULL OR q.next <= q.replay)
+               AND (q.waiting IS NULL OR q.waiting = ANY ($2))",
             self.schema
         );
-        let client = self.client().await?;
-        let row = client
-            .query_one(&sql, &[&self.offset_us()])
-            .await
-            .map_err(|e| self.err(e))?;
-        let us: Option<i64> = row.get(0);
+        let rows = self.rows(&sql, &[&self.offset_us(), &reactions]).await?;
+        let us: Option<i64> = rows.first().and_then(|r| r.get(0));
         Ok(us.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lapse_text_is_the_cores() {
+        let (a, b) = lapse_parts();
+        assert_eq!(format!("{a}o-1{b}"), act::queue::lapse_error("o-1"));
+    }
+
+    #[test]
+    fn huge_durations_are_capped() {
+        assert_eq!(micros(Duration::MAX), FOREVER_US);
+        assert_eq!(micros(Duration::from_secs(2)), 2_000_000);
+    }
+
+    #[test]
+    fn listings_send_only_the_filters_given() {
+        let limit = 5;
+        let f = QueueFilter {
+            after: Some("a".into()),
+            limit: Some(5),
+            pending: true,
+            ..Default::default()
+        };
+        let (sql, params) = listing("s", &f, &limit);
+        assert_eq!(params.len(), 2);
+        assert!(
+            sql.contains("stream > $1")
+                && sql.contains("LIMIT $2")
+                && sql.contains("next IS NOT NULL"),
+            "{sql}"
+        );
+        let none = QueueFilter::default();
+        let (sql, params) = listing("s", &none, &limit);
+        assert!(
+            params.is_empty() && !sql.contains("WHERE") && !sql.contains("LIMIT"),
+            "{sql}"
+        );
     }
 }

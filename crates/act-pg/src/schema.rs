@@ -4,17 +4,39 @@
 //! holds other tables and no act-rs record is refused; a schema written by a
 //! newer act-rs is refused with a request to upgrade.
 //!
+//! Opening never creates or migrates anything unless asked to
+//! ([`act::OpenMode`]): `Existing` refuses a missing store, `ReadOnly` only
+//! reads the recorded version (it runs against a read-only database).
+//!
 //! `{s}` in the SQL below is replaced by the (validated) schema name.
 
+use act::OpenMode;
 use deadpool_postgres::Object;
 
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order. Never edit a released one; add a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "events, queues, work index, functions", V1)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "events, queues, work index, functions", V1),
+    (
+        2,
+        "subscriptions, items per reaction, replays, byte order",
+        V2,
+    ),
+];
+
+/// Version 2: see the file's own comments.
+const V2: &str = include_str!("sql/v2.sql");
+
+/// The table that records applied migrations.
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (
+            version    int         PRIMARY KEY,
+            name       text        NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )";
 
 const V1: &str = r#"
 -- The log. `id` is the commit-safe global position: (transaction id << 16) + n.
@@ -281,13 +303,92 @@ pub(crate) fn validate(name: &str) -> act::Result<()> {
     }
 }
 
-/// Creates or upgrades the schema. Refuses a foreign or newer schema.
-pub(crate) async fn migrate(client: &mut Object, schema: &str, store: &str) -> act::Result<()> {
-    let err = |e: tokio_postgres::Error| map(store, e);
-    let refuse = |message: String| act::Error::Schema {
+/// Opens the schema as `mode` says: creates or upgrades it (`Create`),
+/// upgrades an existing one (`Existing`: a missing one is
+/// [`act::Error::Missing`], nothing is created), or only checks its version
+/// (`ReadOnly`: no DDL, no write). Refuses a foreign or newer schema.
+pub(crate) async fn open(
+    client: &mut Object,
+    schema: &str,
+    store: &str,
+    mode: OpenMode,
+) -> act::Result<()> {
+    match mode {
+        OpenMode::ReadOnly => check(client, schema, store).await,
+        OpenMode::Create | OpenMode::Existing => migrate(client, schema, store, mode).await,
+    }
+}
+
+fn refuse(store: &str, message: String) -> act::Error {
+    act::Error::Schema {
         store: store.to_string(),
         message,
-    };
+    }
+}
+
+fn newer(store: &str, schema: &str, current: i32) -> act::Error {
+    refuse(
+        store,
+        format!(
+            "schema `{schema}` was made by a newer act-rs (version {current}; this build knows up to {SCHEMA_VERSION}): upgrade act-rs"
+        ),
+    )
+}
+
+/// The read-only check: the schema exists and is at this build's version.
+/// Two plain SELECTs.
+async fn check(client: &Object, schema: &str, store: &str) -> act::Result<()> {
+    let err = |e: tokio_postgres::Error| map(store, e);
+    let recorded: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'act_migrations')",
+            &[&schema],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    if !recorded {
+        return Err(act::Error::Missing {
+            store: store.to_string(),
+        });
+    }
+    let current: i32 = client
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.act_migrations"),
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    if current == 0 {
+        return Err(act::Error::Missing {
+            store: store.to_string(),
+        });
+    }
+    if current > SCHEMA_VERSION {
+        return Err(newer(store, schema, current));
+    }
+    if current < SCHEMA_VERSION {
+        return Err(refuse(
+            store,
+            format!(
+                "schema `{schema}` is at version {current} and this build reads version {SCHEMA_VERSION}: \
+                 open the store once for writing (a broker, `act worker`) to upgrade it, then read it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates (when `mode` allows) or upgrades the schema, in one transaction
+/// under an advisory lock. Refuses a foreign or newer schema.
+async fn migrate(
+    client: &mut Object,
+    schema: &str,
+    store: &str,
+    mode: OpenMode,
+) -> act::Result<()> {
+    let err = |e: tokio_postgres::Error| map(store, e);
     let tx = client.transaction().await.map_err(err)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('act-rs migrate ' || $1::text))",
@@ -295,9 +396,11 @@ pub(crate) async fn migrate(client: &mut Object, schema: &str, store: &str) -> a
     )
     .await
     .map_err(err)?;
-    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-        .await
-        .map_err(err)?;
+    if mode == OpenMode::Create {
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .map_err(err)?;
+    }
     let tables: Vec<String> = tx
         .query(
             "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
@@ -309,20 +412,22 @@ pub(crate) async fn migrate(client: &mut Object, schema: &str, store: &str) -> a
         .map(|r| r.get(0))
         .collect();
     if !tables.is_empty() && !tables.iter().any(|t| t == "act_migrations") {
-        return Err(refuse(format!(
-            "schema `{schema}` holds tables {} and no act_migrations: not an act-rs schema; refusing to touch it",
-            tables.join(", ")
-        )));
+        return Err(refuse(
+            store,
+            format!(
+                "schema `{schema}` holds tables {} and no act_migrations: not an act-rs schema; refusing to touch it",
+                tables.join(", ")
+            ),
+        ));
     }
-    tx.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {schema}.act_migrations (
-            version    int         PRIMARY KEY,
-            name       text        NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now()
-        )"
-    ))
-    .await
-    .map_err(err)?;
+    if tables.is_empty() && mode == OpenMode::Existing {
+        return Err(act::Error::Missing {
+            store: store.to_string(),
+        });
+    }
+    tx.batch_execute(&MIGRATIONS_TABLE.replace("{s}", schema))
+        .await
+        .map_err(err)?;
     let current: i32 = tx
         .query_one(
             &format!("SELECT coalesce(max(version), 0) FROM {schema}.act_migrations"),
@@ -332,9 +437,7 @@ pub(crate) async fn migrate(client: &mut Object, schema: &str, store: &str) -> a
         .map_err(err)?
         .get(0);
     if current > SCHEMA_VERSION {
-        return Err(refuse(format!(
-            "schema `{schema}` was made by a newer act-rs (version {current}; this build knows up to {SCHEMA_VERSION}): upgrade act-rs"
-        )));
+        return Err(newer(store, schema, current));
     }
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         tx.batch_execute(&sql.replace("{s}", schema))
@@ -350,4 +453,17 @@ pub(crate) async fn migrate(client: &mut Object, schema: &str, store: &str) -> a
     }
     tx.commit().await.map_err(err)?;
     Ok(())
+}
+
+/// Test-only: the SQL that builds a store of schema version 1 in `schema`
+/// (the schema, the migrations record and migration 1, as released), so
+/// upgrade tests start from what version 1 left.
+#[cfg(feature = "test-hooks")]
+pub fn v1_store_sql(schema: &str) -> String {
+    format!(
+        "CREATE SCHEMA {schema};\n{};\n{}\nINSERT INTO {schema}.act_migrations (version, name) VALUES (1, '{}');",
+        MIGRATIONS_TABLE.replace("{s}", schema),
+        V1.replace("{s}", schema),
+        MIGRATIONS[0].1
+    )
 }

@@ -192,3 +192,61 @@ async fn negative_control_naive_ids_lose_events_under_concurrent_writers() {
         "the naive store lost nothing this time: the stress test would not detect a broken visibility scheme"
     );
 }
+
+/// The bound follows this schema's writers only: a long transaction that
+/// writes elsewhere (another schema, like another app or test on the same
+/// server) does not hide new events from readers here, while an append to
+/// this schema that has not committed still bounds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_writers_of_this_schema_hold_readers_back() {
+    let (store, guard) = store(false, 0).await;
+    let elsewhere = fresh_schema("vis_other");
+    let other = raw_client().await;
+    other
+        .batch_execute(&format!(
+            "CREATE SCHEMA {elsewhere}; CREATE TABLE {elsewhere}.t (x int); BEGIN; INSERT INTO {elsewhere}.t VALUES (1)"
+        ))
+        .await
+        .unwrap();
+    let e = store
+        .append(Append::new("a", vec![Message::new("Ping", json!({}))]))
+        .await
+        .unwrap()[0]
+        .id;
+    let started = std::time::Instant::now();
+    let got = store.query(&Query::new().after(0)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![e],
+        "a write elsewhere hid an event here"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(40),
+        "the read waited for a transaction elsewhere"
+    );
+
+    // An append to this schema that has not committed: events after it stay
+    // hidden until it ends, then everything is read in id order.
+    let holder = raw_client().await;
+    let held = begin_append(&holder, &guard.schema, false).await;
+    let later = store
+        .append(Append::new("a", vec![Message::new("Ping", json!({}))]))
+        .await
+        .unwrap()[0]
+        .id;
+    let got = store.query(&Query::new().after(e)).await.unwrap();
+    assert!(
+        got.is_empty(),
+        "an event past a running append of this schema was visible: {got:?}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let got = store.query(&Query::new().after(e)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![held, later]
+    );
+    other
+        .batch_execute(&format!("COMMIT; DROP SCHEMA {elsewhere} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -107,3 +107,19 @@ impl Backend for Postgres {
         Arc::new(open(options(&g.schema, &g.offset)).await)
     }
 }
+
+/// A plain connection to the test server (its driver task runs in the
+/// background until the client is dropped).
+pub async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// `url` with act's query parameters added (`schema=…&pool_size=…`).
+pub fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}

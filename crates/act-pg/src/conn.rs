@@ -1,0 +1,86 @@
+//! A pooled connection that is dropped, not returned to the pool, after an
+//! error that may have left it unusable (see [`crate::error::classify`]):
+//! a closed socket, a server shutting down, a session stuck read-only (a
+//! demoted primary), a failed transaction. The pool's own recycling check
+//! only notices closed sockets; this notices the rest, so the next call gets
+//! a fresh session.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool_postgres::Object;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error, Row};
+
+use crate::error;
+
+/// A connection checked out of the pool for one call.
+pub(crate) struct Conn {
+    object: Option<Object>,
+    bad: AtomicBool,
+}
+
+impl Conn {
+    pub(crate) fn new(object: Object) -> Self {
+        Conn {
+            object: Some(object),
+            bad: AtomicBool::new(false),
+        }
+    }
+
+    fn client(&self) -> &Object {
+        // Only Drop takes the object out.
+        self.object.as_ref().expect("a checked-out connection")
+    }
+
+    /// Passes `r` through, remembering to drop the connection when its error
+    /// says so.
+    pub(crate) fn watch<T>(&self, r: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &r {
+            if error::discards(e) {
+                self.bad.store(true, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    /// Marks the connection as unfit for the pool.
+    pub(crate) fn discard(&self) {
+        self.bad.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs a statement (prepared once per connection) and returns its rows.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let r = async {
+            let stmt = self.client().prepare_cached(sql).await?;
+            self.client().query(&stmt, params).await
+        }
+        .await;
+        self.watch(r)
+    }
+
+    /// Runs statements without parameters (not prepared).
+    pub(crate) async fn batch(&self, sql: &str) -> Result<(), Error> {
+        let r = self.client().batch_execute(sql).await;
+        self.watch(r)
+    }
+
+    /// The pooled object, for calls that need the whole client (migrations).
+    pub(crate) fn object_mut(&mut self) -> &mut Object {
+        self.object.as_mut().expect("a checked-out connection")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.bad.load(Ordering::Relaxed) {
+            if let Some(object) = self.object.take() {
+                // Out of the pool for good; dropping the client closes it.
+                drop(Object::take(object));
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Schema migration 2 carries a version 1 store forward: its correlation
+//! checkpoint stays readable, its pending work becomes items without a
+//! reaction (claimable, delivered as version 1 did), acknowledged work is
+//! dropped; a read-only open asks for the upgrade instead of doing it; a
+//! store newer than the code is refused.
+
+mod common;
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use act::{Claim, Error, OpenMode, QueueFilter, QueueStore, Settlement};
+use act_pg::PgStore;
+use common::{fresh_schema, raw, server, with_params, DropSchema};
+
+/// Builds a version 1 store by hand: three events, queue `q1` acknowledged
+/// up to the first with the other two pending, queue `q2` with the second
+/// pending, and the one checkpoint at the third. Returns the event ids.
+async fn v1_store(schema: &str) -> Vec<i64> {
+    let c = raw(&server()).await;
+    c.batch_execute(&act_pg::testing::v1_store_sql(schema))
+        .await
+        .expect("the version 1 schema");
+    let mut ids = Vec::new();
+    for stream in ["a", "a", "b"] {
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT id FROM {schema}.act_append($1, NULL, ARRAY['Ping'], ARRAY['{{}}'::jsonb], 'c', NULL, NULL, NULL, 0, false, 0)"
+                ),
+                &[&stream],
+            )
+            .await
+            .expect("a version 1 append");
+        ids.push(row.get::<_, i64>(0));
+    }
+    let (e1, e2, e3) = (ids[0], ids[1], ids[2]);
+    c.execute(
+        &format!(
+            "INSERT INTO {schema}.queues (stream, position, head, next, priority, retries, error, token)
+             VALUES ('q1', $1, $3, $2, 3, 2, 'boom', 7), ('q2', 0, $2, $2, 0, 0, NULL, 1)"
+        ),
+        &[&e1, &e2, &e3],
+    )
+    .await
+    .expect("version 1 queues");
+    c.execute(
+        &format!("INSERT INTO {schema}.work (stream, event) VALUES ('q1', $1), ('q1', $2), ('q1', $3), ('q2', $2)"),
+        &[&e1, &e2, &e3],
+    )
+    .await
+    .expect("version 1 work");
+    c.execute(
+        &format!("UPDATE {schema}.checkpoint SET position = $1"),
+        &[&e3],
+    )
+    .await
+    .expect("version 1 checkpoint");
+    ids
+}
+
+fn url(schema: &str) -> String {
+    with_params(&server(), &format!("schema={schema}&listen=false"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_store_is_upgraded_without_losing_work() {
+    let schema = fresh_schema("v1");
+    let _guard = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::new(AtomicI64::new(0)),
+    };
+    let ids = v1_store(&schema).await;
+    let (e1, e2, e3) = (ids[0], ids[1], ids[2]);
+
+    // A reader never upgrades: it asks for a writer to do it.
+    match PgStore::open_mode(&url(&schema), OpenMode::ReadOnly).await {
+        Err(Error::Schema { message, .. }) => {
+            assert!(
+                message.contains("version 1") && message.contains("for writing"),
+                "{message}"
+            )
+        }
+        other => {
+            panic!("a read-only open of a version 1 store must ask for an upgrade, got {other:?}")
+        }
+    }
+
+    let store = PgStore::open_mode(&url(&schema), OpenMode::Existing)
+        .await
+        .expect("upgrade");
+    assert_eq!(store.legacy_checkpoint().await.unwrap(), e3);
+    assert!(store.subscriptions().await.unwrap().is_empty());
+    let rows = store.queues(&QueueFilter::default()).await.unwrap();
+    let q1 = &rows[0];
+    assert_eq!(
+        (
+            q1.stream.as_str(),
+            q1.position,
+            q1.head,
+            q1.next,
+            q1.lag,
+            q1.priority,
+            q1.retries,
+            q1.token
+        ),
+        ("q1", e1, e3, Some(e2), 2, 3, 2, 7),
+        "{q1:?}"
+    );
+    assert_eq!(q1.error.as_deref(), Some("boom"));
+    let q2 = &rows[1];
+    assert_eq!(
+        (q2.stream.as_str(), q2.position, q2.next, q2.lag),
+        ("q2", 0, Some(e2), 1)
+    );
+
+    // Legacy items are claimable by any broker, with no reaction named, and
+    // the lease's mark counts them.
+    let got = store
+        .claim(&Claim {
+            owner: "v2".into(),
+            queues: 10,
+            events: 10,
+            lease: Duration::from_secs(30),
+            reactions: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    let b1 = got.iter().find(|b| b.lease.stream == "q1").unwrap();
+    assert_eq!(
+        b1.events.iter().map(|p| p.event.id).collect::<Vec<_>>(),
+        vec![e2, e3]
+    );
+    assert!(b1.events.iter().all(|p| p.reactions.is_empty()));
+    assert_eq!(
+        (
+            b1.lease.position,
+            b1.lease.retries,
+            b1.lease.mark,
+            b1.lease.token
+        ),
+        (e1, 2, 2, 8)
+    );
+    let r = store
+        .settle(&[Settlement::ack(&b1.lease, e3)])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Ok(())]);
+    let q1 = store
+        .queues(&QueueFilter {
+            stream: Some("q1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (q1.position, q1.lag, q1.next, q1.retries, q1.error),
+        (e3, 0, None, 0, None)
+    );
+
+    // Now the store reads at this build's version.
+    let reader = PgStore::open_mode(&url(&schema), OpenMode::ReadOnly)
+        .await
+        .expect("a read-only open after the upgrade");
+    assert_eq!(reader.legacy_checkpoint().await.unwrap(), e3);
+    let c = raw(&server()).await;
+    let versions: Vec<i32> = c
+        .query(
+            &format!("SELECT version FROM {schema}.act_migrations ORDER BY 1"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_newer_than_the_code_is_refused_by_every_mode() {
+    let schema = fresh_schema("newer");
+    let _guard = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::new(AtomicI64::new(0)),
+    };
+    drop(PgStore::open(&url(&schema)).await.expect("create"));
+    let c = raw(&server()).await;
+    c.execute(
+        &format!(
+            "INSERT INTO {schema}.act_migrations (version, name) VALUES (99, 'from the future')"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    for mode in [OpenMode::Create, OpenMode::Existing, OpenMode::ReadOnly] {
+        match PgStore::open_mode(&url(&schema), mode).await {
+            Err(Error::Schema { message, .. }) => {
+                assert!(
+                    message.contains("newer") && message.contains("99"),
+                    "{mode:?}: {message}"
+                )
+            }
+            other => panic!("{mode:?} must refuse a newer schema, got {other:?}"),
+        }
+    }
+}
