@@ -180,9 +180,14 @@ pub fn thousands(n: f64) -> String {
 mod tests {
     #[test]
     fn names_sort_naturally() {
-        let mut v = vec!["audit-10", "audit-2", "audit-1", "totals", "audit-02", "b", "a10b", "a9b"];
+        let mut v = vec![
+            "audit-10", "audit-2", "audit-1", "totals", "audit-02", "b", "a10b", "a9b",
+        ];
         v.sort_by(|a, b| super::natural(a, b));
-        assert_eq!(v, vec!["a9b", "a10b", "audit-1", "audit-02", "audit-2", "audit-10", "b", "totals"]);
+        assert_eq!(
+            v,
+            vec!["a9b", "a10b", "audit-1", "audit-02", "audit-2", "audit-10", "b", "totals"]
+        );
     }
 
     #[test]
@@ -191,7 +196,13 @@ mod tests {
         let t = super::fitted(&["STREAM", "ERROR"], &rows, 60);
         assert!(t.lines().all(|l| l.chars().count() <= 60), "{t}");
         assert!(t.contains('…'));
-        assert_eq!(super::table(&["A"], &[vec!["x".repeat(300)]]).lines().last().map(|l| l.len()), Some(300));
+        assert_eq!(
+            super::table(&["A"], &[vec!["x".repeat(300)]])
+                .lines()
+                .last()
+                .map(|l| l.len()),
+            Some(300)
+        );
         assert_eq!(super::count(1, "queue", "queues"), "1 queue");
         assert_eq!(super::count(2, "queue", "queues"), "2 queues");
     }

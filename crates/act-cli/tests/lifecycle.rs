@@ -18,7 +18,10 @@ fn events(store: &str) -> Vec<Value> {
 }
 
 fn count_named(store: &str, stream: &str) -> usize {
-    json_lines(&run(&["events", "--store", store, "--stream", stream, "--json"])).len()
+    json_lines(&run(&[
+        "events", "--store", store, "--stream", stream, "--json",
+    ]))
+    .len()
 }
 
 /// An outside check of the bank's log: every deposit and withdrawal has
@@ -41,7 +44,10 @@ fn check_receipts(log: &[Value]) {
             }
             "Recorded" => {
                 let n = stream.strip_prefix("audit-").unwrap_or(stream);
-                recorded.entry(n.to_string()).or_default().push(source.unwrap());
+                recorded
+                    .entry(n.to_string())
+                    .or_default()
+                    .push(source.unwrap());
             }
             "Totaled" => totaled.push(source.unwrap()),
             "Posted" => posted.push(source.unwrap()),
@@ -50,9 +56,16 @@ fn check_receipts(log: &[Value]) {
     }
     assert!(!all.is_empty());
     assert_eq!(totaled, all, "totals: every source once, in order");
-    assert_eq!(posted, all, "ledger (added by version 2): every source once, in order, history included");
+    assert_eq!(
+        posted, all,
+        "ledger (added by version 2): every source once, in order, history included"
+    );
     for (n, sources) in &by_account {
-        assert_eq!(recorded.get(n), Some(sources), "audit-{n}: every source once, in order");
+        assert_eq!(
+            recorded.get(n),
+            Some(sources),
+            "audit-{n}: every source once, in order"
+        );
     }
 }
 
@@ -66,18 +79,38 @@ fn a_rolling_deploy_adds_a_reaction_that_gets_the_history_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("workers.log");
     create(&store);
-    let mut v1: Vec<Worker> = (0..2).map(|i| Worker::start(&store, &format!("v1-{i}"), &log)).collect();
+    let mut v1: Vec<Worker> = (0..2)
+        .map(|i| Worker::start(&store, &format!("v1-{i}"), &log))
+        .collect();
     for w in &mut v1 {
         w.started();
     }
     let demo = act()
-        .args(["demo", "--store", &store, "--no-settle", "--events", "6000", "--accounts", "30", "--poison", "0", "--json"])
+        .args([
+            "demo",
+            "--store",
+            &store,
+            "--no-settle",
+            "--events",
+            "6000",
+            "--accounts",
+            "30",
+            "--poison",
+            "0",
+            "--json",
+        ])
         .output();
     // The demo runs to completion while v1 delivers; then a second one
     // appends while both versions run.
     let demo = demo.unwrap();
-    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
-    wait_until("version 1 to deliver", Duration::from_secs(120), || count_named(&store, "totals") > 1000);
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    wait_until("version 1 to deliver", Duration::from_secs(120), || {
+        count_named(&store, "totals") > 1000
+    });
     let mut v2: Vec<Worker> = (0..2)
         .map(|i| Worker::start_with(&store, &format!("v2-{i}"), &log, &["--ledger"]))
         .collect();
@@ -85,12 +118,33 @@ fn a_rolling_deploy_adds_a_reaction_that_gets_the_history_and_loses_nothing() {
         w.started();
     }
     let second = act()
-        .args(["demo", "--store", &store, "--no-settle", "--events", "2000", "--accounts", "30", "--poison", "0", "--seed", "9", "--json"])
+        .args([
+            "demo",
+            "--store",
+            &store,
+            "--no-settle",
+            "--events",
+            "2000",
+            "--accounts",
+            "30",
+            "--poison",
+            "0",
+            "--seed",
+            "9",
+            "--json",
+        ])
         .spawn()
         .unwrap();
-    wait_until("version 2 to post history", Duration::from_secs(120), || count_named(&store, "ledger") > 500);
+    wait_until(
+        "version 2 to post history",
+        Duration::from_secs(120),
+        || count_named(&store, "ledger") > 500,
+    );
     let reactions = json_lines(&run(&["reactions", "--store", &store, "--json"]));
-    assert!(reactions.iter().any(|r| r["name"] == "ledger"), "{reactions:?}");
+    assert!(
+        reactions.iter().any(|r| r["name"] == "ledger"),
+        "{reactions:?}"
+    );
     for w in v1 {
         w.stop();
     }
@@ -116,37 +170,65 @@ fn a_handler_that_kills_its_process_ends_in_a_blocked_queue_and_the_rest_drains(
     let store = format!("sqlite://{}", dir.path().join("crash.db").display());
     let log = dir.path().join("workers.log");
     let out = act()
-        .args(["demo", "--store", &store, "--no-settle", "--events", "3000", "--accounts", "12", "--poison", "1", "--json"])
+        .args([
+            "demo",
+            "--store",
+            &store,
+            "--no-settle",
+            "--events",
+            "3000",
+            "--accounts",
+            "12",
+            "--poison",
+            "1",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let crash = ["--crash-on-poison"];
-    let mut workers: Vec<Worker> = (0..2).map(|i| Worker::start_with(&store, &format!("w{i}"), &log, &crash)).collect();
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|i| Worker::start_with(&store, &format!("w{i}"), &log, &crash))
+        .collect();
     let mut restarts = 0;
-    wait_until("the poisoned queue to block and the rest to drain", Duration::from_secs(240), || {
-        for (i, w) in workers.iter_mut().enumerate() {
-            if w.exited() {
-                restarts += 1;
-                *w = Worker::start_with(&store, &format!("w{i}-{restarts}"), &log, &crash);
+    wait_until(
+        "the poisoned queue to block and the rest to drain",
+        Duration::from_secs(240),
+        || {
+            for (i, w) in workers.iter_mut().enumerate() {
+                if w.exited() {
+                    restarts += 1;
+                    *w = Worker::start_with(&store, &format!("w{i}-{restarts}"), &log, &crash);
+                }
             }
-        }
-        let rows = json_lines(&run(&["status", "--store", &store, "--json"]));
-        let queues: Vec<&Value> = rows.iter().filter(|r| r.get("stream").is_some()).collect();
-        let blocked: Vec<&&Value> = queues.iter().filter(|q| q["blocked"] == true).collect();
-        !queues.is_empty()
-            && blocked.len() == 1
-            && queues.iter().all(|q| q["blocked"] == true || q["lag"] == 0)
-    });
+            let rows = json_lines(&run(&["status", "--store", &store, "--json"]));
+            let queues: Vec<&Value> = rows.iter().filter(|r| r.get("stream").is_some()).collect();
+            let blocked: Vec<&&Value> = queues.iter().filter(|q| q["blocked"] == true).collect();
+            !queues.is_empty()
+                && blocked.len() == 1
+                && queues.iter().all(|q| q["blocked"] == true || q["lag"] == 0)
+        },
+    );
     for mut w in workers {
         if !w.exited() {
             w.stop();
         }
     }
-    assert!(restarts >= 4, "one attempt plus three retries, each a crash: {restarts} restarts");
+    assert!(
+        restarts >= 4,
+        "one attempt plus three retries, each a crash: {restarts} restarts"
+    );
     let blocked = json_lines(&run(&["blocked", "--store", &store, "--json"]));
     assert_eq!(blocked.len(), 1, "{blocked:?}");
     let error = blocked[0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("expired") && error.contains("without a settlement"), "{error}");
+    assert!(
+        error.contains("expired") && error.contains("without a settlement"),
+        "{error}"
+    );
     let v = verify(&store);
     assert!(v.ok(), "{:#?}", v.problems);
     assert_eq!(v.blocked, v.poisoned);

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use act::{
-    Append, Batch, Claim, Correlation, Event, EventStore, LeaseRef, Query, QueueFilter,
-    QueueState, QueueStore, Rejection, Replay, Retired, Settlement, Store, Subscription,
-    SubscriptionState,
+    Append, Batch, Claim, Correlation, Event, EventStore, LeaseRef, Query, QueueFilter, QueueState,
+    QueueStore, Rejection, Replay, Retired, Settlement, Store, Subscription, SubscriptionState,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -136,7 +136,9 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<(), CliError> {
     let all = Workload::value_variants().to_vec();
     let chosen: Vec<Workload> = if args.workloads.is_empty() {
         // The backfill of a million events runs only when asked for.
-        all.into_iter().filter(|w| *w != Workload::Backfill).collect()
+        all.into_iter()
+            .filter(|w| *w != Workload::Backfill)
+            .collect()
     } else {
         all.into_iter()
             .filter(|w| args.workloads.contains(w))

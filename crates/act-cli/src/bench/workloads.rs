@@ -449,8 +449,8 @@ pub(crate) async fn backlog(s: &Settings, events: usize) -> Result<Row, CliError
     Ok(row)
 }
 
-/// `backfill`: a reaction added to a log of `n` events (1,000,000 at scale
-/// 1) with `.from_beginning()`, beside a caught-up reaction that keeps
+/// `backfill`: a reaction added to a log of `n` events (a million at
+/// `--scale 1`) with `.from_beginning()`, beside a caught-up reaction that keeps
 /// receiving live events (about 50/s) while the new one backfills. Reports
 /// the backfill's correlation rate (events read and routed per second until
 /// its checkpoint reaches the head) and the commit-to-handler latency of
@@ -485,7 +485,9 @@ pub(crate) async fn backfill(s: &Settings) -> Result<Row, CliError> {
             })
     };
     // Version 1: the caught-up reaction alone, registered at the head.
-    let v1 = Act::builder(ns.store.clone()).reaction(live.clone()).build()?;
+    let v1 = Act::builder(ns.store.clone())
+        .reaction(live.clone())
+        .build()?;
     v1.register().await?;
     let counter = Arc::new(AtomicU64::new(0));
     let v2 = Act::builder(ns.store.clone())
@@ -548,8 +550,10 @@ pub(crate) async fn backfill(s: &Settings) -> Result<Row, CliError> {
     row.p50_ms = Some(percentile(&ms, 0.50));
     row.p99_ms = Some(percentile(&ms, 0.99));
     row.max_ms = ms.last().copied();
-    row.extra.insert("live_events".into(), json!(committed.len()));
-    row.extra.insert("backfilled".into(), json!(stats.backfilled));
+    row.extra
+        .insert("live_events".into(), json!(committed.len()));
+    row.extra
+        .insert("backfilled".into(), json!(stats.backfilled));
     row.extra.insert(
         "delivered_during_backfill".into(),
         json!(counter.load(Ordering::Relaxed)),

@@ -89,7 +89,10 @@ pub(crate) async fn all_queues(
         }
         let page = store
             .queues(&QueueFilter {
-                after: out.last().map(|q| q.stream.clone()).or(filter.after.clone()),
+                after: out
+                    .last()
+                    .map(|q| q.stream.clone())
+                    .or(filter.after.clone()),
                 limit: Some(want),
                 ..filter.clone()
             })
@@ -201,7 +204,14 @@ pub async fn blocked(cli: &Cli) -> Result<(), CliError> {
         })
         .collect();
     line(fitted(
-        &["STREAM", "POSITION", "BLOCKED AT", "LAG", "RETRIES", "ERROR"],
+        &[
+            "STREAM",
+            "POSITION",
+            "BLOCKED AT",
+            "LAG",
+            "RETRIES",
+            "ERROR",
+        ],
         &rows,
         terminal_width().unwrap_or(usize::MAX),
     ))
@@ -247,7 +257,11 @@ pub async fn unblock(cli: &Cli, args: &UnblockArgs) -> Result<(), CliError> {
         1 => Err(act::Error::UnknownQueue(unknown.remove(0)).into()),
         _ => Err(act::Error::InvalidInput(format!(
             "no queues named {}",
-            unknown.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+            unknown
+                .iter()
+                .map(|u| format!("`{u}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .into()),
     }

@@ -24,7 +24,12 @@ async fn left(store: &dyn Store, checkpoint: i64, names: &[String]) -> act::Resu
     let mut n = 0usize;
     loop {
         let page = store
-            .query(&Query::new().after(after).names(names.iter().cloned()).limit(PAGE))
+            .query(
+                &Query::new()
+                    .after(after)
+                    .names(names.iter().cloned())
+                    .limit(PAGE),
+            )
             .await?;
         n += page.len();
         match page.last() {
@@ -53,7 +58,10 @@ pub async fn list(cli: &Cli) -> Result<(), CliError> {
         } else {
             left(&*store, s.checkpoint, &s.events).await?
         };
-        let target = s.target.as_ref().and_then(|t| queues.iter().find(|q| &q.stream == t));
+        let target = s
+            .target
+            .as_ref()
+            .and_then(|t| queues.iter().find(|q| &q.stream == t));
         let replaying = replays.iter().filter(|r| r.reaction == s.name).count();
         let waits = waiting.get(s.name.as_str()).copied().unwrap_or(0);
         let seen_s = (Utc::now() - s.seen).num_milliseconds() as f64 / 1000.0;
@@ -71,13 +79,25 @@ pub async fn list(cli: &Cli) -> Result<(), CliError> {
             s.name.clone(),
             s.events.join(","),
             s.target.clone().unwrap_or_else(|| "(dynamic)".into()),
-            if s.start == 0 { "beginning".into() } else { format!("after {}", s.start) },
+            if s.start == 0 {
+                "beginning".into()
+            } else {
+                format!("after {}", s.start)
+            },
             progress(s, head, behind, more),
             target.map_or("-".into(), |q| {
                 format!("lag {}{}", q.lag, if q.blocked { ", blocked" } else { "" })
             }),
-            if waits == 0 { "-".into() } else { count(waits, "queue", "queues") },
-            if replaying == 0 { "-".into() } else { count(replaying, "queue", "queues") },
+            if waits == 0 {
+                "-".into()
+            } else {
+                count(waits, "queue", "queues")
+            },
+            if replaying == 0 {
+                "-".into()
+            } else {
+                count(replaying, "queue", "queues")
+            },
             match s.retired {
                 Some(at) => format!("retired {}", at.format("%Y-%m-%d %H:%M")),
                 None if seen_s > 30.0 => format!("no broker for {}s", seen_s.round()),
@@ -89,14 +109,29 @@ pub async fn list(cli: &Cli) -> Result<(), CliError> {
         return Ok(());
     }
     if rows.is_empty() {
-        return line("no reactions registered yet (a broker registers its reactions when it starts)");
+        return line(
+            "no reactions registered yet (a broker registers its reactions when it starts)",
+        );
     }
     line(fitted(
-        &["REACTION", "EVENTS", "QUEUE", "START", "CORRELATED", "QUEUE STATE", "WAITING", "REPLAYING", "STATE"],
+        &[
+            "REACTION",
+            "EVENTS",
+            "QUEUE",
+            "START",
+            "CORRELATED",
+            "QUEUE STATE",
+            "WAITING",
+            "REPLAYING",
+            "STATE",
+        ],
         &rows,
         terminal_width().unwrap_or(usize::MAX),
     ))?;
-    line(format!("{}; log head {head}", count(subs.len(), "reaction", "reactions")))
+    line(format!(
+        "{}; log head {head}",
+        count(subs.len(), "reaction", "reactions")
+    ))
 }
 
 fn progress(s: &SubscriptionState, head: i64, behind: u64, more: bool) -> String {

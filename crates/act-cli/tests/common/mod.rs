@@ -80,7 +80,16 @@ impl Worker {
             .open(log_path)
             .unwrap();
         let mut args = vec![
-            "worker", "--store", store, "--lease", "2", "--poll-ms", "200", "--json", "--name", name,
+            "worker",
+            "--store",
+            store,
+            "--lease",
+            "2",
+            "--poll-ms",
+            "200",
+            "--json",
+            "--name",
+            name,
         ];
         args.extend_from_slice(extra);
         let child = act()
