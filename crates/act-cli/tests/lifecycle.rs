@@ -181,6 +181,9 @@ fn a_handler_that_kills_its_process_ends_in_a_blocked_queue_and_the_rest_drains(
             "12",
             "--poison",
             "1",
+            // Crashes are the only failures: four attempts, four crashes.
+            "--fail-share",
+            "0",
             "--json",
         ])
         .output()

@@ -40,7 +40,9 @@ pub struct Work {
     pub priority: i32,
 }
 
-/// What a broker asks for when it claims.
+/// What a broker asks for when it claims. A queue walking through a lapsed
+/// batch ([`Lease::suspect`]) gets one event per claim whatever `events`
+/// says.
 #[derive(Debug, Clone)]
 pub struct Claim {
     /// The broker's id, stored as the lease owner.
@@ -104,6 +106,13 @@ pub struct Lease {
     /// The queue's enqueue mark when claimed: a settlement removes only items
     /// enqueued up to it.
     pub mark: i64,
+    /// True while the queue walks through a batch whose lease lapsed: the
+    /// store hands it out one event at a time until an ack passes the end of
+    /// that batch, so a handler that crashes its process fails on the exact
+    /// event (not on the first of its batch), and the broker runs it alone
+    /// so no other queue dies with it.
+    #[serde(default)]
+    pub suspect: bool,
 }
 
 impl Lease {

@@ -80,10 +80,11 @@ pub(crate) struct Runner {
     running: HashMap<Id, Running>,
     done: Vec<Finished>,
     orphans: Vec<LeaseRef>,
-    /// A queue whose last lease ended without a settlement (its handler may
-    /// crash the process): it runs alone, once every other batch of this
-    /// broker is done, so a crash costs no other queue an attempt. Its task
-    /// and the gate that starts it.
+    /// A queue walking through a batch whose lease ended without a
+    /// settlement ([`crate::Lease::suspect`]: its handler may crash the
+    /// process): it runs alone, once every other batch of this broker is
+    /// done, so a crash costs no other queue an attempt. Its task and the
+    /// gate that starts it.
     suspect: Option<(Id, Option<tokio::sync::oneshot::Sender<()>>)>,
     /// At most one backfill or replay step in flight.
     backfill: JoinSet<Result<Stepped>>,
@@ -484,10 +485,11 @@ impl Runner {
         let mut batches = batches;
         let full = batches.len() == free;
         Counters::add(&self.counters.claims, batches.len() as u64);
-        if let Some(i) = batches.iter().position(|b| b.lease.lapses > 0) {
+        if let Some(i) = batches.iter().position(|b| b.lease.suspect) {
             // A lease of this queue ended without a settlement: its handler
-            // may have crashed the process. It runs alone; the rest of this
-            // claim goes back (a release is not a failed attempt).
+            // may crash the process. It runs alone (the store hands it out
+            // one event at a time until it is past that batch); the rest of
+            // this claim goes back (a release is not a failed attempt).
             let suspect = batches.swap_remove(i);
             tracing::warn!(queue = %suspect.lease.stream, lapses = suspect.lease.lapses,
                 retries = suspect.lease.retries,

@@ -452,7 +452,9 @@ impl QueueStore for MemoryStore {
                 break;
             }
             for stream in picked {
-                let pending = inner.queues[&stream].pending(per_queue);
+                let suspect = inner.update_queue(&stream, Queue::lapse);
+                let limit = if suspect { 1 } else { per_queue };
+                let pending = inner.queues[&stream].pending(limit);
                 let (taken, n) = inner.update_queue(&stream, |q| {
                     q.take(&claim.owner, expires, &claim.reactions, &pending)
                 });

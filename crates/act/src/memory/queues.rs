@@ -50,6 +50,11 @@ pub(super) struct Queue {
     waiting: Option<Arc<str>>,
     /// Replay horizon: nothing past it is delivered.
     replay: Option<i64>,
+    /// The last event handed out by the latest claim.
+    leased_to: i64,
+    /// While an ack has not passed it: the end of a batch whose lease
+    /// lapsed; the queue goes one event at a time until then.
+    suspect_to: i64,
 }
 
 impl Queue {
@@ -71,6 +76,8 @@ impl Queue {
             lease: None,
             waiting: None,
             replay: None,
+            leased_to: 0,
+            suspect_to: 0,
         }
     }
 
@@ -160,6 +167,24 @@ impl Queue {
         self.replay = horizon;
     }
 
+    /// Counts a lapsed lease (one that ended without a settlement) as a
+    /// failed attempt, before a claim looks at the queue; true when the queue
+    /// now walks one event at a time.
+    pub(super) fn lapse(&mut self) -> bool {
+        if let Some((previous, _)) = self.lease.take() {
+            // Claimable means the lease expired: it ended without a settlement.
+            self.retries = self.retries.saturating_add(1);
+            self.lapses = self.lapses.saturating_add(1);
+            self.error = Some(lapse_error(&previous));
+            self.suspect_to = self.suspect_to.max(self.leased_to);
+        }
+        self.suspect()
+    }
+
+    fn suspect(&self) -> bool {
+        self.suspect_to > 0 && self.next().is_some_and(|n| n <= self.suspect_to)
+    }
+
     /// Up to `limit` pending events (≤ the replay horizon) with their
     /// reactions, in id order.
     pub(super) fn pending(&self, limit: usize) -> Vec<(i64, Vec<Arc<str>>)> {
@@ -182,10 +207,10 @@ impl Queue {
         out
     }
 
-    /// A claim of this (claimable) queue by `owner` running `reactions`:
-    /// counts an expired lease as a failed attempt, then leases the queue
-    /// unless its first pending event needs a reaction the owner lacks.
-    /// Returns the lease and how many of `pending` events it covers.
+    /// A claim of this (claimable, lapse counted) queue by `owner` running
+    /// `reactions`: leases the queue unless its first pending event needs a
+    /// reaction the owner lacks. Returns the lease and how many of `pending`
+    /// events it covers.
     pub(super) fn take(
         &mut self,
         owner: &str,
@@ -193,12 +218,6 @@ impl Queue {
         reactions: &[String],
         pending: &[(i64, Vec<Arc<str>>)],
     ) -> (Taken, usize) {
-        if let Some((previous, _)) = self.lease.take() {
-            // Claimable means the lease expired: it ended without a settlement.
-            self.retries = self.retries.saturating_add(1);
-            self.lapses = self.lapses.saturating_add(1);
-            self.error = Some(lapse_error(&previous));
-        }
         let runnable = |rs: &Vec<Arc<str>>| {
             rs.iter()
                 .all(|r| reactions.iter().any(|m| m.as_str() == &**r))
@@ -219,6 +238,7 @@ impl Queue {
         self.token += 1;
         self.waiting = None;
         self.lease = Some((owner.to_string(), expires));
+        self.leased_to = pending[cut - 1].0;
         let lease = Lease {
             stream: self.stream.to_string(),
             owner: owner.to_string(),
@@ -228,6 +248,7 @@ impl Queue {
             retries: self.retries,
             lapses: self.lapses,
             mark: self.enqueued,
+            suspect: self.suspect(),
         };
         (Taken::Leased(lease), cut)
     }
@@ -269,13 +290,23 @@ impl Queue {
     pub(super) fn settle(&mut self, s: &Settlement, now: DateTime<Utc>) {
         self.lease = None;
         self.waiting = None;
+        // While walking a lapsed batch, progress inside it keeps the
+        // batch's count of failed attempts: the crash is somewhere in it.
+        let mut walking = false;
         if let Some(acked) = s.acked {
             self.items
                 .retain(|(event, _), seq| *event > acked || *seq > s.mark);
             self.position = self.position.max(acked);
+            walking = acked < self.suspect_to;
+            if !walking {
+                self.suspect_to = 0;
+            }
         }
-        let progress = s.acked.is_some();
+        let progress = s.acked.is_some() && !walking;
         match &s.outcome {
+            Outcome::Ack if walking => {
+                self.retry_at = None;
+            }
             Outcome::Ack => {
                 self.retries = 0;
                 self.lapses = 0;
@@ -346,6 +377,7 @@ impl Queue {
         self.items.clear();
         self.position = position;
         self.floor = position;
+        self.suspect_to = 0;
         self.blocked = false;
         self.replay = replay;
         self.clear();

@@ -557,6 +557,91 @@ pub async fn an_expired_lease_counts_as_an_attempt_and_the_queue_blocks_after_ma
     assert_eq!(st.next, Some(e.id));
 }
 
+/// A handler that crashes its process on one event in the middle of a
+/// batch: the events before it were handled but never acknowledged (the
+/// process died). The broker walks the lapsed batch one event at a time,
+/// so the crashes land on that event, and the queue blocks there (not at
+/// the first event of the batch) with the lease-loss error.
+pub async fn a_crash_loop_blocks_at_the_event_that_crashes(b: &impl Backend) {
+    let f = b.open().await;
+    let attempts = Arc::new(Mutex::new(Vec::<(i64, u32)>::new()));
+    let ids = pings(&*f.store, "a", 6).await;
+    let poison = ids[3];
+    let make = || {
+        let attempts = attempts.clone();
+        app(
+            f.store.clone(),
+            vec![Reaction::on("Ping")
+                .to_stream("q")
+                .max_retries(2)
+                .handle(move |e, ctx| {
+                    let attempts = attempts.clone();
+                    async move {
+                        attempts.lock().unwrap().push((e.id, ctx.attempt()));
+                        if e.id == poison {
+                            // The process dies here.
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<(), HandlerError>(())
+                    }
+                })],
+        )
+    };
+    let crashes_at_poison = || {
+        attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(e, _)| *e == poison)
+            .count()
+    };
+    for round in 1..=3usize {
+        let handle = make()
+            .broker(broker_options(&format!("crash-{round}")))
+            .start();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while crashes_at_poison() < round {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round} did not reach the poisoned event"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(handle);
+        f.clock.advance(Duration::from_secs(61)).await;
+    }
+    make()
+        .broker(broker_options("last"))
+        .settle()
+        .await
+        .unwrap();
+    let st = queue(&*f.store, "q").await;
+    assert!(st.blocked, "{st:?}");
+    assert_eq!(
+        (st.next, st.position),
+        (Some(poison), ids[2]),
+        "blocked at the poisoned event: {st:?}"
+    );
+    assert!(
+        st.error
+            .as_deref()
+            .is_some_and(|e| e.contains("without a settlement")),
+        "{st:?}"
+    );
+    let at_poison: Vec<u32> = attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(e, _)| *e == poison)
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(
+        at_poison,
+        vec![1, 2, 3],
+        "the true attempt numbers, at the event that crashes"
+    );
+}
+
 /// A queue whose lease ended without a settlement runs alone on the broker
 /// that takes it over: if its handler crashes the process again, no other
 /// queue's batch dies with it (and pays a failed attempt for it).

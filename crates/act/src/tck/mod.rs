@@ -156,6 +156,7 @@ macro_rules! tck_suite {
             queues::concurrent_claims_never_share_a_queue,
             queues::an_expired_lease_is_handed_to_another_broker,
             queues::an_expired_lease_counts_as_a_failed_attempt,
+            queues::a_lapsed_batch_is_walked_one_event_at_a_time,
             queues::a_stale_lease_cannot_ack,
             queues::a_stale_lease_cannot_retry,
             queues::a_stale_lease_cannot_block,
@@ -226,6 +227,7 @@ macro_rules! tck_suite {
             lifecycle::reset_of_a_queue_that_never_had_work_replays_the_log,
             lifecycle::an_expired_lease_counts_as_an_attempt_and_the_queue_blocks_after_max_retries,
             lifecycle::a_queue_whose_lease_lapsed_runs_alone,
+            lifecycle::a_crash_loop_blocks_at_the_event_that_crashes,
             lifecycle::a_handler_past_its_timeout_is_cancelled_and_retried,
             lifecycle::a_resolver_s_bad_answer_blocks_only_that_reaction_s_event,
         }

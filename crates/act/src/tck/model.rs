@@ -140,6 +140,8 @@ struct MQueue {
     /// (owner, expiry); kept after expiry until a claim counts it.
     lease: Option<(usize, u64)>,
     replay: Option<i64>,
+    leased_to: i64,
+    suspect_to: i64,
 }
 
 impl MQueue {
@@ -223,6 +225,9 @@ impl MQueue {
             _ => Ok(()),
         }
     }
+    fn suspect(&self) -> bool {
+        self.suspect_to > 0 && self.next().is_some_and(|n| n <= self.suspect_to)
+    }
     fn clear(&mut self) {
         self.retries = 0;
         self.lapses = 0;
@@ -239,8 +244,9 @@ struct MSub {
 }
 
 /// What the model expects a claim to hand out for one queue: its pending
-/// events with their reactions, and the lease's retries, lapses and mark.
-type Expected = (Vec<(i64, Vec<String>)>, u32, u32, i64);
+/// events with their reactions, and the lease's retries, lapses, mark and
+/// suspect flag.
+type Expected = (Vec<(i64, Vec<String>)>, u32, u32, i64, bool);
 
 struct Held {
     lease: Lease,
@@ -485,21 +491,30 @@ impl Model {
                     let Some(q) = self.queues.get_mut(&name) else {
                         continue;
                     };
-                    let pending = q.pending(events as usize);
+                    if q.lease.take().is_some() {
+                        q.retries += 1;
+                        q.lapses += 1;
+                        q.suspect_to = q.suspect_to.max(q.leased_to);
+                    }
+                    let suspect = q.suspect();
+                    let pending = q.pending(if suspect { 1 } else { events as usize });
                     let cut = pending
                         .iter()
                         .position(|(_, rs)| !rs.iter().all(|r| mine.contains(r)))
                         .unwrap_or(pending.len());
-                    if q.lease.take().is_some() {
-                        q.retries += 1;
-                        q.lapses += 1;
-                    }
                     if cut == 0 {
                         continue;
                     }
+                    q.leased_to = pending[cut - 1].0;
                     want.insert(
                         name.clone(),
-                        (pending[..cut].to_vec(), q.retries, q.lapses, q.enqueued),
+                        (
+                            pending[..cut].to_vec(),
+                            q.retries,
+                            q.lapses,
+                            q.enqueued,
+                            suspect,
+                        ),
                     );
                 }
                 let got_names: Vec<String> = got.iter().map(|b| b.lease.stream.clone()).collect();
@@ -510,7 +525,7 @@ impl Model {
                 );
                 for b in &got {
                     let name = b.lease.stream.clone();
-                    let (items, retries, lapses, mark) = &want[&name];
+                    let (items, retries, lapses, mark, suspect) = &want[&name];
                     let got_items: Vec<(i64, Vec<String>)> = b
                         .events
                         .iter()
@@ -530,16 +545,18 @@ impl Model {
                             b.lease.position,
                             b.lease.retries,
                             b.lease.lapses,
-                            b.lease.mark
-                        ) == (q.position, *retries, *lapses, *mark),
-                        "lease of {name}: (position, retries, lapses, mark) {:?}, model {:?}",
+                            b.lease.mark,
+                            b.lease.suspect
+                        ) == (q.position, *retries, *lapses, *mark, *suspect),
+                        "lease of {name}: (position, retries, lapses, mark, suspect) {:?}, model {:?}",
                         (
                             b.lease.position,
                             b.lease.retries,
                             b.lease.lapses,
-                            b.lease.mark
+                            b.lease.mark,
+                            b.lease.suspect
                         ),
-                        (q.position, retries, lapses, mark)
+                        (q.position, retries, lapses, mark, suspect)
                     );
                     ensure!(
                         b.lease.token > q.token,
@@ -601,11 +618,16 @@ impl Model {
                 );
                 if predicted.is_ok() {
                     q.lease = None;
+                    let mut walking = false;
                     if let Some(a) = acked {
                         q.items.retain(|(e, _), seq| *e > a || *seq > h.lease.mark);
                         q.position = q.position.max(a);
+                        walking = a < q.suspect_to;
+                        if !walking {
+                            q.suspect_to = 0;
+                        }
                     }
-                    let progress = acked.is_some();
+                    let progress = acked.is_some() && !walking;
                     let failed = |q: &mut MQueue| {
                         q.retries = crate::queue::retries_after_failure(progress, q.retries);
                         if progress {
@@ -613,6 +635,9 @@ impl Model {
                         }
                     };
                     match settlement.outcome {
+                        Outcome::Ack if walking => {
+                            q.retry_at = None;
+                        }
                         Outcome::Ack => {
                             q.retries = 0;
                             q.lapses = 0;
@@ -747,6 +772,7 @@ impl Model {
                 q.items.clear();
                 q.position = to;
                 q.floor = to;
+                q.suspect_to = 0;
                 q.blocked = false;
                 q.clear();
                 q.token = st.token;

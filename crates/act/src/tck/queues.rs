@@ -367,23 +367,29 @@ pub async fn an_expired_lease_counts_as_a_failed_attempt(b: &impl Backend) {
         .unwrap()
         .remove(0);
     assert_eq!((again.lease.retries, again.lease.lapses), (3, 3));
-    // Progress starts the count again.
-    s.settle(&[Settlement::retry(
-        &again.lease,
-        Some(ids[0]),
-        Duration::ZERO,
-        "second",
-    )])
-    .await
-    .unwrap();
+    // While it walks the lapsed batch, progress keeps the count (the crash
+    // may be at the next event)...
+    assert!(again.lease.suspect);
+    s.settle(&[Settlement::ack(&again.lease, ids[0])])
+        .await
+        .unwrap();
     let st = queue(s, "q").await;
-    assert_eq!((st.retries, st.position), (1, ids[0]));
+    assert_eq!((st.retries, st.position), (3, ids[0]));
+    // ...and an ack past the lapsed batch starts it again.
     let last = s
         .claim(&claim("next", 1, 10, LEASE))
         .await
         .unwrap()
         .remove(0);
-    assert_eq!((last.lease.retries, last.lease.lapses), (1, 0));
+    assert_eq!(
+        (ids_of(&last), last.lease.retries, last.lease.suspect),
+        (vec![ids[1]], 3, true)
+    );
+    s.settle(&[Settlement::ack(&last.lease, ids[1])])
+        .await
+        .unwrap();
+    let st = queue(s, "q").await;
+    assert_eq!((st.retries, st.error, st.lag), (0, None, 0));
 }
 
 async fn taken_over(
@@ -415,13 +421,102 @@ async fn assert_stale(b: &impl Backend, outcome: Outcome) {
         before,
         "a rejected write changes nothing"
     );
-    // The live owner's write works.
+    // The live owner's write works (it got one event: the queue walks
+    // through the lapsed batch one event at a time).
+    assert_eq!(bb.events.len(), 1);
     let r = s
-        .settle(&[Settlement::ack(&bb.lease, bb.events[2].event.id)])
+        .settle(&[Settlement::ack(&bb.lease, bb.events[0].event.id)])
         .await
         .unwrap();
     assert_eq!(r, vec![Ok(())]);
-    assert_eq!(queue(s, "q").await.position, bb.events[2].event.id);
+    assert_eq!(queue(s, "q").await.position, bb.events[0].event.id);
+}
+
+/// After a lease lapsed, the queue is handed out one event at a time until
+/// an ack passes the last event of the lapsed batch (a handler that crashed
+/// its process then fails on the exact event), then in full batches again;
+/// such leases say they are suspect. While it walks, the batch's count of
+/// failed attempts stays: each event of it was already tried, and a second
+/// lapse lands on the event that was out.
+pub async fn a_lapsed_batch_is_walked_one_event_at_a_time(b: &impl Backend) {
+    let f = b.open().await;
+    let s = &*f.store;
+    let ids = pings(s, "a", 6).await;
+    let work: Vec<(&str, i64)> = ids.iter().map(|&e| ("q", e)).collect();
+    enqueue(s, &work).await;
+    let first = s
+        .claim(&claim("crashed", 1, 4, LEASE))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((ids_of(&first).len(), first.lease.suspect), (4, false));
+    f.clock.advance(PAST_LEASE).await;
+    let mut walked = Vec::new();
+    loop {
+        let got = s
+            .claim(&claim("next", 1, 10, LEASE))
+            .await
+            .unwrap()
+            .remove(0);
+        if !got.lease.suspect {
+            assert_eq!(
+                ids_of(&got),
+                ids[4..].to_vec(),
+                "past the lapsed batch: full batches again"
+            );
+            assert_eq!(
+                (got.lease.retries, got.lease.lapses),
+                (0, 0),
+                "and a fresh count"
+            );
+            s.settle(&[Settlement::ack(&got.lease, ids[5])])
+                .await
+                .unwrap();
+            break;
+        }
+        assert_eq!(got.events.len(), 1, "one event at a time while suspect");
+        assert_eq!(
+            (got.lease.retries, got.lease.lapses),
+            (1, 1),
+            "the batch's attempt count stays"
+        );
+        walked.push(got.events[0].event.id);
+        s.settle(&[Settlement::ack(&got.lease, got.events[0].event.id)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(walked, ids[..4].to_vec());
+    // A lapse while walking counts against the event that was out.
+    let more = pings(s, "a", 3).await;
+    enqueue(s, &[("q", more[0]), ("q", more[1]), ("q", more[2])]).await;
+    let _ = s
+        .claim(&claim("crash-1", 1, 10, LEASE))
+        .await
+        .unwrap()
+        .remove(0);
+    f.clock.advance(PAST_LEASE).await;
+    let one = s.claim(&claim("ok", 1, 10, LEASE)).await.unwrap().remove(0);
+    assert_eq!(
+        (ids_of(&one), one.lease.retries, one.lease.suspect),
+        (vec![more[0]], 1, true)
+    );
+    s.settle(&[Settlement::ack(&one.lease, more[0])])
+        .await
+        .unwrap();
+    let _ = s
+        .claim(&claim("crash-2", 1, 10, LEASE))
+        .await
+        .unwrap()
+        .remove(0);
+    f.clock.advance(PAST_LEASE).await;
+    let again = s.claim(&claim("ok", 1, 10, LEASE)).await.unwrap().remove(0);
+    assert_eq!(
+        (ids_of(&again), again.lease.retries, again.lease.lapses),
+        (vec![more[1]], 2, 2),
+        "the second crash counts against the event that was out"
+    );
+    let st = s.reset("q", 0).await.unwrap();
+    assert_eq!(st.retries, 0, "a reset ends the walk");
 }
 
 /// Fencing: an ack with a stale token is rejected.
