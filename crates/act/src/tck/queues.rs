@@ -484,6 +484,13 @@ pub async fn a_lapsed_batch_is_walked_one_event_at_a_time(b: &impl Backend) {
         s.settle(&[Settlement::ack(&got.lease, got.events[0].event.id)])
             .await
             .unwrap();
+        let st = queue(s, "q").await;
+        assert!(
+            st.error
+                .as_deref()
+                .is_some_and(|e| e.contains("without a settlement")),
+            "an ack inside the lapsed batch keeps its error: {st:?}"
+        );
     }
     assert_eq!(walked, ids[..4].to_vec());
     // A lapse while walking counts against the event that was out.
