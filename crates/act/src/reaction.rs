@@ -47,7 +47,11 @@ pub enum Resolver {
     /// Every event goes to this one queue.
     Static(String),
     /// A pure function of the event: `None` skips the event. It runs at
-    /// correlation and again at delivery, so it must give the same answer.
+    /// correlation; the work it produces names the reaction, so delivery
+    /// never asks it again (a resolver that answers differently after a
+    /// deploy routes new events elsewhere and skips nothing already
+    /// enqueued). A name no store accepts, or a panic, sends the event to the
+    /// reaction's invalid-target queue, where it blocks with the reason.
     Dynamic(Arc<ResolveFn>),
 }
 
@@ -290,7 +294,8 @@ impl ReactionBuilder {
         self
     }
 
-    /// Picks the queue per event (`None` skips it). Must be pure.
+    /// Picks the queue per event (`None` skips it). Must be pure: it runs
+    /// once per event at correlation (again for a reset's replay).
     pub fn to<F>(mut self, resolve: F) -> Self
     where
         F: Fn(&Event) -> Option<String> + Send + Sync + 'static,
