@@ -55,7 +55,7 @@
 //! | `P:rp` | hash | replay → `position:until` |
 //! | `P:rq:QUEUE` | sorted set | the queue's replays: reaction scored by position; the first is its replay horizon |
 //! | `P:queues`, `P:blocked` | sorted sets | every queue's name; blocked ones |
-//! | `P:q:QUEUE` | hash | `position`, `head` (work mark), `priority`, `retries`, `lapses`, `retry_at`, `blocked`, `error`, `token`, `owner`, `expires`, `floor`, `enqueued` (last sequence number), `lag` (distinct pending events), `waiting`, `replay`; `dk`, `at`, `wi` (its claim index) |
+//! | `P:q:QUEUE` | hash | `position`, `head` (work mark), `priority`, `retries`, `lapses`, `retry_at`, `blocked`, `error`, `token`, `owner`, `expires`, `floor`, `enqueued` (last sequence number), `lag` (distinct pending events), `waiting`, `replay`, `leased_to` (last event the latest claim handed out), `suspect_to` (end of a lapsed batch being walked one event at a time; absent reads as 0); `dk`, `at`, `wi` (its claim index) |
 //! | `P:i:QUEUE` | sorted set | pending items: score = event id, member = `REACTION \0 SEQ` (no reaction for schema-1 items) |
 //! | `P:due` | sorted set | claimable queues, members `PPPPPPPP` (2^31−1 − priority, hex) `NNNNNNNNNNNNNNNN` (first pending event, hex) `QUEUE`: byte order is claim order |
 //! | `P:waiting:REACTION` | sorted set | claimable queues waiting for a broker with that reaction (same members) |

@@ -3,7 +3,9 @@
 //!
 //! Each queue is a hash (`q:{stream}`: position, work mark, priority,
 //! retries, lapses, retry time, block, error, token, lease, floor, enqueue
-//! counter, distinct pending events, waiting reaction, replay horizon) and a
+//! counter, distinct pending events, waiting reaction, replay horizon, the
+//! last event the latest claim handed out and the end of a lapsed batch
+//! being walked one event at a time, see [`Lease::suspect`]) and a
 //! sorted set of its pending items (`i:{stream}`, see `common.lua`). A
 //! queue with deliverable work sits in exactly one index: `due` (claimable
 //! now, members ordered by priority, then oldest pending event, then
@@ -87,12 +89,13 @@ pub(crate) async fn claim(conn: &Conn, c: &Claim) -> act::Result<Vec<Batch>> {
                 retries: count32(at(e, 4)?)?,
                 lapses: count32(at(e, 5)?)?,
                 mark: int(at(e, 6)?)?,
+                suspect: int(at(e, 7)?)? != 0,
             })
         })()
         .map_err(bad)?;
-        let ids = items(at(e, 7).map_err(bad)?).map_err(bad)?;
-        let reactions = items(at(e, 8).map_err(bad)?).map_err(bad)?;
-        let records = items(at(e, 9).map_err(bad)?).map_err(bad)?;
+        let ids = items(at(e, 8).map_err(bad)?).map_err(bad)?;
+        let reactions = items(at(e, 9).map_err(bad)?).map_err(bad)?;
+        let records = items(at(e, 10).map_err(bad)?).map_err(bad)?;
         if ids.len() != reactions.len() || ids.len() != records.len() {
             return Err(bad(format!(
                 "claim of `{}` answered {} ids, {} reaction lists and {} records",

@@ -6,16 +6,21 @@
 -- `due` (at most 10000 per call), then examines candidates in claim order
 -- (the merge of `due` and the `waiting:{r}` index of each reaction r of the
 -- broker) until n queues are leased. At each: an expired lease counts as a
--- failed attempt (retries and lapses + 1, the lapse error, lease cleared);
--- then its first pending events (within the replay horizon) with all their
--- items, cut before the first event with an item for a reaction the broker
--- lacks. A cut at 0 marks the queue as waiting for that reaction (first
--- missing in byte order) and leases nothing; otherwise the queue is leased
--- with a new token. O((n + waiting candidates) · (reactions + log N) + events).
+-- failed attempt (retries and lapses + 1, the lapse error, lease cleared)
+-- and makes the batch it covered (up to `leased_to`, the last event the
+-- latest claim handed out) suspect: `suspect_to` = max(suspect_to,
+-- leased_to). While its first pending event is <= suspect_to the queue is
+-- suspect and handed out one event per claim. Then its first pending events
+-- (within the replay horizon, at most 1 when suspect) with all their items,
+-- cut before the first event with an item for a reaction the broker lacks.
+-- A cut at 0 marks the queue as waiting for that reaction (first missing in
+-- byte order) and leases nothing; otherwise the queue is leased with a new
+-- token and `leased_to` = the last event handed out.
+-- O((n + waiting candidates) · (reactions + log N) + events).
 --
 -- Returns one entry per leased queue: {stream, token, expires (us),
--- position, retries, lapses, mark, {ids...}, {{reactions...}...},
--- {records...}}.
+-- position, retries, lapses, mark, suspect (0/1), {ids...},
+-- {{reactions...}...}, {records...}}.
 
 local now = now_us()
 local n = tonumber(ARGV[4])
@@ -85,13 +90,13 @@ local function next_candidate()
   return best
 end
 
--- Up to `limit` distinct pending events of `s` (none past `horizon`) with
+-- Up to `most` distinct pending events of `s` (none past `horizon`) with
 -- the reactions of their items, in id order ('' items of schema 1 name no
 -- reaction and are left out), and the first reaction the broker lacks of
 -- each event.
-local function pending(s, horizon)
+local function pending(s, horizon, most)
   local ids, reactions, missing = {}, {}, {}
-  local size = math.min(limit, 1000) + 16
+  local size = math.min(most, 1000) + 16
   local start = 0
   while true do
     local got = redis.call('ZRANGE', ikey(s), start, start + size - 1, 'WITHSCORES')
@@ -101,7 +106,7 @@ local function pending(s, horizon)
         return ids, reactions, missing
       end
       if ids[#ids] ~= e then
-        if #ids == limit then
+        if #ids == most then
           return ids, reactions, missing
         end
         ids[#ids + 1] = e
@@ -132,7 +137,7 @@ while #out < n do
   local s = string.sub(member, 25)
   local k = qkey(s)
   local f = redis.call('HMGET', k, 'blocked', 'replay', 'retry_at', 'expires', 'owner', 'waiting',
-    'retries', 'lapses', 'position', 'enqueued')
+    'retries', 'lapses', 'position', 'enqueued', 'leased_to', 'suspect_to')
   local horizon = tonumber(f[2])
   local nxt = first_event(s)
   local claimable = f[1] ~= '1' and nxt and (not horizon or nxt <= horizon)
@@ -143,15 +148,20 @@ while #out < n do
     place(s, now)
   else
     local retries, lapses = tonumber(f[7]) or 0, tonumber(f[8]) or 0
+    local suspect_to = tonumber(f[12]) or 0
     if f[5] then
-      -- The lease ended without a settlement: a failed attempt.
+      -- The lease ended without a settlement: a failed attempt, somewhere
+      -- in the batch it covered.
       retries = math.min(retries + 1, 4294967295)
       lapses = math.min(lapses + 1, 4294967295)
+      suspect_to = math.max(suspect_to, tonumber(f[11]) or 0)
       redis.call('HSET', k, 'retries', fmt(retries), 'lapses', fmt(lapses), 'error',
-        lapse_before .. f[5] .. lapse_after)
+        lapse_before .. f[5] .. lapse_after, 'suspect_to', fmt(suspect_to))
       redis.call('HDEL', k, 'owner', 'expires')
     end
-    local ids, reactions, missing = pending(s, horizon)
+    -- Walking a lapsed batch: one event at a time until an ack passes it.
+    local suspect = suspect_to > 0 and nxt <= suspect_to
+    local ids, reactions, missing = pending(s, horizon, suspect and 1 or limit)
     local cut = #ids
     for j = 1, #ids do
       if missing[j] then
@@ -164,7 +174,8 @@ while #out < n do
       place(s, now)
     else
       local token = redis.call('HINCRBY', k, 'token', 1)
-      redis.call('HSET', k, 'owner', ARGV[3], 'expires', fmt(expires))
+      redis.call('HSET', k, 'owner', ARGV[3], 'expires', fmt(expires), 'leased_to',
+        fmt(ids[cut]))
       redis.call('HDEL', k, 'waiting')
       place(s, now)
       local keep, rs, fields = {}, {}, {}
@@ -173,8 +184,8 @@ while #out < n do
         rs[j] = reactions[j]
         fields[j] = fmt(ids[j])
       end
-      out[#out + 1] = { s, token, expires, f[9] or '0', retries, lapses, f[10] or '0', keep, rs,
-        hmget(EVENTS, fields) }
+      out[#out + 1] = { s, token, expires, f[9] or '0', retries, lapses, f[10] or '0',
+        suspect and 1 or 0, keep, rs, hmget(EVENTS, fields) }
     end
   end
 end

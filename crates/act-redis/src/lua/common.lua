@@ -14,7 +14,7 @@
 -- Layout of one queue `s`:
 --   q:{s}  hash: position, head, priority, retries, lapses, blocked, token,
 --          floor, enqueued, lag, retry_at, error, owner, expires, waiting,
---          replay; dk (its claim key, while in an index), at and wi (which
+--          replay, leased_to, suspect_to (absent reads as 0); dk (its claim key, while in an index), at and wi (which
 --          index, see `place`)
 --   i:{s}  sorted set of pending items, score = event id, member =
 --          reaction .. "\0" .. seq (reaction '' for an item of schema 1;

@@ -2,8 +2,8 @@
 -- {-1, head} for a position past the log's head, {-2} for a queue that does
 -- not exist and that no active reaction can target (static target this
 -- queue, or dynamic); otherwise drops the queue's items, moves it to the
--- position (also its floor), clears retries, lapses, retry, block, waiting
--- and lease, increases the token, replaces its replays by one per active
+-- position (also its floor), clears retries, lapses, retry, block, waiting,
+-- lease and the walk of a lapsed batch (suspect_to), increases the token, replaces its replays by one per active
 -- reaction that may target it and has correlated past max(position, its
 -- start), and returns {1, state}. Creates the queue when absent.
 
@@ -46,6 +46,7 @@ end
 
 redis.call('DEL', ikey(s))
 redis.call('HSET', k, 'position', position, 'floor', position, 'lag', 0)
+redis.call('HDEL', k, 'suspect_to')
 clear(s)
 refresh_replay(s)
 place(s, now_us())

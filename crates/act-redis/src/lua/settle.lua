@@ -5,9 +5,13 @@
 -- 'r' retry, 'b' block), delay (us), error.
 --
 -- With `acked`, removes the queue's items for events up to it that were
--- enqueued up to `mark` and moves the position up to it (never down). A
--- failure after progress restarts the retry count at 1 and clears lapses;
--- one without progress adds one. O(items removed · log n) each.
+-- enqueued up to `mark` and moves the position up to it (never down). An
+-- ack below `suspect_to` is walking a lapsed batch (see claim.lua): it is
+-- not progress, since the crash may still be ahead in that batch; any
+-- other ack ends the walk (suspect_to = 0). A failure after progress
+-- restarts the retry count at 1 and clears lapses; one without progress
+-- adds one. An `Ack` while walking keeps retries, lapses and error (it
+-- clears only the retry time). O(items removed · log n) each.
 --
 -- Returns {code, detail} per settlement (see `fence`); publishes a wake-up
 -- when one was applied.
@@ -22,9 +26,9 @@ for i = 0, tonumber(ARGV[3]) - 1 do
   if verdict[1] == 0 then
     local k = qkey(s)
     local mark, acked, kind = tonumber(ARGV[b + 3]), ARGV[b + 4], ARGV[b + 5]
-    local progress = acked ~= ''
     local retries, lapses = tonumber(f[4]) or 0, tonumber(f[5]) or 0
-    if progress then
+    local walking = false
+    if acked ~= '' then
       local got = redis.call('ZRANGEBYSCORE', ikey(s), '-inf', acked, 'WITHSCORES')
       drop_where(s, got, function(m)
         return item_seq(m) <= mark
@@ -32,12 +36,20 @@ for i = 0, tonumber(ARGV[3]) - 1 do
       if tonumber(acked) > tonumber(f[3]) then
         redis.call('HSET', k, 'position', acked)
       end
+      walking = tonumber(acked) < (tonumber(redis.call('HGET', k, 'suspect_to')) or 0)
+      if not walking then
+        redis.call('HDEL', k, 'suspect_to')
+      end
+    end
+    if acked ~= '' and not walking then
       retries, lapses = 1, 0
     else
       retries = math.min(retries + 1, 4294967295)
     end
     redis.call('HDEL', k, 'owner', 'expires', 'waiting')
-    if kind == 'a' then
+    if kind == 'a' and walking then
+      redis.call('HDEL', k, 'retry_at')
+    elseif kind == 'a' then
       redis.call('HSET', k, 'retries', 0, 'lapses', 0)
       redis.call('HDEL', k, 'retry_at', 'error')
     elseif kind == 'r' then
