@@ -7,6 +7,11 @@
 //! is not blocked) in claim order and stops once it has leased enough queues;
 //! a leased queue's batch follows the `items` primary key. Neither reads the
 //! log beyond the events they return, nor every queue.
+//!
+//! A claim records the last event it hands out (`leased_to`). When that
+//! lease lapses, the next claim marks the batch (`suspect_to`) and hands the
+//! queue out one event at a time until an ack passes it, so a handler that
+//! kills its process fails on the exact event ([`Lease::suspect`]).
 
 use std::time::Duration;
 
@@ -40,7 +45,8 @@ const PENDING: &str = "SELECT e.id, e.stream, e.version, e.name, e.data, e.creat
 /// Claim candidates in claim order: a walk of the `queues_due` index (no
 /// sort), checking each entry's lease, retry time and replay horizon.
 const CANDIDATES: &str =
-    "SELECT stream, position, retries, lapses, lease_owner, waiting, replay, enqueued
+    "SELECT stream, position, retries, lapses, lease_owner, waiting, replay, enqueued, next,
+        leased_to, suspect_to
     FROM queues
     WHERE next IS NOT NULL AND blocked = 0
       AND (lease_expires IS NULL OR lease_expires <= ?1)
@@ -101,6 +107,10 @@ struct Candidate {
     waiting: Option<String>,
     replay: Option<i64>,
     enqueued: i64,
+    /// The first pending event (the due index only lists queues with one).
+    next: i64,
+    leased_to: i64,
+    suspect_to: i64,
 }
 
 /// Leases up to `c.queues` claimable queues in claim order (see
@@ -115,12 +125,13 @@ pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>,
     let mut candidates = tx.prepare_cached(CANDIDATES)?;
     let mut lapse = tx.prepare_cached(
         "UPDATE queues SET retries = retries + 1, lapses = lapses + 1, error = ?2,
-             lease_owner = NULL, lease_expires = NULL
+             lease_owner = NULL, lease_expires = NULL, suspect_to = max(suspect_to, leased_to)
          WHERE stream = ?1",
     )?;
     let mut wait = tx.prepare_cached("UPDATE queues SET waiting = ?2 WHERE stream = ?1")?;
     let mut lease = tx.prepare_cached(
-        "UPDATE queues SET token = token + 1, lease_owner = ?2, lease_expires = ?3, waiting = NULL
+        "UPDATE queues SET token = token + 1, lease_owner = ?2, lease_expires = ?3, waiting = NULL,
+             leased_to = ?4
          WHERE stream = ?1 RETURNING token",
     )?;
     // The updates below change no column of the due index (priority, next,
@@ -136,18 +147,26 @@ pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>,
             waiting: row.get(5)?,
             replay: row.get(6)?,
             enqueued: row.get(7)?,
+            next: row.get(8)?,
+            leased_to: row.get(9)?,
+            suspect_to: row.get(10)?,
         };
         if q.waiting.as_ref().is_some_and(|w| !c.reactions.contains(w)) {
             continue;
         }
-        let (mut retries, mut lapses) = (q.retries, q.lapses);
+        let (mut retries, mut lapses, mut suspect_to) = (q.retries, q.lapses, q.suspect_to);
         if let Some(previous) = &q.owner {
-            // Claimable means the lease expired: it ended without a settlement.
+            // Claimable means the lease expired: it ended without a settlement,
+            // somewhere in the batch it held.
             lapse.execute(params![q.stream, act::queue::lapse_error(previous)])?;
             retries = retries.saturating_add(1);
             lapses = lapses.saturating_add(1);
+            suspect_to = suspect_to.max(q.leased_to);
         }
-        let due = pending(tx, &q.stream, q.replay, per_queue)?;
+        // Walking a lapsed batch: one event per claim until an ack passes it.
+        let suspect = suspect_to > 0 && q.next <= suspect_to;
+        let limit = if suspect { 1 } else { per_queue };
+        let due = pending(tx, &q.stream, q.replay, limit)?;
         let runnable = |r: &String| r.is_empty() || c.reactions.contains(r);
         let cut = due
             .iter()
@@ -160,6 +179,7 @@ pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>,
             wait.execute(params![q.stream, missing])?;
             continue;
         }
+        let leased_to = due[cut - 1].id;
         let events: Vec<Pending> = due
             .into_iter()
             .take(cut)
@@ -173,7 +193,8 @@ pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>,
                 }
             })
             .collect();
-        let token: i64 = lease.query_row(params![q.stream, c.owner, expires], |r| r.get(0))?;
+        let token: i64 =
+            lease.query_row(params![q.stream, c.owner, expires, leased_to], |r| r.get(0))?;
         out.push(Batch {
             lease: Lease {
                 stream: q.stream,
@@ -184,6 +205,7 @@ pub(crate) fn claim(tx: &Transaction, c: &Claim, now: i64) -> Result<Vec<Batch>,
                 retries,
                 lapses,
                 mark: q.enqueued,
+                suspect,
             },
             events,
         });
@@ -200,11 +222,13 @@ struct Fence {
     position: i64,
     retries: u32,
     lapses: u32,
+    suspect_to: i64,
 }
 
 fn fence(tx: &Transaction, stream: &str) -> Result<Option<Fence>, Failure> {
     let mut stmt = tx.prepare_cached(
-        "SELECT token, lease_expires, position, retries, lapses FROM queues WHERE stream = ?1",
+        "SELECT token, lease_expires, position, retries, lapses, suspect_to FROM queues
+         WHERE stream = ?1",
     )?;
     Ok(stmt
         .query_row(params![stream], |r| {
@@ -214,6 +238,7 @@ fn fence(tx: &Transaction, stream: &str) -> Result<Option<Fence>, Failure> {
                 position: r.get(2)?,
                 retries: r.get(3)?,
                 lapses: r.get(4)?,
+                suspect_to: r.get(5)?,
             })
         })
         .optional()?)
@@ -256,6 +281,9 @@ fn check(
 /// Applies settlements, blocks first; returns one result per settlement.
 /// Each applied one deletes the acknowledged items (event up to `acked`,
 /// enqueued up to `mark`: a range of the primary key) and releases the lease.
+/// An ack short of the end of a lapsed batch (`suspect_to`) is progress
+/// inside it, not past the crash: it keeps the batch's retries, lapses and
+/// error; one that reaches it ends the walk.
 pub(crate) fn settle(
     tx: &Transaction,
     settlements: &[Settlement],
@@ -265,7 +293,8 @@ pub(crate) fn settle(
     let mut remove = tx.prepare_cached(ACKED)?;
     let mut update = tx.prepare_cached(
         "UPDATE queues SET position = max(position, ?2), retries = ?3, lapses = ?4, retry_at = ?5,
-             blocked = CASE WHEN ?6 THEN 1 ELSE blocked END, error = ?7,
+             blocked = CASE WHEN ?6 THEN 1 ELSE blocked END,
+             error = CASE WHEN ?8 THEN error ELSE ?7 END, suspect_to = ?9,
              lease_owner = NULL, lease_expires = NULL, waiting = NULL,
              next = (SELECT min(event) FROM items WHERE items.stream = ?1)
          WHERE stream = ?1",
@@ -277,15 +306,25 @@ pub(crate) fn settle(
         let Some(f) = f.filter(|_| results[i].is_ok()) else {
             continue;
         };
+        // While walking a lapsed batch, progress inside it keeps the
+        // batch's count of failed attempts: the crash is somewhere in it.
+        let mut walking = false;
+        let mut suspect_to = f.suspect_to;
         if let Some(acked) = s.acked {
             remove.execute(params![s.lease.stream, acked, s.mark])?;
+            walking = acked < f.suspect_to;
+            if !walking {
+                suspect_to = 0;
+            }
         }
-        let progress = s.acked.is_some();
+        let progress = s.acked.is_some() && !walking;
         let failed = || {
             let retries = act::queue::retries_after_failure(progress, f.retries);
             (retries, if progress { 0 } else { f.lapses })
         };
+        let keep_error = walking && matches!(s.outcome, Outcome::Ack);
         let (retries, lapses, retry_at, blocked, error) = match &s.outcome {
+            Outcome::Ack if walking => (f.retries, f.lapses, None, false, None),
             Outcome::Ack => (0, 0, None, false, None),
             Outcome::Retry { delay, error } => {
                 let (r, l) = failed();
@@ -304,7 +343,9 @@ pub(crate) fn settle(
             lapses,
             retry_at,
             blocked,
-            error
+            error,
+            keep_error,
+            suspect_to
         ])?;
     }
     Ok(results)
@@ -374,7 +415,8 @@ pub(crate) fn unblock(tx: &Transaction, streams: &[String]) -> Result<Vec<String
     Ok(out)
 }
 
-/// Replays a queue from `position` (see [`act::QueueStore::reset`]).
+/// Replays a queue from `position` (see [`act::QueueStore::reset`]); ends
+/// the walk of a lapsed batch.
 pub(crate) fn reset(tx: &Transaction, stream: &str, position: i64) -> Result<QueueState, Failure> {
     if position < 0 {
         return Err(Failure::Act(Error::InvalidInput(format!(
@@ -418,7 +460,8 @@ pub(crate) fn reset(tx: &Transaction, stream: &str, position: i64) -> Result<Que
     tx.prepare_cached(
         "INSERT INTO queues (stream, position, floor, token, replay) VALUES (?1, ?2, ?2, 1, ?3)
          ON CONFLICT (stream) DO UPDATE SET
-             position = ?2, floor = ?2, next = NULL, retries = 0, lapses = 0, retry_at = NULL,
+             position = ?2, floor = ?2, next = NULL, suspect_to = 0, retries = 0, lapses = 0,
+             retry_at = NULL,
              blocked = 0, error = NULL, waiting = NULL, token = token + 1,
              lease_owner = NULL, lease_expires = NULL, replay = ?3",
     )?

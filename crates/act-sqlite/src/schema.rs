@@ -78,6 +78,8 @@ CREATE TABLE work (
 /// queue's position) becomes items with no reaction (`''`), numbered in
 /// event order among every row the queue ever had (that count is its
 /// `enqueued`); acknowledged rows are dropped. `queues_due` is kept: `next` is now the first pending item.
+/// A version 1 lease still out at the upgrade lapses like any other, but
+/// its batch is unknown (`leased_to` 0), so it starts no walk.
 const V2: &str = "
 -- Every reaction the store has seen: where it starts and how far it has
 -- been correlated.
@@ -104,6 +106,8 @@ ALTER TABLE queues ADD COLUMN enqueued INTEGER NOT NULL DEFAULT 0;  -- items eve
 ALTER TABLE queues ADD COLUMN lapses   INTEGER NOT NULL DEFAULT 0;  -- leases that ended unsettled
 ALTER TABLE queues ADD COLUMN waiting  TEXT;                        -- reaction the queue waits for
 ALTER TABLE queues ADD COLUMN replay   INTEGER;                     -- replay horizon; NULL when none
+ALTER TABLE queues ADD COLUMN leased_to  INTEGER NOT NULL DEFAULT 0; -- last event of the latest claim's batch
+ALTER TABLE queues ADD COLUMN suspect_to INTEGER NOT NULL DEFAULT 0; -- end of a lapsed batch being walked; 0 when none
 -- Pending items only: an ack deletes them. Claim and settle follow the
 -- primary key (a queue's items in event order).
 CREATE TABLE items (

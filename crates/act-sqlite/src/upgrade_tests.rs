@@ -11,7 +11,8 @@ use crate::schema::{APPLICATION_ID, SCHEMA_VERSION, V1_SQL};
 use crate::{SqliteOptions, SqliteStore};
 
 /// A v1 store: 6 events; queue `busy` acked up to 2 of its work 1..=4
-/// (priority 3), queue `done` acked all of its work 5; the one correlation
+/// (priority 3), queue `done` acked all of its work 5, queue `held` leased
+/// (the lease long expired) with its work 6 pending; the one correlation
 /// checkpoint at 6.
 fn v1_file(path: &Path) {
     let conn = rusqlite::Connection::open(path).unwrap();
@@ -47,7 +48,10 @@ fn v1_file(path: &Path) {
         "INSERT INTO queues (stream, position, head, next, priority, retries, error)
              VALUES ('busy', 2, 4, 3, 3, 1, 'boom');
          INSERT INTO queues (stream, position, head, next) VALUES ('done', 5, 5, NULL);
-         INSERT INTO work (stream, event) VALUES ('busy', 1), ('busy', 2), ('busy', 3), ('busy', 4), ('done', 5);
+         INSERT INTO queues (stream, position, head, next, token, lease_owner, lease_expires)
+             VALUES ('held', 0, 6, 6, 4, 'old', 1);
+         INSERT INTO work (stream, event) VALUES ('busy', 1), ('busy', 2), ('busy', 3), ('busy', 4), ('done', 5),
+             ('held', 6);
          UPDATE checkpoint SET position = 6 WHERE id = 1;",
     )
     .unwrap();
@@ -107,7 +111,8 @@ async fn a_v1_store_is_carried_forward_to_v2() {
         summary,
         vec![
             ("busy", 2, 4, Some(3), 2, 3, 1),
-            ("done", 5, 5, None, 0, 0, 0)
+            ("done", 5, 5, None, 0, 0, 0),
+            ("held", 0, 6, Some(6), 1, 0, 0)
         ]
     );
     assert_eq!((qs[0].waiting.as_deref(), qs[0].replay), (None, None));
@@ -124,7 +129,7 @@ async fn a_v1_store_is_carried_forward_to_v2() {
         })
         .await
         .unwrap();
-    assert_eq!(got.len(), 1);
+    assert_eq!(got.len(), 2);
     let batch = &got[0];
     assert_eq!(batch.lease.stream, "busy");
     let events: Vec<(i64, usize)> = batch
@@ -135,9 +140,33 @@ async fn a_v1_store_is_carried_forward_to_v2() {
     assert_eq!(events, vec![(3, 0), (4, 0)]);
     assert_eq!(batch.events[0].event.data["n"], 2);
     assert_eq!(
-        (batch.lease.position, batch.lease.retries, batch.lease.mark),
-        (2, 1, 4),
+        (
+            batch.lease.position,
+            batch.lease.retries,
+            batch.lease.mark,
+            batch.lease.suspect
+        ),
+        (2, 1, 4, false),
         "the enqueue mark counts every v1 row the queue had"
+    );
+    // The v1 lease lapses like any other; its batch is unknown, so the
+    // queue is not walked one event at a time.
+    let held = &got[1];
+    let held_events: Vec<i64> = held.events.iter().map(|p| p.event.id).collect();
+    assert_eq!(
+        (
+            held.lease.stream.as_str(),
+            held_events,
+            held.lease.retries,
+            held.lease.lapses,
+            held.lease.suspect
+        ),
+        ("held", vec![6], 1, 1, false)
+    );
+    assert!(held.lease.token > 4, "{:?}", held.lease);
+    assert_eq!(
+        s.settle(&[Settlement::ack(&held.lease, 6)]).await.unwrap(),
+        vec![Ok(())]
     );
     assert_eq!(
         s.settle(&[Settlement::ack(&batch.lease, 4)]).await.unwrap(),

@@ -24,13 +24,6 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
     };
     // Every flag is checked before anything is written.
     workload.validate()?;
-    if !(0.0..=1.0).contains(&args.fail_share) {
-        return Err(act::Error::InvalidInput(format!(
-            "--fail-share must be between 0 and 1, got {}",
-            args.fail_share
-        ))
-        .into());
-    }
     let options = super::broker_options(&args.broker)?;
     let store = stores::open(&cli.store).await?;
     let app = act_bank::app_with(

@@ -93,6 +93,7 @@ impl Worker {
         ];
         args.extend_from_slice(extra);
         let child = act()
+            .env("ACT_LOG", "warn")
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(log)

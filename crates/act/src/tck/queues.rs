@@ -484,6 +484,15 @@ pub async fn a_lapsed_batch_is_walked_one_event_at_a_time(b: &impl Backend) {
         s.settle(&[Settlement::ack(&got.lease, got.events[0].event.id)])
             .await
             .unwrap();
+        let st = queue(s, "q").await;
+        let inside = got.events[0].event.id < ids[3];
+        assert_eq!(
+            st.error
+                .as_deref()
+                .is_some_and(|e| e.contains("without a settlement")),
+            inside,
+            "an ack inside the lapsed batch keeps its error, the one at its end clears it: {st:?}"
+        );
     }
     assert_eq!(walked, ids[..4].to_vec());
     // A lapse while walking counts against the event that was out.
