@@ -207,12 +207,13 @@ impl QueueStore for PgStore {
                         retries: r.get::<_, i32>(4).max(0) as u32,
                         lapses: r.get::<_, i32>(5).max(0) as u32,
                         mark: r.get(6),
+                        suspect: r.get(7),
                     },
                     events: Vec::new(),
                 });
             }
-            let e: Arc<act::Event> = event(r, 7)?;
-            let reactions: Vec<String> = r.get(16);
+            let e: Arc<act::Event> = event(r, 8)?;
+            let reactions: Vec<String> = r.get(17);
             if let Some(b) = out.last_mut() {
                 b.events.push(Pending {
                     event: e,

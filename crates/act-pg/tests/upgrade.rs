@@ -134,6 +134,10 @@ async fn a_version_1_store_is_upgraded_without_losing_work() {
         vec![e2, e3]
     );
     assert!(b1.events.iter().all(|p| p.reactions.is_empty()));
+    assert!(
+        got.iter().all(|b| !b.lease.suspect),
+        "no upgraded queue walks a lapsed batch"
+    );
     assert_eq!(
         (
             b1.lease.position,
@@ -178,6 +182,22 @@ async fn a_version_1_store_is_upgraded_without_losing_work() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, vec![1, 2]);
+    // Upgraded queues start with no lapsed batch; each claim since
+    // recorded the last event it handed out.
+    let walks: Vec<(String, i64, i64)> = c
+        .query(
+            &format!("SELECT stream, leased_to, suspect_to FROM {schema}.queues ORDER BY 1"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        walks,
+        vec![("q1".to_string(), e3, 0), ("q2".to_string(), e2, 0)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 -- Schema version 2: durable subscriptions, items that name their reaction,
--- replays of reset queues, lease lapses, byte order for every listed name.
+-- replays of reset queues, lease lapses (a lapsed batch is then handed out
+-- one event at a time), byte order for every listed name.
 --
 -- Lock order, everywhere: subscription rows (by name), then queue rows (by
 -- stream, byte order), then replay rows. Claim never waits (SKIP LOCKED);
@@ -13,16 +14,20 @@
 DROP INDEX {s}.queues_due;
 ALTER TABLE {s}.queues ALTER COLUMN stream TYPE text COLLATE "C";
 ALTER TABLE {s}.queues
-    ADD COLUMN floor    bigint NOT NULL DEFAULT 0,
-    ADD COLUMN lapses   int    NOT NULL DEFAULT 0,
-    ADD COLUMN enqueued bigint NOT NULL DEFAULT 0,
-    ADD COLUMN waiting  text   COLLATE "C",
-    ADD COLUMN replay   bigint;
+    ADD COLUMN floor      bigint NOT NULL DEFAULT 0,
+    ADD COLUMN lapses     int    NOT NULL DEFAULT 0,
+    ADD COLUMN enqueued   bigint NOT NULL DEFAULT 0,
+    ADD COLUMN waiting    text   COLLATE "C",
+    ADD COLUMN replay     bigint,
+    ADD COLUMN leased_to  bigint NOT NULL DEFAULT 0,
+    ADD COLUMN suspect_to bigint NOT NULL DEFAULT 0;
 COMMENT ON COLUMN {s}.queues.next IS 'lowest pending event (may be below position)';
 COMMENT ON COLUMN {s}.queues.floor IS 'items for events at or below it are dropped (set by reset)';
 COMMENT ON COLUMN {s}.queues.enqueued IS 'items ever enqueued: the last sequence number handed out';
 COMMENT ON COLUMN {s}.queues.waiting IS 'the reaction the first pending event needs and the last claimer lacked';
 COMMENT ON COLUMN {s}.queues.replay IS 'replay horizon: nothing past it is delivered';
+COMMENT ON COLUMN {s}.queues.leased_to IS 'the last event handed out by the latest claim (0: none yet)';
+COMMENT ON COLUMN {s}.queues.suspect_to IS 'the end of a batch whose lease lapsed, until an ack passes it: the queue goes one event at a time up to it (0: none)';
 
 -- Pending work: one row per (queue, event, reaction); an ack deletes rows.
 -- reaction '' is an item enqueued by schema version 1 (no reaction named).
@@ -309,19 +314,23 @@ END $$;
 -- Claim: walks the due index in claim order (priority, oldest pending event,
 -- stream), skipping rows other claims hold, one row at a time, and stops as
 -- soon as p_queues queues are leased. At each claimable queue: an expired
--- lease counts as a failed attempt (a lapse); then the window of up to
--- p_events pending events within the replay horizon is cut before the first
--- event with an item for a reaction the claimer lacks (legacy items, reaction
--- '', never cut). A cut at 0 marks the queue waiting for that reaction (the
--- first in byte order) and leases nothing; otherwise the queue is leased
--- (token + 1) and its events are returned with their reactions, one row per
--- event. Costs two index range scans of the queue's items per examined queue.
+-- lease counts as a failed attempt (a lapse) and marks the batch it covered
+-- (up to leased_to) suspect; while the first pending event is at or below
+-- suspect_to the queue goes one event at a time. Then the window of up to
+-- p_events (1 when suspect) pending events within the replay horizon is cut
+-- before the first event with an item for a reaction the claimer lacks
+-- (legacy items, reaction '', never cut). A cut at 0 marks the queue
+-- waiting for that reaction (the first in byte order) and leases nothing;
+-- otherwise the queue is leased (token + 1, leased_to = the last event
+-- handed out) and its events are returned with their reactions, one row per
+-- event. Costs two index range scans of the queue's items per examined
+-- queue.
 CREATE FUNCTION {s}.act_claim(
     p_owner text, p_queues int, p_events int, p_lease_us bigint, p_reactions text[],
     p_lapse_prefix text, p_lapse_suffix text, p_offset_us bigint
 ) RETURNS TABLE (
     l_stream text, l_token bigint, l_expires timestamptz, l_position bigint, l_retries int,
-    l_lapses int, l_mark bigint,
+    l_lapses int, l_mark bigint, l_suspect boolean,
     e_id bigint, e_stream text, e_version bigint, e_name text, e_data jsonb, e_created timestamptz,
     e_correlation text, e_causation jsonb, e_actor jsonb, e_reactions text[]
 ) LANGUAGE plpgsql AS $$
@@ -331,6 +340,8 @@ DECLARE
     v_leased int := 0;
     v_first bigint;
     v_bad bigint;
+    v_last bigint;
+    v_suspect boolean;
     q {s}.queues;
     c refcursor;
 BEGIN
@@ -348,19 +359,28 @@ BEGIN
         FETCH c INTO q;
         EXIT WHEN NOT FOUND;
         IF q.lease_owner IS NOT NULL THEN
-            -- Claimable with an owner: the lease ended without a settlement.
+            -- Claimable with an owner: the lease ended without a settlement,
+            -- somewhere in the batch it covered.
             q.retries := least(q.retries, 2147483646) + 1;
             q.lapses := least(q.lapses, 2147483646) + 1;
             q.error := p_lapse_prefix || q.lease_owner || p_lapse_suffix;
+            q.suspect_to := greatest(q.suspect_to, q.leased_to);
         END IF;
-        SELECT min(w.event), min(w.event) FILTER (WHERE NOT w.runnable) INTO v_first, v_bad FROM (
-            SELECT i.event, bool_and(i.reaction = '' OR i.reaction = ANY (p_reactions)) AS runnable
-            FROM {s}.items i
-            WHERE i.stream = q.stream AND (q.replay IS NULL OR i.event <= q.replay)
-            GROUP BY i.event ORDER BY i.event LIMIT p_events) w;
-        IF v_first IS NULL OR v_bad = v_first THEN
+        v_suspect := q.suspect_to > 0 AND q.next <= q.suspect_to;
+        -- The window, its first unrunnable event and the end of the
+        -- runnable prefix (the last event handed out).
+        SELECT min(v.event), min(v.event) FILTER (WHERE NOT v.runnable),
+               max(v.event) FILTER (WHERE v.prefix)
+            INTO v_first, v_bad, v_last FROM (
+            SELECT w.event, w.runnable, bool_and(w.runnable) OVER (ORDER BY w.event) AS prefix FROM (
+                SELECT i.event, bool_and(i.reaction = '' OR i.reaction = ANY (p_reactions)) AS runnable
+                FROM {s}.items i
+                WHERE i.stream = q.stream AND (q.replay IS NULL OR i.event <= q.replay)
+                GROUP BY i.event ORDER BY i.event
+                LIMIT CASE WHEN v_suspect THEN 1 ELSE p_events END) w) v;
+        IF v_last IS NULL THEN
             UPDATE {s}.queues x SET retries = q.retries, lapses = q.lapses, error = q.error,
-                lease_owner = NULL, lease_expires = NULL,
+                suspect_to = q.suspect_to, lease_owner = NULL, lease_expires = NULL,
                 waiting = (SELECT min(i.reaction) FROM {s}.items i
                            WHERE i.stream = q.stream AND i.event = v_bad AND i.reaction <> ''
                              AND NOT (i.reaction = ANY (p_reactions)))
@@ -368,17 +388,19 @@ BEGIN
             CONTINUE;
         END IF;
         UPDATE {s}.queues x SET token = x.token + 1, retries = q.retries, lapses = q.lapses, error = q.error,
+            suspect_to = q.suspect_to, leased_to = v_last,
             lease_owner = p_owner, lease_expires = v_expires, waiting = NULL
         WHERE x.stream = q.stream;
+        -- Every pending event up to v_last is in the window (v_first is the
+        -- queue's first pending event).
         RETURN QUERY
-            SELECT q.stream, q.token + 1, v_expires, q.position, q.retries, q.lapses, q.enqueued,
+            SELECT q.stream, q.token + 1, v_expires, q.position, q.retries, q.lapses, q.enqueued, v_suspect,
                    e.id, e.stream, e.version, e.name, e.data, e.created, e.correlation, e.causation, e.actor, w.rs
             FROM (SELECT i.event,
                          coalesce(array_agg(i.reaction ORDER BY i.reaction) FILTER (WHERE i.reaction <> ''), '{}') AS rs
                   FROM {s}.items i
-                  WHERE i.stream = q.stream AND (q.replay IS NULL OR i.event <= q.replay)
-                    AND (v_bad IS NULL OR i.event < v_bad)
-                  GROUP BY i.event ORDER BY i.event LIMIT p_events) w
+                  WHERE i.stream = q.stream AND i.event BETWEEN v_first AND v_last
+                  GROUP BY i.event) w
             JOIN {s}.events e ON e.id = w.event
             ORDER BY w.event;
         v_leased := v_leased + 1;
@@ -394,10 +416,13 @@ DROP FUNCTION {s}.act_settle(text[], bigint[], bigint[], bigint[], smallint[], b
 -- settlement that passes the fence removes the queue's items up to p_acked
 -- enqueued up to p_marks (when acked), moves the position up to it, records
 -- the outcome (p_kinds: 0 ack, 1 retry, 2 block) and clears the lease and
--- waiting. Retries restart at 1 after a failure with progress, else grow;
--- lapses restart on an ack and on progress. Returns, per input in order, the
--- fence code, the value it refers to (current token or position) and whether
--- the queue has claimable work left.
+-- waiting. An ack that stops short of suspect_to (the queue walks a lapsed
+-- batch) is no progress: the batch's count of failed attempts stays, and an
+-- ack then keeps retries, lapses and error; an ack at or past it ends the
+-- walk (suspect_to = 0). Retries restart at 1 after a failure with progress,
+-- else grow; lapses restart on an ack and on progress. Returns, per input in
+-- order, the fence code, the value it refers to (current token or position)
+-- and whether the queue has claimable work left.
 CREATE FUNCTION {s}.act_settle(
     p_streams text[], p_tokens bigint[], p_froms bigint[], p_marks bigint[], p_acked bigint[],
     p_kinds smallint[], p_delays_us bigint[], p_errors text[], p_offset_us bigint
@@ -409,7 +434,7 @@ DECLARE
     v_current bigint[] := array_fill(NULL::bigint, ARRAY[v_n]);
     v_more boolean[] := array_fill(false, ARRAY[v_n]);
     q {s}.queues;
-    v_code int; i int; v_left boolean; v_progress boolean;
+    v_code int; i int; v_left boolean; v_progress boolean; v_walking boolean;
 BEGIN
     PERFORM 1 FROM {s}.queues x WHERE x.stream = ANY (p_streams) ORDER BY x.stream FOR UPDATE;
     FOR i IN 1..v_n LOOP
@@ -419,20 +444,25 @@ BEGIN
         IF v_code = 2 THEN v_current[i] := q.token; END IF;
         IF v_code = 4 THEN v_current[i] := q.position; END IF;
         CONTINUE WHEN v_code <> 0;
-        v_progress := p_acked[i] IS NOT NULL;
-        IF v_progress THEN
+        v_walking := p_acked[i] IS NOT NULL AND p_acked[i] < q.suspect_to;
+        v_progress := p_acked[i] IS NOT NULL AND NOT v_walking;
+        IF p_acked[i] IS NOT NULL THEN
             DELETE FROM {s}.items it
             WHERE it.stream = p_streams[i] AND it.event <= p_acked[i] AND it.seq <= p_marks[i];
         END IF;
         UPDATE {s}.queues x SET
             position = greatest(x.position, coalesce(p_acked[i], x.position)),
-            retries = CASE WHEN p_kinds[i] = 0 THEN 0 WHEN v_progress THEN 1 ELSE least(x.retries, 2147483646) + 1 END,
-            lapses = CASE WHEN p_kinds[i] = 0 OR v_progress THEN 0 ELSE x.lapses END,
+            suspect_to = CASE WHEN v_progress THEN 0 ELSE x.suspect_to END,
+            retries = CASE WHEN p_kinds[i] = 0 AND v_walking THEN x.retries
+                           WHEN p_kinds[i] = 0 THEN 0
+                           WHEN v_progress THEN 1
+                           ELSE least(x.retries, 2147483646) + 1 END,
+            lapses = CASE WHEN NOT v_walking AND (p_kinds[i] = 0 OR v_progress) THEN 0 ELSE x.lapses END,
             retry_at = CASE p_kinds[i] WHEN 1 THEN v_now + p_delays_us[i] * interval '1 microsecond' END,
             blocked = x.blocked OR p_kinds[i] = 2,
-            error = CASE p_kinds[i] WHEN 0 THEN NULL ELSE p_errors[i] END,
+            error = CASE WHEN p_kinds[i] <> 0 THEN p_errors[i] WHEN v_walking THEN x.error END,
             lease_owner = NULL, lease_expires = NULL, waiting = NULL,
-            next = CASE WHEN v_progress
+            next = CASE WHEN p_acked[i] IS NOT NULL
                         THEN (SELECT min(it.event) FROM {s}.items it WHERE it.stream = p_streams[i])
                         ELSE x.next END
         WHERE x.stream = p_streams[i]
@@ -445,13 +475,14 @@ BEGIN
 END $$;
 
 -- Reset: moves a queue to p_position (also its floor), drops its items and
--- replays, clears retries, lapses, block, waiting and lease, increases the
--- token, and records a replay for every active reaction that may target it
--- (static target this queue, or dynamic) whose checkpoint is past
--- max(p_position, its start). Those subscriptions are share-locked first, so
--- no correlation moves them meanwhile. Creates the queue when absent.
--- Raises AC422 (message: the head) past the head, AC404 for a queue that
--- does not exist and that no reaction can target. Returns the queue's state.
+-- replays, clears retries, lapses, block, waiting, lease and the walk of a
+-- lapsed batch (suspect_to), increases the token, and records a replay for
+-- every active reaction that may target it (static target this queue, or
+-- dynamic) whose checkpoint is past max(p_position, its start). Those
+-- subscriptions are share-locked first, so no correlation moves them
+-- meanwhile. Creates the queue when absent. Raises AC422 (message: the
+-- head) past the head, AC404 for a queue that does not exist and that no
+-- reaction can target. Returns the queue's state.
 CREATE FUNCTION {s}.act_reset(p_stream text, p_position bigint)
 RETURNS SETOF {s}.queue_states LANGUAGE plpgsql AS $$
 DECLARE
@@ -479,7 +510,7 @@ BEGIN
     UPDATE {s}.queues x SET
         position = p_position, floor = p_position, next = NULL,
         retries = 0, lapses = 0, retry_at = NULL, error = NULL, blocked = false, waiting = NULL,
-        lease_owner = NULL, lease_expires = NULL, token = x.token + 1,
+        suspect_to = 0, lease_owner = NULL, lease_expires = NULL, token = x.token + 1,
         replay = (SELECT min(r.position) FROM {s}.replays r WHERE r.stream = p_stream)
     WHERE x.stream = p_stream;
     RETURN QUERY SELECT * FROM {s}.queue_states s WHERE s.stream = p_stream;
