@@ -35,17 +35,37 @@ fn every_flag_is_checked_before_anything_is_written() {
     let store = sqlite(dir.path(), "demo.db");
     let out = fails(&["demo", "--store", &store, "--lease", "0"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--lease must be a positive number of seconds"), "{}", stderr(&out));
-    assert!(!dir.path().join("demo.db").exists(), "nothing was written before the flag was checked");
-    for (flag, value) in [("--writers", "0"), ("--batch", "0"), ("--concurrency", "0"), ("--accounts", "0"), ("--poll-ms", "0")] {
+    assert!(
+        stderr(&out).contains("--lease must be a positive number of seconds"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("demo.db").exists(),
+        "nothing was written before the flag was checked"
+    );
+    for (flag, value) in [
+        ("--writers", "0"),
+        ("--batch", "0"),
+        ("--concurrency", "0"),
+        ("--accounts", "0"),
+        ("--poll-ms", "0"),
+    ] {
         let out = fails(&["demo", "--store", &store, flag, value]);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: a usage error");
         let err = stderr(&out);
-        assert!(err.contains(flag) && err.contains("must be at least 1"), "{flag}: {err}");
+        assert!(
+            err.contains(flag) && err.contains("must be at least 1"),
+            "{flag}: {err}"
+        );
         assert!(!dir.path().join("demo.db").exists());
     }
     let out = fails(&["demo", "--store", &store, "--fail-share", "1.5"]);
-    assert!(stderr(&out).contains("--fail-share must be between 0 and 1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--fail-share must be between 0 and 1"),
+        "{}",
+        stderr(&out)
+    );
     let out = fails(&["worker", "--store", &store, "--concurrency", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.path().join("demo.db").exists());
@@ -69,8 +89,14 @@ fn read_only_commands_never_create_a_store() {
         let out = fails(&full);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = stderr(&out);
-        assert!(err.contains("no act store at") && err.contains("typo.db"), "{args:?}: {err}");
-        assert!(!dir.path().join("typo.db").exists(), "{args:?} created the file");
+        assert!(
+            err.contains("no act store at") && err.contains("typo.db"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !dir.path().join("typo.db").exists(),
+            "{args:?} created the file"
+        );
     }
 }
 
@@ -82,22 +108,58 @@ fn a_typo_in_a_postgres_schema_is_an_error_not_a_new_schema() {
     assert!(stderr(&out).contains("no act store"), "{}", stderr(&out));
     let schema = store.split("schema=").nth(1).unwrap().to_string();
     let exists = std::process::Command::new("psql")
-        .args([&common::pg_server(), "-Atqc", &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'")])
+        .args([
+            &common::pg_server(),
+            "-Atqc",
+            &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"),
+        ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&exists.stdout).trim(), "0", "status created schema {schema}");
+    assert_eq!(
+        String::from_utf8_lossy(&exists.stdout).trim(),
+        "0",
+        "status created schema {schema}"
+    );
 }
 
 #[test]
 fn help_lists_every_scheme_and_url_option() {
     let out = run(&["--help"]);
     let help = stdout(&out);
-    for needle in ["sqlite://", "postgres://", "redis://", "memory:", "schema=", "pool_size=", "listen=", "prefix=", "queue_sync=", "readers=", "timeout_ms="] {
-        assert!(help.contains(needle), "`act --help` does not mention {needle}:\n{help}");
+    for needle in [
+        "sqlite://",
+        "postgres://",
+        "redis://",
+        "memory:",
+        "schema=",
+        "pool_size=",
+        "listen=",
+        "prefix=",
+        "queue_sync=",
+        "readers=",
+        "timeout_ms=",
+    ] {
+        assert!(
+            help.contains(needle),
+            "`act --help` does not mention {needle}:\n{help}"
+        );
     }
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    for command in ["act status", "act blocked", "act unblock", "act reset", "act reactions", "act retire", "act worker", "act events"] {
-        assert!(readme.contains(command), "the README does not show `{command}`");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    for command in [
+        "act status",
+        "act blocked",
+        "act unblock",
+        "act reset",
+        "act reactions",
+        "act retire",
+        "act worker",
+        "act events",
+    ] {
+        assert!(
+            readme.contains(command),
+            "the README does not show `{command}`"
+        );
         let sub = command.trim_start_matches("act ");
         assert!(help.contains(sub), "`act --help` does not list `{sub}`");
     }
@@ -107,54 +169,133 @@ fn help_lists_every_scheme_and_url_option() {
 fn the_documented_fix_flow_then_another_demo_checks_clean() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite(dir.path(), "flow.db");
-    let first = json_lines(&run(&["demo", "--store", &store, "--events", "1000", "--accounts", "20", "--json"])).remove(0);
+    let first = json_lines(&run(&[
+        "demo",
+        "--store",
+        &store,
+        "--events",
+        "1000",
+        "--accounts",
+        "20",
+        "--json",
+    ]))
+    .remove(0);
     assert_eq!(first["check"]["ok"], true, "{first}");
-    let blocked: Vec<String> = first["blocked"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()).collect();
+    let blocked: Vec<String> = first["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
     assert!(!blocked.is_empty());
     let mut unblock = vec!["unblock", "--store", &store];
     unblock.extend(blocked.iter().map(String::as_str));
     run(&unblock);
     run(&["settle", "--store", &store, "--cured"]);
-    let second = json_lines(&run(&["demo", "--store", &store, "--events", "1000", "--accounts", "20", "--json"])).remove(0);
-    assert_eq!(second["check"]["ok"], true, "the second run checks clean: {second}");
+    let second = json_lines(&run(&[
+        "demo",
+        "--store",
+        &store,
+        "--events",
+        "1000",
+        "--accounts",
+        "20",
+        "--json",
+    ]))
+    .remove(0);
+    assert_eq!(
+        second["check"]["ok"], true,
+        "the second run checks clean: {second}"
+    );
 }
 
 #[test]
 fn negative_positions_parse_alike_and_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite(dir.path(), "neg.db");
-    run(&["demo", "--store", &store, "--events", "50", "--accounts", "2", "--poison", "0"]);
+    run(&[
+        "demo",
+        "--store",
+        &store,
+        "--events",
+        "50",
+        "--accounts",
+        "2",
+        "--poison",
+        "0",
+    ]);
     let spaced = fails(&["reset", "totals", "--to", "-1", "--store", &store]);
     let joined = fails(&["reset", "totals", "--to=-1", "--store", &store]);
     assert_eq!(spaced.status.code(), Some(1));
-    assert_eq!(stderr(&spaced), stderr(&joined), "`--to -1` and `--to=-1` mean the same");
-    assert!(stderr(&spaced).contains("negative position (-1)"), "{}", stderr(&spaced));
+    assert_eq!(
+        stderr(&spaced),
+        stderr(&joined),
+        "`--to -1` and `--to=-1` mean the same"
+    );
+    assert!(
+        stderr(&spaced).contains("negative position (-1)"),
+        "{}",
+        stderr(&spaced)
+    );
     let past = fails(&["reset", "totals", "--to", "999999999", "--store", &store]);
     assert_eq!(past.status.code(), Some(1));
-    assert!(stderr(&past).contains("999999999") && stderr(&past).contains("head"), "{}", stderr(&past));
+    assert!(
+        stderr(&past).contains("999999999") && stderr(&past).contains("head"),
+        "{}",
+        stderr(&past)
+    );
 }
 
 #[test]
 fn unblocking_an_unknown_queue_says_so_once_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite(dir.path(), "unblock.db");
-    run(&["demo", "--store", &store, "--events", "50", "--accounts", "2", "--poison", "0"]);
+    run(&[
+        "demo",
+        "--store",
+        &store,
+        "--events",
+        "50",
+        "--accounts",
+        "2",
+        "--poison",
+        "0",
+    ]);
     let out = fails(&["unblock", "nope", "--store", &store]);
     assert_eq!(out.status.code(), Some(1));
     let (err, text) = (stderr(&out), stdout(&out));
     assert_eq!(err.matches("nope").count(), 1, "once on stderr: {err}");
     assert!(!text.contains("nope"), "not on stdout too: {text}");
     let twice = run(&["unblock", "totals", "totals", "--store", &store]);
-    assert_eq!(stdout(&twice).matches("totals").count(), 1, "a queue named twice is reported once");
+    assert_eq!(
+        stdout(&twice).matches("totals").count(),
+        1,
+        "a queue named twice is reported once"
+    );
 }
 
 #[test]
 fn status_is_for_people_natural_order_and_singular_counts() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite(dir.path(), "people.db");
-    run(&["demo", "--store", &store, "--events", "300", "--accounts", "12", "--poison", "0"]);
+    run(&[
+        "demo",
+        "--store",
+        &store,
+        "--events",
+        "300",
+        "--accounts",
+        "12",
+        "--poison",
+        "0",
+    ]);
     let text = stdout(&run(&["status", "--store", &store]));
-    let names: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with("audit-")).collect();
+    let names: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("audit-"))
+        .collect();
     let two = names.iter().position(|n| *n == "audit-2").unwrap();
     let ten = names.iter().position(|n| *n == "audit-10").unwrap();
     assert!(two < ten, "audit-2 comes before audit-10: {names:?}");

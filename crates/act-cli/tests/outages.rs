@@ -32,20 +32,44 @@ const MAX_FAILED_CALLS_PER_S: f64 = 10.0;
 
 fn append(store: &str, events: usize, seed: u64) {
     let out = act()
-        .args(["demo", "--store", store, "--no-settle", "--events", &events.to_string(), "--accounts", "20", "--poison", "0"])
+        .args([
+            "demo",
+            "--store",
+            store,
+            "--no-settle",
+            "--events",
+            &events.to_string(),
+            "--accounts",
+            "20",
+            "--poison",
+            "0",
+        ])
         .args(["--seed", &seed.to_string(), "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "demo: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn totaled(store: &str) -> usize {
-    json_lines(&run(&["events", "--store", store, "--stream", "totals", "--json"])).len()
+    json_lines(&run(&[
+        "events", "--store", store, "--stream", "totals", "--json",
+    ]))
+    .len()
 }
 
 /// Runs `outage` while two workers deliver `events` events, then checks the
 /// bound, the recovery and the log.
-fn through_an_outage(store: &str, lease: &str, events: usize, log: &Path, outage: impl FnOnce() -> Duration) {
+fn through_an_outage(
+    store: &str,
+    lease: &str,
+    events: usize,
+    log: &Path,
+    outage: impl FnOnce() -> Duration,
+) {
     create(store);
     append(store, events, 1);
     let mut workers: Vec<Worker> = (0..2)
@@ -54,7 +78,11 @@ fn through_an_outage(store: &str, lease: &str, events: usize, log: &Path, outage
     for w in &mut workers {
         w.started();
     }
-    wait_until("the workers to deliver before the outage", Duration::from_secs(120), || totaled(store) > 200);
+    wait_until(
+        "the workers to deliver before the outage",
+        Duration::from_secs(120),
+        || totaled(store) > 200,
+    );
     let started = Instant::now();
     let down = outage();
     let outage_s = started.elapsed().as_secs_f64();
@@ -62,9 +90,11 @@ fn through_an_outage(store: &str, lease: &str, events: usize, log: &Path, outage
     // are delivered by the same workers.
     append(store, 200, 2);
     let back = Instant::now();
-    wait_until("the workers to deliver again after the outage", Duration::from_secs(180), || {
-        totaled(store) == events + 200
-    });
+    wait_until(
+        "the workers to deliver again after the outage",
+        Duration::from_secs(180),
+        || totaled(store) == events + 200,
+    );
     let recovered_s = back.elapsed().as_secs_f64();
     let mut errors = Vec::new();
     for w in workers {
@@ -80,16 +110,33 @@ fn through_an_outage(store: &str, lease: &str, events: usize, log: &Path, outage
             "worker {i} made {e} failed store calls in a {outage_s:.1} s outage (bound {bound:.0})"
         );
     }
-    assert!(errors.iter().any(|e| *e > 0), "the outage was noticed (down {down:?}): {errors:?}");
+    assert!(
+        errors.iter().any(|e| *e > 0),
+        "the outage was noticed (down {down:?}): {errors:?}"
+    );
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let warnings = text.lines().filter(|l| l.contains("store unavailable")).count() as u64;
-    assert!(warnings <= errors.iter().sum::<u64>(), "one log line per failed call at most: {warnings} lines");
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("store unavailable"))
+        .count() as u64;
+    assert!(
+        warnings <= errors.iter().sum::<u64>(),
+        "one log line per failed call at most: {warnings} lines"
+    );
     assert!(!text.contains("panicked"), "a worker panicked:\n{text}");
     eprintln!("outage {outage_s:.1}s: failed calls per worker {errors:?}; delivered again within {recovered_s:.1}s");
     let v = verify(store);
     assert!(v.ok(), "{:#?}", v.problems);
-    assert_eq!(v.totaled as usize, events + 200, "every event totaled exactly once");
-    assert!(v.blocked.is_empty(), "an outage never blocks a queue: {:?}", v.blocked);
+    assert_eq!(
+        v.totaled as usize,
+        events + 200,
+        "every event totaled exactly once"
+    );
+    assert!(
+        v.blocked.is_empty(),
+        "an outage never blocks a queue: {:?}",
+        v.blocked
+    );
 }
 
 #[test]

@@ -74,6 +74,18 @@ impl Worker {
 
     /// Starts a worker with 2 s leases and `extra` flags, logging to `log`.
     pub fn start_with(store: &str, name: &str, log_path: &Path, extra: &[&str]) -> Worker {
+        Worker::start_leased(store, name, log_path, "2", extra)
+    }
+
+    /// Starts a worker with leases of `lease` seconds and `extra` flags,
+    /// logging to `log` (warnings included).
+    pub fn start_leased(
+        store: &str,
+        name: &str,
+        log_path: &Path,
+        lease: &str,
+        extra: &[&str],
+    ) -> Worker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -84,7 +96,7 @@ impl Worker {
             "--store",
             store,
             "--lease",
-            "2",
+            lease,
             "--poll-ms",
             "200",
             "--json",
