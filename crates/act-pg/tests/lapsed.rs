@@ -1,0 +1,167 @@
+//! The walk of a lapsed batch lives in the queue row: a process that dies
+//! holding a lease leaves the queue to be walked one event at a time by the
+//! next process, and the acks inside the walk keep the lapse's error and
+//! count, a failure inside it counts on top (the kit checks the counts and
+//! the error of acks, not failures inside the walk).
+
+mod common;
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use act::queue::lapse_error;
+use act::{
+    Append, Batch, Claim, Correlation, EventStore, Message, QueueFilter, QueueState, QueueStore,
+    Settlement, Subscription, Work,
+};
+use act_pg::PgStore;
+use common::{fresh_schema, open, options, DropSchema};
+use serde_json::json;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// Appends `n` events and enqueues them all to `q` for reaction `r`, whose
+/// checkpoint is at `from`; returns their ids.
+async fn work(s: &PgStore, from: i64, n: usize) -> Vec<i64> {
+    let messages = (0..n)
+        .map(|i| Message::new("Ping", json!({ "n": i })))
+        .collect();
+    let ids: Vec<i64> = s
+        .append(Append::new("a", messages))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    s.enqueue(&Correlation {
+        reactions: vec!["r".into()],
+        replay: None,
+        from,
+        to: ids[n - 1],
+        work: ids
+            .iter()
+            .map(|&event| Work {
+                stream: "q".into(),
+                event,
+                reaction: "r".into(),
+                priority: 0,
+            })
+            .collect(),
+    })
+    .await
+    .unwrap();
+    ids
+}
+
+async fn claim(s: &PgStore, owner: &str) -> Batch {
+    let mut got = s
+        .claim(&Claim {
+            owner: owner.into(),
+            queues: 1,
+            events: 10,
+            lease: LEASE,
+            reactions: vec!["r".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "a batch for {owner}");
+    got.remove(0)
+}
+
+fn ids(b: &Batch) -> Vec<i64> {
+    b.events.iter().map(|p| p.event.id).collect()
+}
+
+async fn state(s: &PgStore) -> QueueState {
+    s.queues(&QueueFilter::default()).await.unwrap().remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_batch_is_walked_by_the_next_process_keeping_its_error() {
+    let schema = fresh_schema("lapsed");
+    let offset = Arc::new(AtomicI64::new(0));
+    let _guard = DropSchema {
+        schema: schema.clone(),
+        offset: offset.clone(),
+    };
+    let crashed = open(options(&schema, &offset)).await;
+    crashed
+        .subscribe(&[Subscription {
+            name: "r".into(),
+            events: vec!["Ping".into()],
+            target: None,
+            start: 0,
+        }])
+        .await
+        .unwrap();
+    let e = work(&crashed, 0, 4).await;
+    let first = claim(&crashed, "crashed").await;
+    assert_eq!((ids(&first), first.lease.suspect), (e.clone(), false));
+    // The process dies holding the lease.
+    drop(crashed);
+    let past = i64::try_from((LEASE + Duration::from_secs(1)).as_micros()).unwrap();
+    offset.fetch_add(past, std::sync::atomic::Ordering::SeqCst);
+
+    let s = open(options(&schema, &offset)).await;
+    let lapsed = Some(lapse_error("crashed"));
+    let one = claim(&s, "next").await;
+    assert_eq!(
+        (
+            ids(&one),
+            one.lease.suspect,
+            one.lease.retries,
+            one.lease.lapses
+        ),
+        (vec![e[0]], true, 1, 1)
+    );
+    s.settle(&[Settlement::ack(&one.lease, e[0])])
+        .await
+        .unwrap();
+    let st = state(&s).await;
+    assert_eq!(
+        (st.position, st.retries, &st.error),
+        (e[0], 1, &lapsed),
+        "an ack inside the walk keeps the lapse's count and error"
+    );
+
+    // A failure inside the walk is no progress: it counts on top.
+    let two = claim(&s, "next").await;
+    assert_eq!((ids(&two), two.lease.suspect), (vec![e[1]], true));
+    s.settle(&[Settlement::retry(
+        &two.lease,
+        Some(e[1]),
+        Duration::ZERO,
+        "boom",
+    )])
+    .await
+    .unwrap();
+    let st = state(&s).await;
+    assert_eq!((st.position, st.retries), (e[1], 2));
+    assert_eq!(st.error.as_deref(), Some("boom"));
+
+    let three = claim(&s, "next").await;
+    assert_eq!(
+        (ids(&three), three.lease.retries, three.lease.lapses),
+        (vec![e[2]], 2, 1)
+    );
+    s.settle(&[Settlement::ack(&three.lease, e[2])])
+        .await
+        .unwrap();
+    assert_eq!(state(&s).await.error.as_deref(), Some("boom"));
+
+    // The ack that reaches the end of the lapsed batch ends the walk.
+    let four = claim(&s, "next").await;
+    assert_eq!((ids(&four), four.lease.suspect), (vec![e[3]], true));
+    s.settle(&[Settlement::ack(&four.lease, e[3])])
+        .await
+        .unwrap();
+    let st = state(&s).await;
+    assert_eq!((st.position, st.retries, st.error), (e[3], 0, None));
+    let more = work(&s, e[3], 3).await;
+    let full = claim(&s, "next").await;
+    assert_eq!(
+        (ids(&full), full.lease.suspect, full.lease.lapses),
+        (more, false, 0)
+    );
+}
