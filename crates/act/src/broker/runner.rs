@@ -86,6 +86,8 @@ pub(crate) struct Runner {
     /// done, so a crash costs no other queue an attempt. Its task and the
     /// gate that starts it.
     suspect: Option<(Id, Option<tokio::sync::oneshot::Sender<()>>)>,
+    /// The last claim found a suspect: claim one queue at a time.
+    walking: bool,
     /// At most one backfill or replay step in flight.
     backfill: JoinSet<Result<Stepped>>,
     stepped: Option<Result<Stepped>>,
@@ -112,6 +114,7 @@ impl Runner {
             done: Vec::new(),
             orphans: Vec::new(),
             suspect: None,
+            walking: false,
             backfill: JoinSet::new(),
             stepped: None,
             pacer,
@@ -411,10 +414,12 @@ impl Runner {
         }
     }
 
-    /// Starts the suspect once it is the only batch left running.
+    /// Starts the suspect once it is the only batch left running and the
+    /// rest of its claim has been given back (a lease still held when the
+    /// suspect crashes the process would lapse too).
     fn release_suspect(&mut self) {
         if let Some((id, gate)) = &mut self.suspect {
-            if self.running.len() == 1 && self.running.contains_key(id) {
+            if self.running.len() == 1 && self.running.contains_key(id) && self.orphans.is_empty() {
                 if let Some(open) = gate.take() {
                     let _ = open.send(());
                 }
@@ -465,7 +470,14 @@ impl Runner {
     /// Claims up to the free slots; true when every slot was filled (more may
     /// be waiting).
     async fn claim(&mut self) -> Result<bool> {
-        let free = self.opts.concurrency.saturating_sub(self.running.len());
+        // After a suspect, claim one queue at a time until a claim finds
+        // none: the next suspect would make the rest of a bigger claim go
+        // back again.
+        let free = if self.walking {
+            1.min(self.opts.concurrency.saturating_sub(self.running.len()))
+        } else {
+            self.opts.concurrency.saturating_sub(self.running.len())
+        };
         let reactions = self.progress.reactions();
         if free == 0 || reactions.is_empty() {
             return Ok(free == 0);
@@ -485,6 +497,7 @@ impl Runner {
         let mut batches = batches;
         let full = batches.len() == free;
         Counters::add(&self.counters.claims, batches.len() as u64);
+        self.walking = batches.iter().any(|b| b.lease.suspect);
         if let Some(i) = batches.iter().position(|b| b.lease.suspect) {
             // A lease of this queue ended without a settlement: its handler
             // may crash the process. It runs alone (the store hands it out
