@@ -643,27 +643,45 @@ pub async fn a_crash_loop_blocks_at_the_event_that_crashes(b: &impl Backend) {
 }
 
 /// A queue whose lease ended without a settlement runs alone on the broker
-/// that takes it over: if its handler crashes the process again, no other
-/// queue's batch dies with it (and pays a failed attempt for it).
+/// that takes it over, after the rest of its claim was given back: if its
+/// handler crashes the process again, no other queue's lease dies with it
+/// (and pays a failed attempt for it).
 pub async fn a_queue_whose_lease_lapsed_runs_alone(b: &impl Backend) {
     let f = b.open().await;
-    // ("start" | "end", queue, attempt), in the order handlers saw them.
+    // ("start" | "end" | "held", queue, attempt), as handlers saw them.
     let log = Arc::new(Mutex::new(Vec::<(&'static str, String, u32)>::new()));
-    let hang = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let crash_until = Arc::new(std::sync::atomic::AtomicU32::new(2));
     let make = || {
-        let (log, hang) = (log.clone(), hang.clone());
+        let (log, crash_until) = (log.clone(), crash_until.clone());
         app(
             f.store.clone(),
             vec![Reaction::on("Ping")
                 .to(|e| Some(format!("q-{}", e.stream)))
                 .handle(move |_e, ctx| {
-                    let (log, hang) = (log.clone(), hang.clone());
+                    let (log, crash_until) = (log.clone(), crash_until.clone());
                     async move {
                         let q = ctx.stream().to_string();
+                        if q == "q-suspect" && ctx.attempt() >= 2 {
+                            // Nothing else of this broker may be leased while the
+                            // suspect runs: a crash now would lapse it too.
+                            let held: Vec<String> = ctx
+                                .store()
+                                .queues(&Default::default())
+                                .await?
+                                .into_iter()
+                                .filter(|x| x.lease_owner.is_some() && x.stream != "q-suspect")
+                                .map(|x| x.stream)
+                                .collect();
+                            log.lock()
+                                .unwrap()
+                                .push(("held", held.join(","), ctx.attempt()));
+                        }
                         log.lock()
                             .unwrap()
                             .push(("start", q.clone(), ctx.attempt()));
-                        if hang.load(std::sync::atomic::Ordering::SeqCst) {
+                        let crashing = crash_until.load(std::sync::atomic::Ordering::SeqCst);
+                        if q == "q-suspect" && ctx.attempt() <= crashing {
+                            // The process dies here.
                             std::future::pending::<()>().await;
                         }
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -673,53 +691,50 @@ pub async fn a_queue_whose_lease_lapsed_runs_alone(b: &impl Backend) {
                 })],
         )
     };
+    let started = |attempt: u32| {
+        let log = log.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while !log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(k, q, a)| *k == "start" && q == "q-suspect" && *a == attempt)
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "attempt {attempt} of the suspect did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
     ping(&*f.store, "suspect", json!({})).await;
-    let handle = make().broker(broker_options("crashing")).start();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while log.lock().unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first attempt did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let handle = make().broker(broker_options("first")).start();
+    started(1).await;
     drop(handle);
     f.clock.advance(Duration::from_secs(61)).await;
-    hang.store(false, std::sync::atomic::Ordering::SeqCst);
-    log.lock().unwrap().clear();
     for s in ["a", "b", "c"] {
         pings(&*f.store, s, 3).await;
     }
+    // The next broker claims the suspect with the others; it crashes again.
+    let handle = make().broker(broker_options("second")).start();
+    started(2).await;
+    drop(handle);
+    f.clock.advance(Duration::from_secs(61)).await;
+    crash_until.store(0, std::sync::atomic::Ordering::SeqCst);
     make()
-        .broker(broker_options("next"))
+        .broker(broker_options("third"))
         .settle()
         .await
         .unwrap();
     let calls = log.lock().unwrap().clone();
-    let start = calls
-        .iter()
-        .position(|(k, q, a)| *k == "start" && q == "q-suspect" && *a == 2)
-        .unwrap_or_else(|| panic!("the suspect was not retried: {calls:?}"));
-    let end = calls
-        .iter()
-        .position(|(k, q, _)| *k == "end" && q == "q-suspect")
-        .unwrap_or_else(|| panic!("the suspect did not finish: {calls:?}"));
-    let open_before = calls[..start]
-        .iter()
-        .filter(|(k, _, _)| *k == "start")
-        .count()
-        - calls[..start]
-            .iter()
-            .filter(|(k, _, _)| *k == "end")
-            .count();
-    assert_eq!(
-        open_before, 0,
-        "nothing else ran when the suspect started: {calls:?}"
-    );
-    assert!(
-        calls[start + 1..end].is_empty(),
-        "nothing else ran beside the suspect: {calls:?}"
-    );
+    for (_, held, attempt) in calls.iter().filter(|(k, _, _)| *k == "held") {
+        assert!(
+            held.is_empty(),
+            "attempt {attempt} of the suspect ran while {held} was leased: {calls:?}"
+        );
+    }
     for q in ["q-a", "q-b", "q-c"] {
         assert_eq!(
             calls
@@ -729,12 +744,29 @@ pub async fn a_queue_whose_lease_lapsed_runs_alone(b: &impl Backend) {
             3,
             "{q}: {calls:?}"
         );
-        assert_eq!(
-            queue(&*f.store, q).await.retries,
-            0,
-            "{q} paid nothing for the suspect"
+        assert!(
+            calls
+                .iter()
+                .filter(|(k, x, _)| *k == "start" && x == q)
+                .all(|(_, _, a)| *a == 1),
+            "{q} paid an attempt for the suspect's crash: {calls:?}"
         );
     }
+    let last = calls
+        .iter()
+        .rposition(|(k, q, a)| *k == "start" && q == "q-suspect" && *a == 3);
+    let end = calls
+        .iter()
+        .rposition(|(k, q, _)| *k == "end" && q == "q-suspect");
+    let (Some(start), Some(end)) = (last, end) else {
+        panic!("the suspect was not delivered: {calls:?}");
+    };
+    assert!(
+        calls[start + 1..end]
+            .iter()
+            .all(|(_, q, _)| q == "q-suspect"),
+        "nothing else ran beside the suspect: {calls:?}"
+    );
 }
 
 /// A handler that runs past its reaction's timeout is cancelled (work it
