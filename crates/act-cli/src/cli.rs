@@ -258,6 +258,10 @@ pub struct ResetArgs {
     /// from the log. 0 replays all; past the log's head is refused.
     #[arg(long, allow_negative_numbers = true)]
     pub to: i64,
+    /// Replay into a queue that does not exist yet (one a reaction's
+    /// resolver can target); without it, an unknown queue is an error.
+    #[arg(long)]
+    pub new: bool,
 }
 
 /// Arguments of `act retire`.

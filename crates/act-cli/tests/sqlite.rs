@@ -78,10 +78,9 @@ fn unblock_after_the_cause_is_removed_lets_the_queue_finish() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("audit-0: not blocked") && text.contains("nope: unknown queue"),
-        "{text}"
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("audit-0: not blocked") && !text.contains("nope"), "{text}");
+    assert!(err.contains("no queue named `nope`"), "{err}");
 }
 
 #[test]
@@ -105,10 +104,14 @@ fn reset_replays_a_queue_and_the_idempotent_handler_adds_nothing() {
         "reset", "totals", "--to", "0", "--store", &store, "--json",
     ]))
     .remove(0);
+    // The queue is emptied and replayed from the log by the next broker.
     assert_eq!(
-        (q["position"].as_i64(), q["lag"].as_u64()),
-        (Some(0), Some(1000))
+        (q["position"].as_i64(), q["lag"].as_u64(), q["replay"].as_i64()),
+        (Some(0), Some(0), Some(0))
     );
+    // Every reaction that may target it: `totals` (its static queue) and
+    // `audit` (dynamic; its replay finds nothing for this queue).
+    assert_eq!(q["replaying"], serde_json::json!(["audit", "totals"]));
     let settled = json_lines(&run(&["settle", "--store", &store, "--json"])).remove(0);
     assert_eq!(
         settled["stats"]["reactions"], 1000,
@@ -117,12 +120,17 @@ fn reset_replays_a_queue_and_the_idempotent_handler_adds_nothing() {
     let after = verify(dir.path().join("act.db"));
     assert!(after.ok(), "{:#?}", after.problems);
     assert_eq!(after.totaled, before.totaled, "no duplicate Totaled");
+    // A typo is an error, with the way to replay into a new queue.
     let out = act()
         .args(["reset", "nope", "--to", "0", "--store", &store])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no queue named `nope`"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no queue named `nope`") && err.contains("--new"), "{err}");
+    assert!(json_lines(&run(&["status", "--store", &store, "--stream", "nope", "--json"]))
+        .iter()
+        .all(|r| r.get("stream").is_none()));
 }
 
 #[test]

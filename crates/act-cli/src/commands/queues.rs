@@ -269,6 +269,33 @@ pub async fn unblock(cli: &Cli, args: &UnblockArgs) -> Result<(), CliError> {
 
 pub async fn reset(cli: &Cli, args: &ResetArgs) -> Result<(), CliError> {
     let store = stores::open_mode(&cli.store, OpenMode::Existing).await?;
+    let exists = !store
+        .queues(&QueueFilter {
+            stream: Some(args.stream.clone()),
+            ..Default::default()
+        })
+        .await?
+        .is_empty();
+    if !exists && !args.new {
+        // A typo must not create a queue and replay the log into it.
+        let targets: Vec<String> = store
+            .subscriptions()
+            .await?
+            .into_iter()
+            .filter(|s| s.retired.is_none() && s.target.as_ref().is_none_or(|t| *t == args.stream))
+            .map(|s| s.name)
+            .collect();
+        return Err(act::Error::InvalidInput(if targets.is_empty() {
+            format!("no queue named `{}`, and no reaction can target it", args.stream)
+        } else {
+            format!(
+                "no queue named `{}`; reactions {} may target it: add --new to replay the log into a new queue",
+                args.stream,
+                targets.join(", ")
+            )
+        })
+        .into());
+    }
     let q = store.reset(&args.stream, args.to).await?;
     let replays: Vec<String> = store
         .replays()
