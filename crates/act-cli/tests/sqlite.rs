@@ -79,7 +79,10 @@ fn unblock_after_the_cause_is_removed_lets_the_queue_finish() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("audit-0: not blocked") && !text.contains("nope"), "{text}");
+    assert!(
+        text.contains("audit-0: not blocked") && !text.contains("nope"),
+        "{text}"
+    );
     assert!(err.contains("no queue named `nope`"), "{err}");
 }
 
@@ -106,7 +109,11 @@ fn reset_replays_a_queue_and_the_idempotent_handler_adds_nothing() {
     .remove(0);
     // The queue is emptied and replayed from the log by the next broker.
     assert_eq!(
-        (q["position"].as_i64(), q["lag"].as_u64(), q["replay"].as_i64()),
+        (
+            q["position"].as_i64(),
+            q["lag"].as_u64(),
+            q["replay"].as_i64()
+        ),
         (Some(0), Some(0), Some(0))
     );
     // Every reaction that may target it: `totals` (its static queue) and
@@ -127,10 +134,15 @@ fn reset_replays_a_queue_and_the_idempotent_handler_adds_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no queue named `nope`") && err.contains("--new"), "{err}");
-    assert!(json_lines(&run(&["status", "--store", &store, "--stream", "nope", "--json"]))
-        .iter()
-        .all(|r| r.get("stream").is_none()));
+    assert!(
+        err.contains("no queue named `nope`") && err.contains("--new"),
+        "{err}"
+    );
+    assert!(json_lines(&run(&[
+        "status", "--store", &store, "--stream", "nope", "--json"
+    ]))
+    .iter()
+    .all(|r| r.get("stream").is_none()));
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! The walk of a lapsed batch lives in the queue row: a process that dies
 //! holding a lease leaves the queue to be walked one event at a time by the
-//! next process, and the acks inside the walk keep the lapse's error and
-//! count, a failure inside it counts on top (the kit checks the counts and
-//! the error of acks, not failures inside the walk).
+//! next process; the lapse records why, and each ack inside the walk is
+//! progress (the count starts again).
 
 mod common;
 
@@ -78,7 +77,7 @@ async fn state(s: &PgStore) -> QueueState {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lapsed_batch_is_walked_by_the_next_process_keeping_its_error() {
+async fn a_lapsed_batch_is_walked_by_the_next_process() {
     let schema = fresh_schema("lapsed");
     let offset = Arc::new(AtomicI64::new(0));
     let _guard = DropSchema {
@@ -115,17 +114,19 @@ async fn a_lapsed_batch_is_walked_by_the_next_process_keeping_its_error() {
         ),
         (vec![e[0]], true, 1, 1)
     );
+    assert_eq!(state(&s).await.error, lapsed, "the lapse says why");
     s.settle(&[Settlement::ack(&one.lease, e[0])])
         .await
         .unwrap();
     let st = state(&s).await;
     assert_eq!(
         (st.position, st.retries, &st.error),
-        (e[0], 1, &lapsed),
-        "an ack inside the walk keeps the lapse's count and error"
+        (e[0], 0, &None),
+        "an ack inside the walk is progress: the count starts again"
     );
 
-    // A failure inside the walk is no progress: it counts on top.
+    // The walk goes on one event at a time; a failure with progress
+    // starts the count at 1.
     let two = claim(&s, "next").await;
     assert_eq!((ids(&two), two.lease.suspect), (vec![e[1]], true));
     s.settle(&[Settlement::retry(
@@ -137,18 +138,18 @@ async fn a_lapsed_batch_is_walked_by_the_next_process_keeping_its_error() {
     .await
     .unwrap();
     let st = state(&s).await;
-    assert_eq!((st.position, st.retries), (e[1], 2));
+    assert_eq!((st.position, st.retries), (e[1], 1));
     assert_eq!(st.error.as_deref(), Some("boom"));
 
     let three = claim(&s, "next").await;
     assert_eq!(
         (ids(&three), three.lease.retries, three.lease.lapses),
-        (vec![e[2]], 2, 1)
+        (vec![e[2]], 1, 0)
     );
     s.settle(&[Settlement::ack(&three.lease, e[2])])
         .await
         .unwrap();
-    assert_eq!(state(&s).await.error.as_deref(), Some("boom"));
+    assert_eq!(state(&s).await.error, None);
 
     // The ack that reaches the end of the lapsed batch ends the walk.
     let four = claim(&s, "next").await;

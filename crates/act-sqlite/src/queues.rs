@@ -281,9 +281,8 @@ fn check(
 /// Applies settlements, blocks first; returns one result per settlement.
 /// Each applied one deletes the acknowledged items (event up to `acked`,
 /// enqueued up to `mark`: a range of the primary key) and releases the lease.
-/// An ack short of the end of a lapsed batch (`suspect_to`) is progress
-/// inside it, not past the crash: it keeps the batch's retries, lapses and
-/// error; one that reaches it ends the walk.
+/// Any ack is progress (the retry count starts again); one that reaches the
+/// end of a lapsed batch (`suspect_to`) also ends its walk.
 pub(crate) fn settle(
     tx: &Transaction,
     settlements: &[Settlement],
@@ -306,25 +305,22 @@ pub(crate) fn settle(
         let Some(f) = f.filter(|_| results[i].is_ok()) else {
             continue;
         };
-        // While walking a lapsed batch, progress inside it keeps the
-        // batch's count of failed attempts: the crash is somewhere in it.
-        let mut walking = false;
+        // Any ack is progress; one past the end of a lapsed batch also ends
+        // its walk (whole batches again).
         let mut suspect_to = f.suspect_to;
         if let Some(acked) = s.acked {
             remove.execute(params![s.lease.stream, acked, s.mark])?;
-            walking = acked < f.suspect_to;
-            if !walking {
+            if acked >= f.suspect_to {
                 suspect_to = 0;
             }
         }
-        let progress = s.acked.is_some() && !walking;
+        let progress = s.acked.is_some();
         let failed = || {
             let retries = act::queue::retries_after_failure(progress, f.retries);
             (retries, if progress { 0 } else { f.lapses })
         };
-        let keep_error = walking && matches!(s.outcome, Outcome::Ack);
+        let keep_error = false;
         let (retries, lapses, retry_at, blocked, error) = match &s.outcome {
-            Outcome::Ack if walking => (f.retries, f.lapses, None, false, None),
             Outcome::Ack => (0, 0, None, false, None),
             Outcome::Retry { delay, error } => {
                 let (r, l) = failed();

@@ -108,9 +108,14 @@ pub struct Lease {
     pub mark: i64,
     /// True while the queue walks through a batch whose lease lapsed: the
     /// store hands it out one event at a time until an ack passes the end of
-    /// that batch, so a handler that crashes its process fails on the exact
-    /// event (not on the first of its batch), and the broker runs it alone
-    /// so no other queue dies with it.
+    /// that batch, so a handler that crashes its process fails (and blocks)
+    /// on the exact event, not on the first of its batch, and the broker
+    /// runs it alone so no other queue dies with it. The lapse that started
+    /// the walk counts against the first event of the batch (which event
+    /// crashed cannot be known); each event the walk acks starts the count
+    /// again, as any progress does, so crashes accumulate only on an event
+    /// that keeps crashing, and random kills of workers do not block queues
+    /// that make progress between them.
     #[serde(default)]
     pub suspect: bool,
 }

@@ -6,12 +6,10 @@
 --
 -- With `acked`, removes the queue's items for events up to it that were
 -- enqueued up to `mark` and moves the position up to it (never down). An
--- ack below `suspect_to` is walking a lapsed batch (see claim.lua): it is
--- not progress, since the crash may still be ahead in that batch; any
--- other ack ends the walk (suspect_to = 0). A failure after progress
+-- ack at or past `suspect_to` ends the walk of a lapsed batch (see
+-- claim.lua; suspect_to = 0). Any ack is progress: a failure after it
 -- restarts the retry count at 1 and clears lapses; one without progress
--- adds one. An `Ack` while walking keeps retries, lapses and error (it
--- clears only the retry time). O(items removed · log n) each.
+-- adds one. O(items removed · log n) each.
 --
 -- Returns {code, detail} per settlement (see `fence`); publishes a wake-up
 -- when one was applied.
@@ -41,15 +39,13 @@ for i = 0, tonumber(ARGV[3]) - 1 do
         redis.call('HDEL', k, 'suspect_to')
       end
     end
-    if acked ~= '' and not walking then
+    if acked ~= '' then
       retries, lapses = 1, 0
     else
       retries = math.min(retries + 1, 4294967295)
     end
     redis.call('HDEL', k, 'owner', 'expires', 'waiting')
-    if kind == 'a' and walking then
-      redis.call('HDEL', k, 'retry_at')
-    elseif kind == 'a' then
+    if kind == 'a' then
       redis.call('HSET', k, 'retries', 0, 'lapses', 0)
       redis.call('HDEL', k, 'retry_at', 'error')
     elseif kind == 'r' then

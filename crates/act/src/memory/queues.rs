@@ -290,23 +290,17 @@ impl Queue {
     pub(super) fn settle(&mut self, s: &Settlement, now: DateTime<Utc>) {
         self.lease = None;
         self.waiting = None;
-        // While walking a lapsed batch, progress inside it keeps the
-        // batch's count of failed attempts: the crash is somewhere in it.
-        let mut walking = false;
         if let Some(acked) = s.acked {
             self.items
                 .retain(|(event, _), seq| *event > acked || *seq > s.mark);
             self.position = self.position.max(acked);
-            walking = acked < self.suspect_to;
-            if !walking {
+            // Past the end of a lapsed batch: whole batches again.
+            if acked >= self.suspect_to {
                 self.suspect_to = 0;
             }
         }
-        let progress = s.acked.is_some() && !walking;
+        let progress = s.acked.is_some();
         match &s.outcome {
-            Outcome::Ack if walking => {
-                self.retry_at = None;
-            }
             Outcome::Ack => {
                 self.retries = 0;
                 self.lapses = 0;

@@ -561,7 +561,10 @@ pub async fn an_expired_lease_counts_as_an_attempt_and_the_queue_blocks_after_ma
 /// batch: the events before it were handled but never acknowledged (the
 /// process died). The broker walks the lapsed batch one event at a time,
 /// so the crashes land on that event, and the queue blocks there (not at
-/// the first event of the batch) with the lease-loss error.
+/// the first event of the batch) with the lease-loss error. The first lapse
+/// cannot tell which event crashed and counts against the first of the
+/// batch (the walk's ack of it starts the count again), so the crashing
+/// event takes one crash more than `max_retries + 1`.
 pub async fn a_crash_loop_blocks_at_the_event_that_crashes(b: &impl Backend) {
     let f = b.open().await;
     let attempts = Arc::new(Mutex::new(Vec::<(i64, u32)>::new()));
@@ -595,7 +598,7 @@ pub async fn a_crash_loop_blocks_at_the_event_that_crashes(b: &impl Backend) {
             .filter(|(e, _)| *e == poison)
             .count()
     };
-    for round in 1..=3usize {
+    for round in 1..=4usize {
         let handle = make()
             .broker(broker_options(&format!("crash-{round}")))
             .start();
@@ -637,8 +640,8 @@ pub async fn a_crash_loop_blocks_at_the_event_that_crashes(b: &impl Backend) {
         .collect();
     assert_eq!(
         at_poison,
-        vec![1, 2, 3],
-        "the true attempt numbers, at the event that crashes"
+        vec![1, 1, 2, 3],
+        "attempts at the event that crashes"
     );
 }
 

@@ -618,16 +618,14 @@ impl Model {
                 );
                 if predicted.is_ok() {
                     q.lease = None;
-                    let mut walking = false;
                     if let Some(a) = acked {
                         q.items.retain(|(e, _), seq| *e > a || *seq > h.lease.mark);
                         q.position = q.position.max(a);
-                        walking = a < q.suspect_to;
-                        if !walking {
+                        if a >= q.suspect_to {
                             q.suspect_to = 0;
                         }
                     }
-                    let progress = acked.is_some() && !walking;
+                    let progress = acked.is_some();
                     let failed = |q: &mut MQueue| {
                         q.retries = crate::queue::retries_after_failure(progress, q.retries);
                         if progress {
@@ -635,9 +633,6 @@ impl Model {
                         }
                     };
                     match settlement.outcome {
-                        Outcome::Ack if walking => {
-                            q.retry_at = None;
-                        }
                         Outcome::Ack => {
                             q.retries = 0;
                             q.lapses = 0;
