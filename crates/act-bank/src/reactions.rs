@@ -52,6 +52,10 @@ pub struct Options {
     /// of failing (a crash loop: the queue must end blocked by lease
     /// expiries). For tests of workers that die in a handler.
     pub crash_on_poison: bool,
+    /// Retries before a queue blocks (default [`MAX_RETRIES`]). Every lease
+    /// that ends without a settlement counts as a failed attempt, so a test
+    /// that kills workers many times a second raises it.
+    pub max_retries: Option<u32>,
 }
 
 /// The bank on `store`, with both reactions registered.
@@ -66,12 +70,13 @@ pub fn app_with(store: Arc<dyn Store>, options: Options) -> act::Result<Act> {
 
 /// The two reactions.
 pub fn reactions(options: Options) -> Vec<Reaction> {
+    let max_retries = options.max_retries.unwrap_or(MAX_RETRIES);
     let mut out = vec![
         Reaction::on("Deposited")
             .also("Withdrawn")
             .named("audit")
             .to(|e| account_number(&e.stream).map(|n| format!("audit-{n}")))
-            .max_retries(MAX_RETRIES)
+            .max_retries(max_retries)
             .backoff(backoff())
             .from_beginning()
             .handle(move |e, ctx| async move { audit(e, ctx, options).await }),
@@ -79,7 +84,7 @@ pub fn reactions(options: Options) -> Vec<Reaction> {
             .also("Withdrawn")
             .named("totals")
             .to_stream("totals")
-            .max_retries(MAX_RETRIES)
+            .max_retries(max_retries)
             .backoff(backoff())
             .from_beginning()
             .handle(|e, ctx| async move { totals(e, ctx).await }),
@@ -90,7 +95,7 @@ pub fn reactions(options: Options) -> Vec<Reaction> {
                 .also("Withdrawn")
                 .named("ledger")
                 .to_stream("ledger")
-                .max_retries(MAX_RETRIES)
+                .max_retries(max_retries)
                 .backoff(backoff())
                 .from_beginning()
                 .handle(|e, ctx| async move { ledger(e, ctx).await }),

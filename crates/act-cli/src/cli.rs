@@ -151,6 +151,10 @@ pub struct BankArgs {
     /// for tests of workers that die).
     #[arg(long, hide = true)]
     pub crash_on_poison: bool,
+    /// Retries before a queue blocks (default 3). A lease that ends without
+    /// a settlement (a killed worker) counts as a failed attempt.
+    #[arg(long)]
+    pub max_retries: Option<u32>,
 }
 
 impl BankArgs {
@@ -160,6 +164,7 @@ impl BankArgs {
             cured: self.cured,
             ledger: self.ledger,
             crash_on_poison: self.crash_on_poison,
+            max_retries: self.max_retries,
         }
     }
 }

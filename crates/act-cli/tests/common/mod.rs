@@ -241,8 +241,15 @@ pub fn lease_owners(store: &str) -> Vec<String> {
 /// only the poisoned queues blocked.
 pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &Path) {
     create(store);
+    // Each SIGKILL ends the leases of the queues in flight without a
+    // settlement, and each counts as a failed attempt (promise 6): with the
+    // bank's 3 retries, a deposit built to fail twice that is also in flight
+    // at two kills rightly blocks its queue. This test kills a worker every
+    // 200-700 ms, far more often than any fleet loses a process, so its
+    // workers allow 10 retries; the poisoned deposits still block.
+    let chaos = ["--max-retries", "10"];
     let mut workers: Vec<Worker> = (0..3)
-        .map(|i| Worker::start(store, &format!("w{i}"), log))
+        .map(|i| Worker::start_with(store, &format!("w{i}"), log, &chaos))
         .collect();
     let mut demos: Vec<Child> = seeds.iter().map(|&s| demo(store, s, events)).collect();
     let mut rng = fastrand::Rng::with_seed(seeds[0]);
@@ -253,7 +260,7 @@ pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &P
         let i = kills % workers.len();
         let w = std::mem::replace(
             &mut workers[i],
-            Worker::start(store, &format!("w{i}-{kills}"), log),
+            Worker::start_with(store, &format!("w{i}-{kills}"), log, &chaos),
         );
         w.kill();
         kills += 1;
@@ -278,7 +285,15 @@ pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &P
         before.totaled > 0,
         "the workers delivered before the final settle"
     );
-    run(&["settle", "--store", store, "--lease", "2"]);
+    run(&[
+        "settle",
+        "--store",
+        store,
+        "--lease",
+        "2",
+        "--max-retries",
+        "10",
+    ]);
     let v = verify(store);
     let total = (seeds.len() * events) as u64;
     assert!(v.ok(), "{:#?}", v.problems);
