@@ -9,7 +9,7 @@
 //! - [`reactions`]: the `audit` (dynamic) and `totals` (static) reactions.
 //! - [`workload`]: a seeded random workload, safe to run from several
 //!   processes on one store at once.
-//! - [`verify`]: checks the log after delivery: one receipt per source event
+//! - [`mod@verify`]: checks the log after delivery: one receipt per source event
 //!   per queue, in source order, poisoned queues blocked, nothing else.
 
 pub mod model;

@@ -95,7 +95,7 @@ pub trait QueueStore: Send + Sync {
     /// pending event first, and returns each with up to `claim.events` of its
     /// pending events in id order (never past a replay's position). Every
     /// claim increases the queue's fencing token. A queue whose lease ended
-    /// without a settlement counts that as a failed attempt ([`Lease::lapses`],
+    /// without a settlement counts that as a failed attempt ([`crate::Lease::lapses`],
     /// error [`crate::queue::lapse_error`]) before it is leased again. A queue
     /// whose first pending event has an item for a reaction this broker lacks
     /// is not leased but marked as waiting for it; a batch stops before the
