@@ -114,13 +114,12 @@ pub(crate) async fn run(
                     lease.lapses,
                     lease.retries
                 );
-                match opts.exhausted {
-                    Exhausted::Block => {
-                        done.settlement = Some(Settlement::block(&lease, acked, error));
+                match spent(opts.exhausted, &lease, acked, error) {
+                    Some(block) => {
+                        done.settlement = Some(block);
                         return done;
                     }
-                    Exhausted::Skip => {
-                        tracing::warn!(queue = %lease.stream, %error, "retries exhausted, skipping the event");
+                    None => {
                         done.skipped += 1;
                         continue;
                     }
@@ -157,13 +156,12 @@ pub(crate) async fn run(
             // A store that is briefly unreachable is not the handler's fault:
             // retry with backoff for as long as it takes, never block.
             if retries > opts.max_retries && !failure.store_unavailable {
-                match opts.exhausted {
-                    Exhausted::Block => {
-                        done.settlement = Some(Settlement::block(&lease, acked, error));
+                match spent(opts.exhausted, &lease, acked, error) {
+                    Some(block) => {
+                        done.settlement = Some(block);
                         return done;
                     }
-                    Exhausted::Skip => {
-                        tracing::warn!(queue = %lease.stream, %error, "retries exhausted, skipping the event");
+                    None => {
                         done.skipped += 1;
                         continue;
                     }
@@ -178,6 +176,24 @@ pub(crate) async fn run(
         done.settlement = Some(Settlement::ack(&lease, event.id));
     }
     done
+}
+
+/// What a reaction whose retries ran out does: block the queue at the event
+/// (the settlement to write) or, with [`Exhausted::Skip`], skip the event
+/// with a warning (`None`).
+fn spent(
+    exhausted: Exhausted,
+    lease: &Lease,
+    acked: Option<i64>,
+    error: String,
+) -> Option<Settlement> {
+    match exhausted {
+        Exhausted::Block => Some(Settlement::block(lease, acked, error)),
+        Exhausted::Skip => {
+            tracing::warn!(queue = %lease.stream, %error, "retries exhausted, skipping the event");
+            None
+        }
+    }
 }
 
 /// The reactions to run for one pending event: those its items name, in
