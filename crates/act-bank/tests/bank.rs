@@ -12,7 +12,7 @@ async fn run(store: Arc<dyn Store>, w: &Workload) -> act_bank::Report {
     let app = act_bank::app(store).unwrap();
     let report = w.run(&app, Arc::new(AtomicU64::new(0))).await.unwrap();
     app.broker(BrokerOptions::default())
-        .catch_up()
+        .settle()
         .await
         .unwrap();
     report
@@ -145,7 +145,7 @@ async fn the_fix_flow_then_a_second_run_still_verifies() {
     .unwrap();
     cured
         .broker(BrokerOptions::default())
-        .catch_up()
+        .settle()
         .await
         .unwrap();
     let after_fix = verify(&*store).await.unwrap();
@@ -184,7 +184,7 @@ async fn a_ledger_added_later_posts_the_whole_history_once_in_order() {
     .unwrap();
     let more = w.run(&v2, Arc::new(AtomicU64::new(0))).await.unwrap();
     v2.broker(BrokerOptions::default())
-        .catch_up()
+        .settle()
         .await
         .unwrap();
     let v = verify(&*store).await.unwrap();

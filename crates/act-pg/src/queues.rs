@@ -279,7 +279,7 @@ impl QueueStore for PgStore {
             results[i] = rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from);
         }
         // Claimable work left, or at least a lease freed: brokers here look
-        // again at once; brokers elsewhere (catch_up waits for other brokers'
+        // again at once; brokers elsewhere (settle waits for other brokers'
         // leases) within the soft pace. The notifier coalesces NOTIFYs, so
         // this costs no round trip here.
         if more || results.iter().any(Result::is_ok) {

@@ -70,9 +70,9 @@ async fn late_commit(naive: bool) -> (Vec<i64>, Vec<i64>) {
         .unwrap()[0]
         .id;
     assert!(a < b, "A took its id first ({a} < {b})");
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     a_client.batch_execute("COMMIT").await.unwrap();
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     (probe.delivered("all"), vec![a, b])
 }
 
@@ -137,7 +137,7 @@ async fn stress(naive: bool) -> (Vec<i64>, Vec<i64>) {
     // Stop the broker (it releases its leases), then deliver what is left.
     handle.shutdown().await.unwrap();
     app.broker(BrokerOptions::default().owner("final"))
-        .catch_up()
+        .settle()
         .await
         .unwrap();
     let mut committed: Vec<i64> = Vec::new();

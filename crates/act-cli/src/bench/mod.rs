@@ -259,6 +259,6 @@ pub async fn worker(cli: &Cli, args: &BenchWorkerArgs) -> Result<(), CliError> {
         .concurrency(args.concurrency)
         .batch(args.batch)
         .poll(std::time::Duration::from_millis(args.poll_ms.max(1)));
-    let stats = app.broker(options).catch_up().await?;
+    let stats = app.broker(options).settle().await?;
     json_line(&json!({ "reactions": stats.reactions, "stats": stats }))
 }

@@ -164,7 +164,7 @@ pub(crate) async fn commit(s: &Settings, writers: usize) -> Result<Row, CliError
 async fn timed_delivery(s: &Settings, app: &Act) -> Result<f64, CliError> {
     rss::reset_peak();
     let started = Instant::now();
-    app.broker(broker_options(s)).catch_up().await?;
+    app.broker(broker_options(s)).settle().await?;
     Ok(started.elapsed().as_secs_f64())
 }
 
@@ -217,7 +217,7 @@ pub(crate) async fn demo(s: &Settings) -> Result<Row, CliError> {
     rss::reset_peak();
     let report = workload.run(&app, Arc::new(AtomicU64::new(0))).await?;
     let started = Instant::now();
-    let stats = app.broker(broker_options(s)).catch_up().await?;
+    let stats = app.broker(broker_options(s)).settle().await?;
     let secs = started.elapsed().as_secs_f64();
     let mut row = Row::new("demo", ns.backend(), stats.reactions, 101, 1, secs);
     row.extra.insert(
@@ -371,7 +371,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, CliError>
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..workers {
             let broker = app.broker(broker_options(s).owner(format!("bench-{w}")));
-            tasks.spawn(async move { broker.catch_up().await });
+            tasks.spawn(async move { broker.settle().await });
         }
         while let Some(r) = tasks.join_next().await {
             r.map_err(|e| CliError::Check(vec![format!("a broker task failed: {e}")]))??;

@@ -91,7 +91,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let delivery = {
         let broker = broker.clone();
-        tokio::spawn(async move { broker.catch_up().await })
+        tokio::spawn(async move { broker.settle().await })
     };
     while !delivery.is_finished() {
         pb.set_position(broker.stats().reactions);

@@ -94,7 +94,7 @@ pub async fn settle(cli: &Cli, args: &SettleArgs) -> Result<(), CliError> {
     let store = stores::open(&cli.store).await?;
     let app = act_bank::app_with(store.clone(), args.bank.options())?;
     let started = Instant::now();
-    let stats = app.broker(options).catch_up().await?;
+    let stats = app.broker(options).settle().await?;
     let elapsed = started.elapsed();
     let blocked = store
         .queues(&act::QueueFilter {

@@ -12,9 +12,11 @@
 //! is unreachable the loop backs off (see [`StoreBackoff`]).
 //!
 //! Run it three ways:
-//! - [`Broker::settle`]: until no due work is left now (tests, one-shot jobs);
-//! - [`Broker::catch_up`]: until every queue is caught up or blocked, waiting
-//!   out scheduled retries and other brokers' leases (`act settle`);
+//! - [`Broker::settle`]: until every queue is caught up or blocked, waiting
+//!   out scheduled retries and other brokers' leases (`act settle`; what a
+//!   first test wants);
+//! - [`Broker::run_once`]: one pass, until no due work is left *now* (it
+//!   returns while a retry is scheduled: tests with a manual clock);
 //! - [`Broker::start`]: in the background until [`BrokerHandle::shutdown`],
 //!   which stops claiming, lets in-flight batches finish within the grace
 //!   period, settles them and releases every lease.
@@ -24,7 +26,7 @@
 //! # use act::{Act, BrokerOptions, MemoryStore};
 //! # #[tokio::main] async fn main() -> act::Result<()> {
 //! let app = Act::builder(Arc::new(MemoryStore::new())).build()?;
-//! let stats = app.broker(BrokerOptions::default()).settle().await?;
+//! let stats = app.broker(BrokerOptions::default()).run_once().await?;
 //! assert_eq!(stats.events, 0);
 //! # Ok(()) }
 //! ```
@@ -271,22 +273,27 @@ impl Broker {
         self.counters.snapshot()
     }
 
-    /// Runs until no due work is left now: every reaction correlated
-    /// (backfills and replays included), nothing claimable, nothing in
-    /// flight. Scheduled retries and queues leased by other brokers are not
-    /// waited for (use [`Broker::catch_up`] for that); committed events the
-    /// store cannot show followers yet (PostgreSQL: behind a transaction
-    /// still running) are waited for up to 1 s. Returns the counters of this
-    /// broker.
-    pub async fn settle(&self) -> Result<Stats> {
-        self.run(Mode::Settle, CancellationToken::new()).await
+    /// One pass: runs until no due work is left *now*: every reaction
+    /// correlated (backfills and replays included), nothing claimable,
+    /// nothing in flight. It returns while a failed handler's retry is still
+    /// scheduled, and does not wait for queues leased by other brokers (use
+    /// [`Broker::settle`] for that). Committed events the store cannot show
+    /// followers yet (PostgreSQL: behind a transaction still running) are
+    /// waited for up to 1 s. For tests that drive a
+    /// [`crate::clock::ManualClock`]: advance the clock past a retry, then run
+    /// another pass. Returns the counters of this broker.
+    pub async fn run_once(&self) -> Result<Stats> {
+        self.run(Mode::Once, CancellationToken::new()).await
     }
 
     /// Runs until every committed event is correlated and every queue is
-    /// caught up or blocked, waiting out scheduled retries, other brokers'
-    /// leases and transactions that hide committed events.
-    pub async fn catch_up(&self) -> Result<Stats> {
-        self.run(Mode::CatchUp, CancellationToken::new()).await
+    /// caught up or blocked, waiting out scheduled retries (on the store's
+    /// clock), other brokers' leases and transactions that hide committed
+    /// events: what `act settle` does, and what a first test wants. With a
+    /// [`crate::clock::ManualClock`] that nobody advances, a scheduled retry never
+    /// comes due: use [`Broker::run_once`] there.
+    pub async fn settle(&self) -> Result<Stats> {
+        self.run(Mode::Settle, CancellationToken::new()).await
     }
 
     /// Runs in the background until shut down.

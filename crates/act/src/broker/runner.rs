@@ -34,10 +34,10 @@ use crate::queue::{Claim, LeaseRef, Outcome};
 /// When a run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// When nothing is due now.
+    /// When nothing is due now (`run_once`).
+    Once,
+    /// When every queue is caught up or blocked (`settle`).
     Settle,
-    /// When every queue is caught up or blocked.
-    CatchUp,
     /// At shutdown.
     Forever,
 }
@@ -49,7 +49,7 @@ const ONE_SHOT_FAILURES: u32 = 12;
 /// not show followers yet.
 const HIDDEN_RECHECK: Duration = Duration::from_millis(5);
 
-/// How long `settle` waits for such events before it returns (`catch_up`
+/// How long `run_once` waits for such events before it returns (`settle`
 /// waits until they are delivered).
 const SETTLE_HIDDEN_PATIENCE: Duration = Duration::from_secs(1);
 
@@ -333,7 +333,7 @@ impl Runner {
         if live.is_some_and(|cp| head > cp) {
             let since = *hidden_since.get_or_insert_with(Instant::now);
             let waited = since.elapsed();
-            if mode == Mode::Settle && waited >= SETTLE_HIDDEN_PATIENCE {
+            if mode == Mode::Once && waited >= SETTLE_HIDDEN_PATIENCE {
                 return Ok(None);
             }
             if waited >= Duration::from_secs(1)
@@ -346,7 +346,7 @@ impl Runner {
         }
         *hidden_since = None;
         let mine = self.progress.reactions();
-        if mode == Mode::Settle || mine.is_empty() {
+        if mode == Mode::Once || mine.is_empty() {
             return Ok(None);
         }
         match store.next_due(&mine).await? {

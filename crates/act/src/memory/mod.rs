@@ -494,7 +494,7 @@ impl QueueStore for MemoryStore {
                 };
                 if results[i].is_ok() {
                     // Any applied settlement frees a lease: a broker waiting
-                    // for it (catch_up) should look again.
+                    // for it (settle) should look again.
                     inner.update_queue(&stream, |q| q.settle(s, now));
                     wake = true;
                 }

@@ -40,7 +40,7 @@ pub async fn static_resolver_delivers_to_one_queue(b: &impl Backend) {
     );
     let mut ids = pings(&*f.store, "a", 2).await;
     ids.extend(pings(&*f.store, "b", 2).await);
-    let stats = app.broker(broker_options("A")).settle().await.unwrap();
+    let stats = app.broker(broker_options("A")).run_once().await.unwrap();
     assert_eq!(probe.delivered("all"), ids);
     assert_eq!(stats.events, 4);
     assert_eq!(stats.reactions, 4);
@@ -64,7 +64,7 @@ pub async fn dynamic_resolver_delivers_per_event_and_skips_none(b: &impl Backend
     let b1 = ping(&*f.store, "b", json!({})).await;
     ping(&*f.store, "c", json!({"skip": true})).await;
     let a2 = ping(&*f.store, "a", json!({})).await;
-    app.broker(broker_options("A")).settle().await.unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
     assert_eq!(probe.delivered("q-a"), vec![a1.id, a2.id]);
     assert_eq!(probe.delivered("q-b"), vec![b1.id]);
     assert_eq!(probe.calls().len(), 3);
@@ -116,7 +116,7 @@ pub async fn events_reach_handlers_in_order_per_queue(b: &impl Backend) {
         }
     }
     let broker = app.broker(broker_options("A").batch(7));
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     for (q, ids) in &expected {
         assert_eq!(&probe.delivered(q), ids, "queue {q}");
     }
@@ -137,7 +137,7 @@ pub async fn correlation_checkpoint_survives_a_new_broker(b: &impl Backend) {
         vec![first.reaction(per_stream(Reaction::on("Ping")))],
     );
     let ids = pings(&*f.store, "a", 5).await;
-    app1.broker(broker_options("A")).settle().await.unwrap();
+    app1.broker(broker_options("A")).run_once().await.unwrap();
     assert_eq!(first.delivered("q-a"), ids);
     let head = f.store.head().await.unwrap();
     let subs = f.store.subscriptions().await.unwrap();
@@ -149,14 +149,14 @@ pub async fn correlation_checkpoint_survives_a_new_broker(b: &impl Backend) {
         other.clone(),
         vec![second.reaction(per_stream(Reaction::on("Ping")))],
     );
-    app2.broker(broker_options("B")).settle().await.unwrap();
+    app2.broker(broker_options("B")).run_once().await.unwrap();
     assert!(
         second.calls().is_empty(),
         "redelivered: {:?}",
         second.calls()
     );
     let more = pings(&*other, "a", 2).await;
-    app2.broker(broker_options("B")).settle().await.unwrap();
+    app2.broker(broker_options("B")).run_once().await.unwrap();
     assert_eq!(second.delivered("q-a"), more);
 }
 
@@ -176,7 +176,7 @@ pub async fn a_failed_handler_is_retried_after_its_backoff_by_any_broker(b: &imp
     let app_a = app(f.store.clone(), vec![reaction()]);
     let app_b = app(b.reopen(&f).await, vec![reaction()]);
     let e = ping(&*f.store, "a", json!({"fail": 1})).await;
-    app_a.broker(broker_options("A")).settle().await.unwrap();
+    app_a.broker(broker_options("A")).run_once().await.unwrap();
     let q = queue(&*f.store, "q").await;
     assert_eq!((q.retries, q.position), (1, 0));
     assert!(
@@ -185,10 +185,10 @@ pub async fn a_failed_handler_is_retried_after_its_backoff_by_any_broker(b: &imp
             .is_some_and(|e| e.contains("probe fails attempt 1")),
         "{q:?}"
     );
-    app_b.broker(broker_options("B")).settle().await.unwrap();
+    app_b.broker(broker_options("B")).run_once().await.unwrap();
     assert_eq!(probe.calls().len(), 1, "retried before its time");
     f.clock.advance(Duration::from_secs(11)).await;
-    app_b.broker(broker_options("B")).settle().await.unwrap();
+    app_b.broker(broker_options("B")).run_once().await.unwrap();
     let calls = probe.calls();
     assert_eq!(
         calls
@@ -217,7 +217,7 @@ pub async fn a_queue_blocks_after_max_retries(b: &impl Backend) {
     let e = ping(&*f.store, "a", json!({"poison": true})).await;
     let broker = app.broker(broker_options("A"));
     for _ in 0..5 {
-        broker.settle().await.unwrap();
+        broker.run_once().await.unwrap();
         f.clock.advance(Duration::from_secs(60)).await;
     }
     let attempts: Vec<u32> = probe.calls().iter().map(|c| c.attempt).collect();
@@ -261,7 +261,7 @@ pub async fn a_store_outage_in_a_handler_never_blocks_the_queue(b: &impl Backend
     };
     let app = app(f.store.clone(), vec![r]);
     let e = ping(&*f.store, "a", json!({})).await;
-    app.broker(broker_options("A")).settle().await.unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 4, 5, 6]);
     let q = queue(&*f.store, "q").await;
     assert_eq!((q.blocked, q.position), (false, e.id));
@@ -276,7 +276,7 @@ pub async fn a_permanent_error_blocks_at_once(b: &impl Backend) {
         vec![probe.reaction(Reaction::on("Ping").to_stream("q"))],
     );
     ping(&*f.store, "a", json!({"permanent": true})).await;
-    app.broker(broker_options("A")).settle().await.unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
     assert_eq!(probe.calls().len(), 1);
     let q = queue(&*f.store, "q").await;
     assert!(q.blocked);
@@ -298,7 +298,7 @@ pub async fn a_panicking_handler_is_retried_like_an_error(b: &impl Backend) {
     let e = ping(&*f.store, "a", json!({"panic": 1})).await;
     let after = ping(&*f.store, "a", json!({})).await;
     let broker = app.broker(broker_options("A"));
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     assert_eq!(probe.delivered("q"), vec![e.id, after.id]);
     assert_eq!(broker.stats().retries, 1);
     assert!(!queue(&*f.store, "q").await.blocked);
@@ -326,7 +326,7 @@ pub async fn a_blocked_queue_does_not_delay_others(b: &impl Backend) {
         }
     }
     app.broker(broker_options("A").concurrency(2))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     for (q, ids) in &expected {
@@ -366,7 +366,7 @@ pub async fn unblock_lets_a_blocked_queue_finish(b: &impl Backend) {
     let bad = ping(&*f.store, "s", json!({"bad": true})).await;
     let c = ping(&*f.store, "s", json!({})).await;
     let broker = app.broker(broker_options("A"));
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     assert!(queue(&*f.store, "q").await.blocked);
     assert_eq!(*seen.lock().unwrap(), vec![a.id]);
     broken.store(false, Ordering::SeqCst);
@@ -374,7 +374,7 @@ pub async fn unblock_lets_a_blocked_queue_finish(b: &impl Backend) {
         f.store.unblock(&["q".into()]).await.unwrap(),
         vec!["q".to_string()]
     );
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![a.id, bad.id, c.id]);
     let q = queue(&*f.store, "q").await;
     assert_eq!((q.blocked, q.position, q.lag), (false, c.id, 0));
@@ -390,13 +390,13 @@ pub async fn reset_replays_events_through_the_handler(b: &impl Backend) {
     );
     let ids = pings(&*f.store, "a", 3).await;
     let broker = app.broker(broker_options("A"));
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     f.store.reset("q", 0).await.unwrap();
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     let twice: Vec<i64> = ids.iter().chain(&ids).copied().collect();
     assert_eq!(probe.delivered("q"), twice);
     f.store.reset("q", ids[1]).await.unwrap();
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     assert_eq!(probe.delivered("q").len(), 7);
     assert_eq!(probe.delivered("q")[6], ids[2]);
 }
@@ -417,14 +417,14 @@ pub async fn partial_progress_is_acked_before_the_retry(b: &impl Backend) {
     let ok = pings(&*f.store, "a", 3).await;
     let failing = ping(&*f.store, "a", json!({"fail": 1})).await;
     let broker = app.broker(broker_options("A"));
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     let q = queue(&*f.store, "q").await;
     assert_eq!(
         (q.position, q.retries, q.next),
         (ok[2], 1, Some(failing.id))
     );
     f.clock.advance(Duration::from_secs(11)).await;
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     let mut all = ok.clone();
     all.push(failing.id);
     assert_eq!(probe.delivered("q"), all, "no event delivered twice");
@@ -498,7 +498,7 @@ pub async fn higher_priority_reactions_are_delivered_first(b: &impl Backend) {
     );
     pings(&*f.store, "a", 3).await;
     app.broker(broker_options("A").concurrency(1).batch(1))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     let order: Vec<String> = probe.calls().into_iter().map(|c| c.queue).collect();
@@ -562,7 +562,7 @@ pub async fn shutdown_lets_in_flight_handlers_finish_and_releases_leases(b: &imp
     assert_eq!(q.lease_owner, None, "the lease was released");
     assert!(q.position >= first.id, "the finished handler was acked");
     let app2 = app(f.store.clone(), vec![reaction()]);
-    app2.broker(broker_options("B")).settle().await.unwrap();
+    app2.broker(broker_options("B")).run_once().await.unwrap();
     let mut all = vec![first.id];
     all.extend(rest);
     assert_eq!(probe.delivered("q"), all, "each event once, in order");
@@ -589,7 +589,7 @@ pub async fn shutdown_aborts_handlers_past_the_grace_period_and_releases_leases(
     let q = queue(&*f.store, "q").await;
     assert_eq!((q.lease_owner, q.position), (None, 0));
     probe.open();
-    app1.broker(broker_options("B")).settle().await.unwrap();
+    app1.broker(broker_options("B")).run_once().await.unwrap();
     assert_eq!(probe.delivered("q"), vec![e.id]);
 }
 
@@ -793,7 +793,7 @@ pub async fn derived_events_carry_correlation_and_causation(b: &impl Backend) {
         .await
         .unwrap()
         .remove(0);
-    app.broker(broker_options("A")).settle().await.unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
     let out = f.store.query(&Query::new().stream("tally")).await.unwrap();
     assert_eq!(out.len(), 1);
     let m = &out[0].meta;
@@ -822,7 +822,7 @@ pub async fn a_redelivered_reaction_does_not_duplicate_what_it_wrote(b: &impl Ba
     let app = app(f.store.clone(), vec![tally_reaction(true)]);
     let ids = pings(&*f.store, "a", 4).await;
     let broker = app.broker(broker_options("A"));
-    broker.settle().await.unwrap();
+    broker.run_once().await.unwrap();
     assert!(broker.stats().retries >= 1);
     let counted: Vec<i64> = f
         .store

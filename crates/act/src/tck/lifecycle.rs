@@ -43,7 +43,7 @@ pub async fn a_new_reaction_receives_every_historical_event_once_and_in_order(b:
     for s in ["a", "b", "c"] {
         all.extend(pings(&*f.store, s, 15).await);
     }
-    v1.broker(broker_options("v1")).settle().await.unwrap();
+    v1.broker(broker_options("v1")).run_once().await.unwrap();
     assert_eq!(old.calls().len(), 45);
     let new = Probe::new();
     let v2 = app(
@@ -106,7 +106,7 @@ pub async fn a_new_reaction_sharing_a_queue_receives_its_history(b: &impl Backen
     let ids = pings(&*f.store, "a", 12).await;
     app(f.store.clone(), vec![first()])
         .broker(broker_options("v1"))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     assert_eq!(queue(&*f.store, "shared").await.position, ids[11]);
@@ -123,7 +123,7 @@ pub async fn a_new_reaction_sharing_a_queue_receives_its_history(b: &impl Backen
         ],
     );
     v2.broker(broker_options("v2").backfill_batch(5))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     let second: Vec<i64> = probe
@@ -153,7 +153,7 @@ pub async fn a_new_reaction_must_declare_its_start_and_from_now_skips_history(b:
     pings(&*f.store, "a", 3).await;
     app(f.store.clone(), vec![base()])
         .broker(broker_options("v1"))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     let undeclared = app(
@@ -163,7 +163,7 @@ pub async fn a_new_reaction_must_declare_its_start_and_from_now_skips_history(b:
             probe.reaction(Reaction::on("Ping").named("mailer").to_stream("mail")),
         ],
     );
-    match undeclared.broker(broker_options("v2")).settle().await {
+    match undeclared.broker(broker_options("v2")).run_once().await {
         Err(Error::InvalidInput(m)) => {
             assert!(m.contains("mailer") && m.contains("from_now"), "{m}")
         }
@@ -196,7 +196,7 @@ pub async fn a_new_reaction_must_declare_its_start_and_from_now_skips_history(b:
     );
     v2.register().await.unwrap();
     let later = ping(&*f.store, "a", json!({})).await;
-    v2.broker(broker_options("v2")).settle().await.unwrap();
+    v2.broker(broker_options("v2")).run_once().await.unwrap();
     assert_eq!(
         probe.delivered("mail"),
         vec![later.id],
@@ -244,10 +244,10 @@ pub async fn a_broker_without_a_reaction_never_acks_its_work(b: &impl Backend) {
     // The new version's first try at the event fails (its handlers run
     // first), so work of both reactions is left in the queues.
     let e = ping(&*f.store, "a", json!({"fail": 1})).await;
-    v2.broker(broker_options("v2")).settle().await.unwrap();
+    v2.broker(broker_options("v2")).run_once().await.unwrap();
     f.clock.advance(Duration::from_secs(11)).await;
     let before = (common.calls().len(), added.calls().len());
-    v1.broker(broker_options("v1")).settle().await.unwrap();
+    v1.broker(broker_options("v1")).run_once().await.unwrap();
     assert_eq!(
         (common.calls().len(), added.calls().len()),
         before,
@@ -263,7 +263,7 @@ pub async fn a_broker_without_a_reaction_never_acks_its_work(b: &impl Backend) {
             "{q} names what it waits for: {st:?}"
         );
     }
-    v2.broker(broker_options("v2")).settle().await.unwrap();
+    v2.broker(broker_options("v2")).run_once().await.unwrap();
     assert_eq!(added.delivered("shared"), vec![e.id]);
     assert_eq!(added.delivered("alone"), vec![e.id]);
     assert_eq!(common.delivered("shared"), vec![e.id]);
@@ -297,9 +297,9 @@ pub async fn a_broker_without_an_old_reaction_leaves_its_work_to_old_brokers(b: 
     let v2 = app(f.store.clone(), vec![kept_r()]);
     v1.register().await.unwrap();
     let e = ping(&*f.store, "a", json!({"fail": 1})).await;
-    v1.broker(broker_options("v1")).settle().await.unwrap();
+    v1.broker(broker_options("v1")).run_once().await.unwrap();
     f.clock.advance(Duration::from_secs(11)).await;
-    v2.broker(broker_options("v2")).settle().await.unwrap();
+    v2.broker(broker_options("v2")).run_once().await.unwrap();
     assert_eq!(kept.delivered("k"), vec![e.id]);
     assert_eq!(
         dropped.delivered("o"),
@@ -308,7 +308,7 @@ pub async fn a_broker_without_an_old_reaction_leaves_its_work_to_old_brokers(b: 
     );
     let st = queue(&*f.store, "o").await;
     assert_eq!((st.lag, st.waiting.as_deref()), (1, Some("old")));
-    v1.broker(broker_options("v1")).settle().await.unwrap();
+    v1.broker(broker_options("v1")).run_once().await.unwrap();
     assert_eq!(dropped.delivered("o"), vec![e.id]);
 }
 
@@ -329,14 +329,14 @@ pub async fn a_changed_resolver_never_skips_enqueued_work(b: &impl Backend) {
     let e = ping(&*f.store, "a", json!({"fail": 1})).await;
     app(f.store.clone(), vec![r("before")])
         .broker(broker_options("v1"))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     f.clock.advance(Duration::from_secs(11)).await;
     let later = ping(&*f.store, "a", json!({})).await;
     app(f.store.clone(), vec![r("after")])
         .broker(broker_options("v2"))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     assert_eq!(
@@ -368,7 +368,7 @@ pub async fn a_retired_reaction_s_work_is_dropped_and_reported(b: &impl Backend)
         ],
     );
     let e = ping(&*f.store, "a", json!({"fail": 1})).await;
-    v1.broker(broker_options("v1")).settle().await.unwrap();
+    v1.broker(broker_options("v1")).run_once().await.unwrap();
     assert_eq!(queue(&*f.store, "shared").await.lag, 1);
     f.clock.advance(Duration::from_secs(11)).await;
     let v2 = Act::builder(f.store.clone())
@@ -384,9 +384,9 @@ pub async fn a_retired_reaction_s_work_is_dropped_and_reported(b: &impl Backend)
         "{states:?}"
     );
     let calls = gone.calls().len();
-    v2.broker(broker_options("v2")).settle().await.unwrap();
+    v2.broker(broker_options("v2")).run_once().await.unwrap();
     v1.broker(broker_options("v1-still-running"))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     assert_eq!(
@@ -402,7 +402,7 @@ pub async fn a_retired_reaction_s_work_is_dropped_and_reported(b: &impl Backend)
     let st = queue(&*f.store, "shared").await;
     assert_eq!((st.lag, st.waiting), (0, None));
     let more = ping(&*f.store, "a", json!({})).await;
-    v1.broker(broker_options("v1")).settle().await.unwrap();
+    v1.broker(broker_options("v1")).run_once().await.unwrap();
     assert_eq!(gone.calls().len(), calls);
     assert_eq!(kept.delivered("shared").last(), Some(&more.id));
 }
@@ -430,7 +430,7 @@ pub async fn reset_replays_events_never_enqueued_before(b: &impl Backend) {
         f.store.clone(),
         vec![probe.reaction(Reaction::on("Ping").named("projection").to_stream("view"))],
     );
-    v1.broker(broker_options("v1")).settle().await.unwrap();
+    v1.broker(broker_options("v1")).run_once().await.unwrap();
     let pings_only: Vec<i64> = log
         .iter()
         .filter(|(_, n)| *n == "Ping")
@@ -449,7 +449,7 @@ pub async fn reset_replays_events_never_enqueued_before(b: &impl Backend) {
     v2.register().await.unwrap();
     f.store.reset("view", 0).await.unwrap();
     v2.broker(broker_options("v2").backfill_batch(2))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     let rebuilt: Vec<i64> = probe.delivered("view")[pings_only.len()..].to_vec();
@@ -473,7 +473,7 @@ pub async fn reset_of_a_queue_that_never_had_work_replays_the_log(b: &impl Backe
         f.store.clone(),
         vec![probe.reaction(Reaction::on("Ping").named("router").to(|_| None))],
     );
-    v1.broker(broker_options("v1")).settle().await.unwrap();
+    v1.broker(broker_options("v1")).run_once().await.unwrap();
     let v2 = app(
         f.store.clone(),
         vec![probe.reaction(
@@ -490,7 +490,7 @@ pub async fn reset_of_a_queue_that_never_had_work_replays_the_log(b: &impl Backe
         .unwrap()
         .is_empty());
     f.store.reset("fresh", 0).await.unwrap();
-    v2.broker(broker_options("v2")).settle().await.unwrap();
+    v2.broker(broker_options("v2")).run_once().await.unwrap();
     assert_eq!(probe.delivered("fresh"), ids);
 }
 
@@ -539,7 +539,7 @@ pub async fn an_expired_lease_counts_as_an_attempt_and_the_queue_blocks_after_ma
     }
     crashing()
         .broker(broker_options("next"))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     assert_eq!(
@@ -615,7 +615,7 @@ pub async fn a_crash_loop_blocks_at_the_event_that_crashes(b: &impl Backend) {
     }
     make()
         .broker(broker_options("last"))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     let st = queue(&*f.store, "q").await;
@@ -728,7 +728,7 @@ pub async fn a_queue_whose_lease_lapsed_runs_alone(b: &impl Backend) {
     crash_until.store(0, std::sync::atomic::Ordering::SeqCst);
     make()
         .broker(broker_options("third"))
-        .settle()
+        .run_once()
         .await
         .unwrap();
     let calls = log.lock().unwrap().clone();
@@ -802,7 +802,7 @@ pub async fn a_handler_past_its_timeout_is_cancelled_and_retried(b: &impl Backen
     };
     let e = ping(&*f.store, "a", json!({})).await;
     let broker = app(f.store.clone(), vec![r]).broker(broker_options("A"));
-    tokio::time::timeout(PATIENCE, broker.settle())
+    tokio::time::timeout(PATIENCE, broker.run_once())
         .await
         .expect("settle hung on a handler past its timeout")
         .unwrap();
@@ -846,7 +846,7 @@ pub async fn a_resolver_s_bad_answer_blocks_only_that_reaction_s_event(b: &impl 
     for t in ["fine", "long", "fine", "nul", "panic", "fine"] {
         ids.push(ping(&*f.store, "s", json!({ "target": t })).await.id);
     }
-    a.broker(broker_options("A")).settle().await.unwrap();
+    a.broker(broker_options("A")).run_once().await.unwrap();
     assert_eq!(
         probe.delivered("all"),
         ids,
