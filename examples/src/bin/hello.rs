@@ -1,0 +1,2 @@
+//! Placeholder until the examples land.
+fn main() {}
