@@ -11,10 +11,7 @@ use serde_json::json;
 async fn run(store: Arc<dyn Store>, w: &Workload) -> act_bank::Report {
     let app = act_bank::app(store).unwrap();
     let report = w.run(&app, Arc::new(AtomicU64::new(0))).await.unwrap();
-    app.broker(BrokerOptions::default())
-        .settle()
-        .await
-        .unwrap();
+    app.broker(BrokerOptions::default()).settle().await.unwrap();
     report
 }
 
@@ -183,10 +180,7 @@ async fn a_ledger_added_later_posts_the_whole_history_once_in_order() {
     )
     .unwrap();
     let more = w.run(&v2, Arc::new(AtomicU64::new(0))).await.unwrap();
-    v2.broker(BrokerOptions::default())
-        .settle()
-        .await
-        .unwrap();
+    v2.broker(BrokerOptions::default()).settle().await.unwrap();
     let v = verify(&*store).await.unwrap();
     assert!(v.ok(), "{:#?}", v.problems);
     assert_eq!(v.posted, 800 + more.events());

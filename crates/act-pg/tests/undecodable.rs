@@ -91,7 +91,10 @@ async fn an_undecodable_row_is_read_back_and_blocks_only_the_queues_it_reaches()
     assert!(why.contains("actor"), "{why}");
     assert!(all[3].undecodable_error().is_none());
 
-    app.broker(BrokerOptions::default()).run_once().await.unwrap();
+    app.broker(BrokerOptions::default())
+        .run_once()
+        .await
+        .unwrap();
     let got = delivered.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert_eq!(
         got,

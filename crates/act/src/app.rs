@@ -162,6 +162,12 @@ impl ActBuilder {
         }
         registry.retired = self.retired;
         for r in self.reactions {
+            if let Some(why) = r.invalid() {
+                return Err(Error::InvalidInput(format!(
+                    "reaction `{}`: {why}",
+                    r.name()
+                )));
+            }
             crate::limits::check_name("the reaction name", r.name())?;
             if registry.by_name.contains_key(r.name()) {
                 return Err(Error::InvalidInput(format!(

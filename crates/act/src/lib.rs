@@ -3,8 +3,8 @@
 //! Event sourcing with an event-driven queue store and broker.
 //!
 //! Applications append events to streams through typed [`State`]s and their
-//! actions. [`Reaction`]s registered on event names route each event to a
-//! target stream, its *queue*. A [`Broker`] delivers every queue's events to
+//! actions. [`Reaction`]s registered on event types ([`on!`], typed) or names
+//! route each event to a target stream, its *queue*. A [`Broker`] delivers every queue's events to
 //! their handlers in order, retries failures with exponential backoff stored
 //! in the queue, blocks a poisoned queue until an operator unblocks it, and
 //! shares the work with any number of other brokers through leases with
@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use act::{Act, Action, Actor, BrokerOptions, Invariant, MemoryStore, Reaction, State};
+//! use act::{Act, Action, Actor, BrokerOptions, Invariant, MemoryStore, State};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Default, Clone, Serialize, Deserialize)]
@@ -49,11 +49,13 @@
 //! # #[tokio::main] async fn main() -> act::Result<()> {
 //! let app = Act::builder(Arc::new(MemoryStore::new()))
 //!     .reaction(
-//!         Reaction::on("Incremented")
+//!         act::on!(CounterEvent { Incremented })
+//!             .named("log")
 //!             .to_stream("log")
 //!             .from_beginning()
-//!             .handle(|event, _ctx| async move {
-//!                 println!("counter moved: {}", event.data);
+//!             .handle(|event, raw, _ctx| async move {
+//!                 let CounterEvent::Incremented { by } = event;
+//!                 println!("event {} moved the counter by {by}", raw.id);
 //!                 Ok(())
 //!             }),
 //!     )
@@ -71,6 +73,7 @@ pub mod backoff;
 pub mod broker;
 mod cache;
 pub mod clock;
+
 mod context;
 mod error;
 mod event;
@@ -84,6 +87,7 @@ mod store;
 pub mod subscription;
 #[cfg(feature = "tck")]
 pub mod tck;
+pub mod typed;
 
 pub use app::{domain_events, Act, ActBuilder, Invocation, Registry};
 pub use backoff::Backoff;
@@ -107,6 +111,7 @@ pub use reaction::{
 pub use state::{Action, Invariant, Snapshot, State};
 pub use store::{EventStore, OpenMode, QueueStore, Store};
 pub use subscription::{Correlation, Replay, Retired, Start, Subscription, SubscriptionState};
+pub use typed::TypedReactionBuilder;
 
 /// The README's code runs as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

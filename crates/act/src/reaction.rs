@@ -38,8 +38,10 @@ pub type HandlerFuture = BoxFuture<'static, Result<(), HandlerError>>;
 /// A type-erased handler.
 pub type Handler = Arc<dyn Fn(Arc<Event>, Context) -> HandlerFuture + Send + Sync>;
 
-/// A dynamic resolver function.
-pub type ResolveFn = dyn Fn(&Event) -> Option<String> + Send + Sync;
+/// A dynamic resolver function: the target stream (`None` skips the event),
+/// or why the event cannot be routed (a typed resolver whose event does not
+/// decode), which sends it to the reaction's invalid-target queue.
+pub type ResolveFn = dyn Fn(&Event) -> std::result::Result<Option<String>, String> + Send + Sync;
 
 /// Maps an event to the stream (queue) that reacts to it.
 #[derive(Clone)]
@@ -51,15 +53,16 @@ pub enum Resolver {
     /// never asks it again (a resolver that answers differently after a
     /// deploy routes new events elsewhere and skips nothing already
     /// enqueued). A name no store accepts, or a panic, sends the event to the
-    /// reaction's invalid-target queue, where it blocks with the reason.
+    /// reaction's invalid-target queue, where it blocks with the reason; so
+    /// does an error (an event a typed resolver cannot decode).
     Dynamic(Arc<ResolveFn>),
 }
 
 impl Resolver {
-    /// The target stream of `event`, if any.
-    pub fn resolve(&self, event: &Event) -> Option<String> {
+    /// The target stream of `event`, if any, or why it cannot be routed.
+    pub fn resolve(&self, event: &Event) -> std::result::Result<Option<String>, String> {
         match self {
-            Resolver::Static(s) => Some(s.clone()),
+            Resolver::Static(s) => Ok(Some(s.clone())),
             Resolver::Dynamic(f) => f(event),
         }
     }
@@ -68,7 +71,7 @@ impl Resolver {
     pub fn targets(&self, event: &Event, stream: &str) -> bool {
         match self {
             Resolver::Static(s) => s == stream,
-            Resolver::Dynamic(f) => f(event).as_deref() == Some(stream),
+            Resolver::Dynamic(f) => matches!(f(event), Ok(Some(t)) if t == stream),
         }
     }
 
@@ -202,6 +205,9 @@ pub struct Reaction {
     options: ReactionOptions,
     start: Option<Start>,
     handler: Handler,
+    /// Why the reaction cannot be registered (a typed reaction whose event
+    /// names serde could not give); [`crate::ActBuilder::build`] refuses it.
+    invalid: Option<String>,
 }
 
 impl std::fmt::Debug for Reaction {
@@ -260,6 +266,15 @@ impl Reaction {
     pub fn call(&self, event: Arc<Event>, ctx: Context) -> HandlerFuture {
         (self.handler)(event, ctx)
     }
+
+    /// Why this reaction cannot be registered, if it cannot.
+    pub fn invalid(&self) -> Option<&str> {
+        self.invalid.as_deref()
+    }
+
+    pub(crate) fn set_invalid(&mut self, invalid: Option<String>) {
+        self.invalid = invalid;
+    }
 }
 
 /// Builds a [`Reaction`]; finish with [`ReactionBuilder::handle`].
@@ -300,7 +315,13 @@ impl ReactionBuilder {
     where
         F: Fn(&Event) -> Option<String> + Send + Sync + 'static,
     {
-        self.resolver = Some(Resolver::Dynamic(Arc::new(resolve)));
+        self.resolver = Some(Resolver::Dynamic(Arc::new(move |e: &Event| Ok(resolve(e)))));
+        self
+    }
+
+    /// Sets the resolver.
+    pub fn resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = Some(resolver);
         self
     }
 
@@ -379,12 +400,13 @@ impl ReactionBuilder {
         Reaction {
             name,
             events: self.events,
-            resolver: self
-                .resolver
-                .unwrap_or_else(|| Resolver::Dynamic(Arc::new(|e: &Event| Some(e.stream.clone())))),
+            resolver: self.resolver.unwrap_or_else(|| {
+                Resolver::Dynamic(Arc::new(|e: &Event| Ok(Some(e.stream.clone()))))
+            }),
             options: self.options,
             start: self.start,
             handler: Arc::new(move |e, ctx| Box::pin(handler(e, ctx))),
+            invalid: None,
         }
     }
 }

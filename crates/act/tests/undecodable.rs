@@ -152,7 +152,10 @@ async fn an_undecodable_event_blocks_only_the_queues_it_reaches() {
         );
     }
     store.bad.store(ids[2], std::sync::atomic::Ordering::SeqCst);
-    app.broker(BrokerOptions::default()).run_once().await.unwrap();
+    app.broker(BrokerOptions::default())
+        .run_once()
+        .await
+        .unwrap();
     let got = delivered.lock().unwrap().clone();
     assert_eq!(
         got,

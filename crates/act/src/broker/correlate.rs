@@ -326,16 +326,16 @@ pub(crate) fn resolve_caught(
     r: &crate::reaction::Reaction,
     e: &Event,
 ) -> std::result::Result<Option<String>, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.resolver().resolve(e))).map_err(
-        |p| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.resolver().resolve(e)))
+        .map_err(|p| {
             let text = p
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a non-string panic payload".into());
             format!("the resolver panicked: {text}")
-        },
-    )
+        })
+        .and_then(|r| r.map_err(|why| format!("the resolver failed: {why}")))
 }
 
 /// The work `reactions` find in `events`: one item per (queue, event,

@@ -239,8 +239,8 @@ fn invalid_target_error(act: &Act, reaction: &str, event: &Event) -> String {
         None => "this broker does not have the reaction".to_string(),
     };
     format!(
-        "reaction `{reaction}` resolved event {} `{}` to a queue name no store accepts ({why}); \
-         fix the resolver, then skip this queue past the event with `reset`",
+        "reaction `{reaction}` could not route event {} `{}` to a queue a store accepts ({why}); \
+         fix the resolver (or the event), then skip this queue past the event with `reset`",
         event.id, event.name
     )
 }

@@ -872,3 +872,124 @@ pub async fn a_resolver_s_bad_answer_blocks_only_that_reaction_s_event(b: &impl 
         "{error}"
     );
 }
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "name", content = "data")]
+enum Account {
+    Deposited {
+        amount: u64,
+    },
+    #[allow(dead_code)]
+    Closed,
+}
+
+async fn deposits(store: &dyn Store, stream: &str, amounts: &[serde_json::Value]) -> Vec<i64> {
+    let messages = amounts
+        .iter()
+        .map(|a| crate::event::Message::new("Deposited", json!({ "amount": a })))
+        .collect();
+    store
+        .append(crate::event::Append::new(stream, messages))
+        .await
+        .expect("append")
+        .iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+/// A typed reaction gets its events decoded; one whose data does not decode
+/// into the type blocks its queue with the decode error (nothing is
+/// skipped), and the events after it wait behind it.
+pub async fn a_typed_event_that_does_not_decode_blocks_its_queue_with_the_decode_error(
+    b: &impl Backend,
+) {
+    let f = b.open().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let r = crate::on!(Account { Deposited })
+        .named("typed")
+        .to_stream("typed")
+        .max_retries(5)
+        .handle(move |event, raw, _ctx| {
+            let s = s.clone();
+            async move {
+                if let Account::Deposited { amount } = event {
+                    s.lock().unwrap().push((raw.id, amount));
+                }
+                Ok(())
+            }
+        });
+    let ids = deposits(&*f.store, "acct", &[json!(1), json!("ten"), json!(3)]).await;
+    let stats = app(f.store.clone(), vec![r])
+        .broker(broker_options("A"))
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(ids[0], 1)]);
+    let q = queue(&*f.store, "typed").await;
+    assert!(
+        q.blocked,
+        "a permanent decode failure blocks at once: {q:?}"
+    );
+    assert_eq!((q.position, q.next, q.lag), (ids[0], Some(ids[1]), 2));
+    let error = q.error.unwrap_or_default();
+    assert!(
+        error.contains(&format!("event {}", ids[1])) && error.contains("invalid type"),
+        "{error}"
+    );
+    assert_eq!((stats.blocked, stats.retries), (1, 0), "{stats:?}");
+}
+
+/// A typed resolver that cannot decode an event sends it to the reaction's
+/// invalid-target queue, which blocks with the decode error; the events that
+/// decode are routed and delivered.
+pub async fn a_typed_resolver_routes_an_event_it_cannot_decode_to_a_blocked_queue(
+    b: &impl Backend,
+) {
+    let f = b.open().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let r = crate::Reaction::on_event::<Account>()
+        .named("routed")
+        .to(|event: &Account, raw| match event {
+            Account::Deposited { amount } if *amount > 100 => Some(format!("big-{}", raw.stream)),
+            _ => Some(format!("small-{}", raw.stream)),
+        })
+        .handle(move |_event, raw, ctx| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push((ctx.stream().to_string(), raw.id));
+                Ok(())
+            }
+        });
+    assert_eq!(r.events(), ["Deposited", "Closed"]);
+    let ids = deposits(&*f.store, "a", &[json!(500), json!(-1), json!(2)]).await;
+    app(f.store.clone(), vec![r])
+        .broker(broker_options("A"))
+        .run_once()
+        .await
+        .unwrap();
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("big-a".to_string(), ids[0]),
+            ("small-a".to_string(), ids[2])
+        ]
+    );
+    let bad = queue(
+        &*f.store,
+        &format!("{}routed", crate::broker::INVALID_TARGET_PREFIX),
+    )
+    .await;
+    assert!(bad.blocked, "{bad:?}");
+    assert_eq!((bad.next, bad.lag), (Some(ids[1]), 1));
+    let error = bad.error.unwrap_or_default();
+    assert!(
+        error.contains("routed")
+            && error.contains(&ids[1].to_string())
+            && error.contains("invalid value"),
+        "{error}"
+    );
+}

@@ -230,6 +230,8 @@ macro_rules! tck_suite {
             lifecycle::a_crash_loop_blocks_at_the_event_that_crashes,
             lifecycle::a_handler_past_its_timeout_is_cancelled_and_retried,
             lifecycle::a_resolver_s_bad_answer_blocks_only_that_reaction_s_event,
+            lifecycle::a_typed_event_that_does_not_decode_blocks_its_queue_with_the_decode_error,
+            lifecycle::a_typed_resolver_routes_an_event_it_cannot_decode_to_a_blocked_queue,
         }
         $crate::tck_props! { $backend;
             model::queue_store_matches_the_model,
