@@ -22,7 +22,7 @@ use std::time::Duration;
 use act::{Act, Backoff, Context, Event, HandlerError, Reaction, Store};
 
 use crate::model::{
-    account_number, Audit, AuditAction, Ledger, LedgerAction, Totals, TotalsAction,
+    account_number, AccountEvent, Audit, AuditAction, Ledger, LedgerAction, Totals, TotalsAction,
 };
 
 /// Retries before a queue blocks (a `fail: k` deposit needs `k <= MAX_RETRIES`).
@@ -72,65 +72,83 @@ pub fn app_with(store: Arc<dyn Store>, options: Options) -> act::Result<Act> {
 pub fn reactions(options: Options) -> Vec<Reaction> {
     let max_retries = options.max_retries.unwrap_or(MAX_RETRIES);
     let mut out = vec![
-        Reaction::on("Deposited")
-            .also("Withdrawn")
-            .named("audit")
-            .to(|e| account_number(&e.stream).map(|n| format!("audit-{n}")))
-            .max_retries(max_retries)
-            .backoff(backoff())
-            .from_beginning()
-            .handle(move |e, ctx| async move { audit(e, ctx, options).await }),
-        Reaction::on("Deposited")
-            .also("Withdrawn")
-            .named("totals")
-            .to_stream("totals")
-            .max_retries(max_retries)
-            .backoff(backoff())
-            .from_beginning()
-            .handle(|e, ctx| async move { totals(e, ctx).await }),
+        act::on!(AccountEvent {
+            Deposited,
+            Withdrawn
+        })
+        .named("audit")
+        .to_raw(|e| account_number(&e.stream).map(|n| format!("audit-{n}")))
+        .max_retries(max_retries)
+        .backoff(backoff())
+        .from_beginning()
+        .handle(move |e, raw, ctx| async move { audit(e, raw, ctx, options).await }),
+        act::on!(AccountEvent {
+            Deposited,
+            Withdrawn
+        })
+        .named("totals")
+        .to_stream("totals")
+        .max_retries(max_retries)
+        .backoff(backoff())
+        .from_beginning()
+        .handle(|e, raw, ctx| async move { totals(e, raw, ctx).await }),
     ];
     if options.ledger {
         out.push(
-            Reaction::on("Deposited")
-                .also("Withdrawn")
-                .named("ledger")
-                .to_stream("ledger")
-                .max_retries(max_retries)
-                .backoff(backoff())
-                .from_beginning()
-                .handle(|e, ctx| async move { ledger(e, ctx).await }),
+            act::on!(AccountEvent {
+                Deposited,
+                Withdrawn
+            })
+            .named("ledger")
+            .to_stream("ledger")
+            .max_retries(max_retries)
+            .backoff(backoff())
+            .from_beginning()
+            .handle(|e, raw, ctx| async move { ledger(e, raw, ctx).await }),
         );
     }
     out
 }
 
-async fn audit(e: Arc<Event>, ctx: Context, options: Options) -> Result<(), HandlerError> {
+async fn audit(
+    e: AccountEvent,
+    raw: Arc<Event>,
+    ctx: Context,
+    options: Options,
+) -> Result<(), HandlerError> {
     simulated_failure(&e, ctx.attempt())?;
-    let poisoned = e.data.get("poison").and_then(|v| v.as_bool()) == Some(true);
+    let poisoned = matches!(e, AccountEvent::Deposited { poison: true, .. });
     if poisoned && options.crash_on_poison && !options.cured {
         eprintln!(
             "audit: poisoned deposit {}: aborting the process (--crash-on-poison)",
-            e.id
+            raw.id
         );
         std::process::abort();
     }
     if !options.cured && poisoned {
         return Err(HandlerError::transient("poisoned deposit"));
     }
-    ctx.act::<Audit>(ctx.stream(), &AuditAction::Record { source: e.id })
+    ctx.act::<Audit>(ctx.stream(), &AuditAction::Record { source: raw.id })
         .await?;
     Ok(())
 }
 
-async fn totals(e: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
+async fn totals(e: AccountEvent, raw: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
     simulated_failure(&e, ctx.attempt())?;
-    let amount = signed_amount(&e).ok_or_else(|| {
-        HandlerError::permanent(format!("event {} has no integer `amount`", e.id))
-    })?;
+    let amount = match e {
+        AccountEvent::Deposited { amount, .. } => amount,
+        AccountEvent::Withdrawn { amount, .. } => -amount,
+        _ => {
+            return Err(HandlerError::permanent(format!(
+                "event {} is neither a deposit nor a withdrawal",
+                raw.id
+            )))
+        }
+    };
     ctx.act::<Totals>(
         ctx.stream(),
         &TotalsAction::Add {
-            source: e.id,
+            source: raw.id,
             amount,
         },
     )
@@ -138,9 +156,9 @@ async fn totals(e: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
     Ok(())
 }
 
-async fn ledger(e: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
+async fn ledger(e: AccountEvent, raw: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
     simulated_failure(&e, ctx.attempt())?;
-    ctx.act::<Ledger>(ctx.stream(), &LedgerAction::Post { source: e.id })
+    ctx.act::<Ledger>(ctx.stream(), &LedgerAction::Post { source: raw.id })
         .await?;
     Ok(())
 }
@@ -155,9 +173,12 @@ pub fn signed_amount(e: &Event) -> Option<i64> {
     }
 }
 
-fn simulated_failure(e: &Event, attempt: u32) -> Result<(), HandlerError> {
-    let fail = e.data.get("fail").and_then(|v| v.as_u64()).unwrap_or(0);
-    if u64::from(attempt) <= fail {
+fn simulated_failure(e: &AccountEvent, attempt: u32) -> Result<(), HandlerError> {
+    let fail = match e {
+        AccountEvent::Deposited { fail, .. } => *fail,
+        _ => 0,
+    };
+    if attempt <= fail {
         return Err(HandlerError::transient(format!(
             "simulated failure: attempt {attempt} of the first {fail}"
         )));

@@ -337,6 +337,16 @@ where
         })
     }
 
+    /// Picks the queue per event from the stored event alone (`None` skips
+    /// it), without decoding it at correlation: for routing by stream name or
+    /// meta. Must be pure.
+    pub fn to_raw<F>(self, resolve: F) -> Self
+    where
+        F: Fn(&Event) -> Option<String> + Send + Sync + 'static,
+    {
+        self.map(|b| b.to(resolve))
+    }
+
     /// Sets all options.
     pub fn options(self, options: ReactionOptions) -> Self {
         self.map(|b| b.options(options))
