@@ -6,10 +6,10 @@
 //! last event it applied, and each event updates the table and that id in
 //! one SQLite transaction, skipping events at or below it. Delivery is
 //! at-least-once (a crash after the commit but before the ack delivers the
-//! event again), and without that id a redelivered `Repriced` would be
-//! harmless but a redelivered counter increment would count twice. Because
-//! the id moves in the same transaction as the rows, the table and "where it
-//! is" can never disagree.
+//! event again). Without that id a redelivered `Listed` would hit the primary
+//! key and block the queue, and a read model that counts would count twice.
+//! Because the id moves in the same transaction as the rows, the table and
+//! "where it is" can never disagree.
 //!
 //! Rebuilding: empty the table and its last id (your truncate step), then
 //! `reset` the reaction's queue to 0 (what `act reset catalog --to 0` does):
