@@ -161,7 +161,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .named("webhook")
         .to(|e| Some(format!("webhook-{}", e.stream)))
         .from_now() // a side effect: never call about events from before it existed
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(1)) // generous: a loaded CI machine must not time out the 200
         .max_retries(5)
         .backoff(Backoff {
             base: Duration::from_millis(20),
