@@ -1,2 +1,0 @@
-//! Placeholder until the examples land.
-fn main() {}
