@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use act::{
-    Act, Action, Actor, Backoff, BrokerOptions, Event, HandlerError, Invariant, MemoryStore,
-    QueueFilter, Reaction, State,
+    Act, Action, Actor, Backoff, BrokerOptions, HandlerError, Invariant, MemoryStore, QueueFilter,
+    State,
 };
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -68,11 +68,6 @@ impl State for Order {
             carrier: ship.carrier.clone(),
         }])
     }
-}
-
-/// The one place the handler turns a stored event into a typed one.
-fn decode(event: &Event) -> Result<OrderEvent, HandlerError> {
-    act::state::decode::<OrderEvent>(event).map_err(HandlerError::permanent)
 }
 
 /// Posts the webhook. 2xx is done; 408, 429 and 5xx are worth retrying
@@ -157,9 +152,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let (addr, server) = start_server(calls.clone()).await?;
     let http = reqwest::Client::new();
 
-    let webhook = Reaction::on("Shipped")
+    let webhook = act::on!(OrderEvent { Shipped }) // typed: a misspelled event does not compile
         .named("webhook")
-        .to(|e| Some(format!("webhook-{}", e.stream)))
+        .to_raw(|e| Some(format!("webhook-{}", e.stream)))
         .from_now() // a side effect: never call about events from before it existed
         .timeout(Duration::from_secs(1)) // generous: a loaded CI machine must not time out the 200
         .max_retries(5)
@@ -169,10 +164,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
             cap: Duration::from_millis(200),
             jitter: 0.2,
         })
-        .handle(move |event, ctx| {
+        .handle(move |shipped, event, ctx| {
             let http = http.clone();
             async move {
-                let OrderEvent::Shipped { carrier } = decode(&event)?;
+                let OrderEvent::Shipped { carrier } = shipped; // decoded for us
                 let url = format!("http://{addr}/webhooks/{}", event.stream);
                 let key = format!("{}:{}", ctx.reaction(), event.id);
                 let body =

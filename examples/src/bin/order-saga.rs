@@ -20,8 +20,7 @@ use std::error::Error;
 use std::sync::Arc;
 
 use act::{
-    Act, Action, Actor, BrokerOptions, Context, Event, HandlerError, Invariant, MemoryStore,
-    Reaction, State,
+    Act, Action, Actor, BrokerOptions, Context, Event, HandlerError, Invariant, MemoryStore, State,
 };
 use serde::{Deserialize, Serialize};
 
@@ -148,14 +147,9 @@ impl State for Inventory {
     }
 }
 
-/// The one place the handler turns a stored event into a typed one.
-fn decode(event: &Event) -> Result<OrderEvent, HandlerError> {
-    act::state::decode::<OrderEvent>(event).map_err(HandlerError::permanent)
-}
-
 /// One step of the process: reserve, then confirm or compensate.
-async fn reserve(event: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
-    let OrderEvent::Placed { qty, .. } = decode(&event)? else {
+async fn reserve(placed: OrderEvent, event: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
+    let OrderEvent::Placed { qty, .. } = placed else {
         return Ok(());
     };
     let order = &event.stream;
@@ -179,9 +173,12 @@ async fn reserve(event: Arc<Event>, ctx: Context) -> Result<(), HandlerError> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let saga = Reaction::on("Placed")
+    let saga = act::on!(OrderEvent { Placed })
         .named("reserve")
-        .to(|e| Some(format!("inventory-{}", e.data.get("sku")?.as_str()?)))
+        .to(|placed, _event| match placed {
+            OrderEvent::Placed { sku, .. } => Some(format!("inventory-{sku}")),
+            _ => None,
+        })
         .from_beginning() // every placed order, history included: settled ones are skipped
         .handle(reserve);
     let app = Act::builder(Arc::new(MemoryStore::new()))

@@ -21,7 +21,7 @@
 use std::error::Error;
 use std::sync::{Arc, Mutex};
 
-use act::{Act, Action, Actor, BrokerOptions, Event, HandlerError, Invariant, Reaction, State};
+use act::{Act, Action, Actor, BrokerOptions, Event, Invariant, State};
 use act_sqlite::SqliteStore;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -73,12 +73,6 @@ impl State for Product {
             ProductAction::Reprice { price } => Ok(vec![ProductEvent::Repriced { price: *price }]),
         }
     }
-}
-
-/// The one place the handler turns a stored event into a typed one. An event
-/// it cannot read will not become readable by retrying: permanent.
-fn decode(event: &Event) -> Result<ProductEvent, HandlerError> {
-    act::state::decode::<ProductEvent>(event).map_err(HandlerError::permanent)
 }
 
 type ReadModel = Arc<Mutex<Connection>>;
@@ -152,15 +146,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let db = open_read_model(&dir.path().join("read.db"))?;
 
     let handler_db = db.clone();
-    let catalog = Reaction::on("Listed")
-        .also("Repriced")
+    // Typed: the handler gets the decoded event; one that does not decode
+    // blocks the queue with the error (retrying cannot fix it).
+    let catalog = act::on!(ProductEvent { Listed, Repriced })
         .named("catalog")
         .to_stream("catalog")
         .from_beginning() // a projection: the whole history
-        .handle(move |event, _ctx| {
+        .handle(move |change, event, _ctx| {
             let db = handler_db.clone();
             async move {
-                let change = decode(&event)?;
                 // rusqlite blocks: run it on tokio's blocking pool, not the runtime.
                 tokio::task::spawn_blocking(move || project(&db, &event, change)).await??;
                 Ok(())
