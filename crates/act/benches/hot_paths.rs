@@ -79,6 +79,7 @@ fn append_of(stream: &str, messages: Vec<Message>) -> Append {
                 stream: stream.into(),
             }),
             event: None,
+            trace: Some(act::trace::TraceContext::root()),
         })
         .by(Actor {
             id: "user-7".into(),
@@ -347,6 +348,7 @@ fn realistic_event() -> Arc<Event> {
                 name: "TransferRequested".into(),
                 stream: "transfer-9".into(),
             }),
+            trace: Some(act::trace::TraceContext::root()),
         });
     ready(store.append(append)).unwrap().remove(0)
 }

@@ -24,6 +24,8 @@ use crate::reaction::Reaction;
 use crate::state::{self, Action, Snapshot, State, SNAPSHOT};
 use crate::store::Store;
 use crate::subscription::{Subscription, SubscriptionState};
+use crate::trace::{TraceContext, TracePropagator};
+use tracing::Instrument;
 
 /// The reactions of an application, indexed by event name and by name.
 #[derive(Debug, Default)]
@@ -79,6 +81,11 @@ pub struct Invocation {
     pub causation_event: Option<EventRef>,
     /// Makes the append idempotent.
     pub idempotency_key: Option<String>,
+    /// The trace to continue (e.g. an HTTP request's `traceparent`): the
+    /// action gets the same trace id and a new span id. `None`: the
+    /// [`TracePropagator`]'s current context, or a new trace (see
+    /// [`crate::trace`]).
+    pub trace: Option<TraceContext>,
 }
 
 impl Invocation {
@@ -88,6 +95,12 @@ impl Invocation {
             actor,
             ..Default::default()
         }
+    }
+
+    /// Continues the trace `trace` ([`Invocation::trace`]).
+    pub fn traced(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
     }
 }
 
@@ -101,6 +114,7 @@ struct Inner {
     store: Arc<dyn Store>,
     registry: Registry,
     cache: StateCache,
+    propagator: Arc<dyn TracePropagator>,
 }
 
 impl std::fmt::Debug for Act {
@@ -118,6 +132,7 @@ pub struct ActBuilder {
     reactions: Vec<Reaction>,
     retired: Vec<String>,
     cache: usize,
+    propagator: Arc<dyn TracePropagator>,
 }
 
 impl ActBuilder {
@@ -147,6 +162,13 @@ impl ActBuilder {
     /// confirm, instead of a replay from the last snapshot.
     pub fn state_cache(mut self, streams: usize) -> Self {
         self.cache = streams;
+        self
+    }
+
+    /// Connects act's trace contexts to a tracer (OpenTelemetry); the
+    /// default derives them itself. See [`crate::trace`].
+    pub fn trace_propagator(mut self, propagator: Arc<dyn TracePropagator>) -> Self {
+        self.propagator = propagator;
         self
     }
 
@@ -208,6 +230,7 @@ impl ActBuilder {
                 store: self.store,
                 registry,
                 cache: StateCache::new(self.cache),
+                propagator: self.propagator,
             }),
         })
     }
@@ -221,6 +244,7 @@ impl Act {
             reactions: Vec::new(),
             retired: Vec::new(),
             cache: 10_000,
+            propagator: Arc::new(crate::trace::Derived),
         }
     }
 
@@ -232,6 +256,11 @@ impl Act {
     /// The reactions.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// The trace propagator ([`ActBuilder::trace_propagator`]).
+    pub fn trace_propagator(&self) -> &Arc<dyn TracePropagator> {
+        &self.inner.propagator
     }
 
     /// A broker for this application (not started).
@@ -344,14 +373,37 @@ impl Act {
             .await
     }
 
-    /// Runs `action` with full control over correlation, causation and
-    /// idempotency (what reactions use through their context).
+    /// Runs `action` with full control over correlation, causation,
+    /// idempotency and trace (what reactions use through their context).
+    /// Runs in an `act.action` span; the events carry the action's trace
+    /// context ([`crate::trace`]).
     ///
     /// With an idempotency key, an action refused by its state first checks
     /// whether the key was already used (a redelivered reaction whose first
     /// run succeeded): if so, it returns that run's events instead of the
     /// refusal.
     pub async fn execute<S: State>(
+        &self,
+        stream: &str,
+        action: &S::Action,
+        mut how: Invocation,
+    ) -> Result<Snapshot<S>> {
+        let span = tracing::info_span!(
+            "act.action",
+            stream,
+            action = action.name(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent = tracing::field::Empty,
+        );
+        let trace = crate::trace::enter(&**self.trace_propagator(), how.trace.as_ref(), &span);
+        how.trace = Some(trace);
+        self.decide_and_append::<S>(stream, action, how)
+            .instrument(span)
+            .await
+    }
+
+    async fn decide_and_append<S: State>(
         &self,
         stream: &str,
         action: &S::Action,
@@ -449,6 +501,7 @@ impl Act {
                     stream: stream.to_string(),
                 }),
                 event: how.causation_event.clone(),
+                trace: how.trace.clone(),
             },
             actor: how.actor.clone(),
             idempotency_key: how.idempotency_key.clone(),
@@ -460,7 +513,10 @@ impl Act {
             .as_ref()
             .map(|_| append.messages.clone());
         let first_version = snap.version.map_or(0, |v| v + 1);
-        let committed = self.store().append(append).await?;
+        let committed = {
+            let span = tracing::debug_span!("act.append", stream, events = append.messages.len());
+            self.store().append(append).instrument(span).await?
+        };
         let ours = committed
             .first()
             .is_some_and(|e| e.version == first_version)

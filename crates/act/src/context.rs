@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::app::{Act, Invocation};
 use crate::error::Result;
-use crate::event::{Actor, Append, Causation, Event};
+use crate::event::{Actor, Append, Event};
 use crate::state::{Snapshot, State};
 use crate::store::Store;
+use crate::trace::TraceContext;
 
 /// The context of one handler call. Cheap to clone.
 #[derive(Clone)]
@@ -29,6 +31,7 @@ struct Inner {
     shutdown: CancellationToken,
     timed_out: CancellationToken,
     appends: AtomicU32,
+    trace: TraceContext,
 }
 
 impl std::fmt::Debug for Context {
@@ -51,6 +54,7 @@ impl Context {
         attempt: u32,
         lease_lost: CancellationToken,
         shutdown: CancellationToken,
+        trace: TraceContext,
     ) -> Self {
         Context {
             inner: Arc::new(Inner {
@@ -63,6 +67,7 @@ impl Context {
                 shutdown,
                 timed_out: CancellationToken::new(),
                 appends: AtomicU32::new(0),
+                trace,
             }),
         }
     }
@@ -87,6 +92,14 @@ impl Context {
     /// and restarts.
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
+    }
+
+    /// This call's trace context: the event's trace id and the handler
+    /// span's own span id (see [`crate::trace`]). Send it with outgoing
+    /// requests (`traceparent` header); what [`Context::act`] and
+    /// [`Context::append`] write continues it.
+    pub fn trace(&self) -> &TraceContext {
+        &self.inner.trace
     }
 
     /// The application, for loads and queries.
@@ -149,6 +162,7 @@ impl Context {
             correlation: Some(self.inner.source.meta.correlation.clone()),
             causation_event: Some(self.inner.source.reference()),
             idempotency_key: Some(self.next_key(stream)),
+            trace: Some(self.inner.trace.clone()),
         }
     }
 
@@ -160,15 +174,32 @@ impl Context {
         self.inner.act.execute::<S>(stream, action, how).await
     }
 
-    /// Appends raw messages as this reaction (correlation, causation and an
-    /// idempotency key filled in unless already set).
+    /// Appends raw messages as this reaction (correlation, causation, an
+    /// idempotency key and a trace context continuing this call's filled
+    /// in unless already set). Runs in an `act.append` span.
     pub async fn append(&self, mut append: Append) -> Result<Vec<Arc<Event>>> {
         let how = self.invocation(&append.stream);
+        let span = tracing::debug_span!(
+            "act.append",
+            stream = %append.stream,
+            events = append.messages.len(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent = tracing::field::Empty,
+        );
+        let trace = crate::trace::enter(
+            &**self.inner.act.trace_propagator(),
+            how.trace.as_ref(),
+            &span,
+        );
         if append.correlation.is_none() {
             append.correlation = how.correlation;
         }
-        if append.causation == Causation::default() {
+        if append.causation.action.is_none() && append.causation.event.is_none() {
             append.causation.event = how.causation_event;
+        }
+        if append.causation.trace.is_none() {
+            append.causation.trace = Some(trace);
         }
         if append.idempotency_key.is_none() {
             append.idempotency_key = how.idempotency_key;
@@ -176,6 +207,6 @@ impl Context {
         if append.actor == Actor::default() {
             append.actor = how.actor;
         }
-        self.inner.act.store().append(append).await
+        self.inner.act.store().append(append).instrument(span).await
     }
 }

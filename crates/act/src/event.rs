@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::trace::TraceContext;
+
 /// A committed event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -104,6 +106,14 @@ pub struct Meta {
     pub actor: Actor,
 }
 
+impl Meta {
+    /// The trace context the event was appended in, if any
+    /// ([`Causation::trace`]).
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.causation.trace.as_ref()
+    }
+}
+
 /// What caused an event: an application's action, a reaction to an event, or
 /// both (a reaction that ran an action).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +124,15 @@ pub struct Causation {
     /// The event whose reaction emitted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<EventRef>,
+    /// The W3C trace context of the action that appended the event (see
+    /// [`crate::trace`]): a handler of the event continues its trace. Stored
+    /// with the causation; events stored before have none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::trace::lenient"
+    )]
+    pub trace: Option<TraceContext>,
 }
 
 /// Names an action: what it was and which stream it targeted.
@@ -276,6 +295,12 @@ impl Append {
     /// Sets the causation.
     pub fn caused_by(mut self, causation: Causation) -> Self {
         self.causation = causation;
+        self
+    }
+
+    /// Sets the trace context the events carry ([`Causation::trace`]).
+    pub fn traced(mut self, trace: TraceContext) -> Self {
+        self.causation.trace = Some(trace);
         self
     }
 

@@ -79,6 +79,7 @@ mod error;
 mod event;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 mod query;
 pub mod queue;
 mod reaction;
@@ -87,11 +88,12 @@ mod store;
 pub mod subscription;
 #[cfg(feature = "tck")]
 pub mod tck;
+pub mod trace;
 pub mod typed;
 
 pub use app::{domain_events, Act, ActBuilder, Invocation, Registry};
 pub use backoff::Backoff;
-pub use broker::{Broker, BrokerHandle, BrokerOptions, Stats};
+pub use broker::{Broker, BrokerEvent, BrokerHandle, BrokerOptions, Health, Stats};
 pub use context::Context;
 pub use error::{redact_url, ActualVersion, BoxError, Error, Result};
 pub use event::{
@@ -111,6 +113,7 @@ pub use reaction::{
 pub use state::{Action, Invariant, Snapshot, State};
 pub use store::{EventStore, OpenMode, QueueStore, Store};
 pub use subscription::{Correlation, Replay, Retired, Start, Subscription, SubscriptionState};
+pub use trace::{TraceContext, TracePropagator};
 pub use typed::TypedReactionBuilder;
 
 /// The README's code runs as a doctest, so it cannot drift from the API.

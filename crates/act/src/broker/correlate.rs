@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::dispatch::INVALID_TARGET_PREFIX;
 use crate::app::Act;
@@ -47,6 +48,14 @@ pub(super) enum Job {
 }
 
 impl Job {
+    /// The reactions the step moves.
+    pub(super) fn reactions(&self) -> Vec<String> {
+        match self {
+            Job::Live { reactions, .. } | Job::Backfill { reactions, .. } => reactions.clone(),
+            Job::Replay(r) => vec![r.reaction.clone()],
+        }
+    }
+
     fn key(&self) -> String {
         match self {
             Job::Live { .. } => "live".into(),
@@ -105,6 +114,12 @@ impl Progress {
     /// The live checkpoint (the highest of this broker's reactions).
     pub(super) fn live_checkpoint(&self) -> Option<i64> {
         self.checkpoints.values().copied().max()
+    }
+
+    /// True when `reaction` is at the live checkpoint.
+    pub(super) fn is_live(&self, reaction: &str) -> bool {
+        self.checkpoints.get(reaction).copied() == self.live_checkpoint()
+            && self.checkpoints.contains_key(reaction)
     }
 
     /// The live step, unless another broker is doing it.
@@ -221,8 +236,23 @@ impl Progress {
     }
 }
 
-/// Takes one step: reads a page, runs the resolvers, enqueues.
+/// Takes one step: reads a page, runs the resolvers, enqueues. Runs in an
+/// `act.correlate` span.
 pub(super) async fn step(act: &Act, job: Job, page: usize) -> Result<Stepped> {
+    let span = tracing::debug_span!(
+        "act.correlate",
+        job = %job.key(),
+        page,
+        read = tracing::field::Empty
+    );
+    let stepped = step_in(act, job, page).instrument(span.clone()).await;
+    if let Ok(s) = &stepped {
+        span.record("read", s.read);
+    }
+    stepped
+}
+
+async fn step_in(act: &Act, job: Job, page: usize) -> Result<Stepped> {
     let store = act.store();
     let page = page.max(1);
     let (query, bound, reactions, replay) = match &job {

@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::app::Act;
 use crate::context::Context;
 use crate::event::Event;
+use crate::metrics;
 use crate::queue::{retries_after_failure, Batch, Lease, Settlement};
 use crate::reaction::{Exhausted, Reaction};
 
@@ -42,11 +44,89 @@ pub(crate) struct Finished {
     pub skipped: u64,
     /// Handler calls cancelled past their timeout.
     pub timeouts: u64,
+    /// The same per reaction, for the metrics (a handful of entries).
+    pub tallies: Vec<Tally>,
+    /// Where the batch failed, when its settlement is a retry or a block.
+    pub failed: Option<FailedAt>,
+}
+
+/// What one reaction did in a batch.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub reaction: String,
+    /// Successful handler calls.
+    pub delivered: u64,
+    /// Failed handler calls (error, panic, timeout).
+    pub failures: u64,
+    /// Calls cancelled past the timeout.
+    pub timeouts: u64,
+    /// Events skipped after exhausting retries.
+    pub skipped: u64,
+}
+
+/// The event a batch stopped at, and the reaction that failed there (none
+/// for an event no reaction could run: undecodable).
+#[derive(Debug, Clone)]
+pub(crate) struct FailedAt {
+    pub reaction: Option<String>,
+    pub event: i64,
+    pub attempt: u32,
+}
+
+impl Finished {
+    fn tally(&mut self, reaction: &str) -> &mut Tally {
+        let i = match self.tallies.iter().position(|t| t.reaction == reaction) {
+            Some(i) => i,
+            None => {
+                self.tallies.push(Tally {
+                    reaction: reaction.to_string(),
+                    ..Tally::default()
+                });
+                self.tallies.len() - 1
+            }
+        };
+        &mut self.tallies[i]
+    }
+
+    fn stop(&mut self, settlement: Settlement, reaction: Option<&str>, event: i64, attempt: u32) {
+        self.settlement = Some(settlement);
+        self.failed = Some(FailedAt {
+            reaction: reaction.map(str::to_string),
+            event,
+            attempt,
+        });
+    }
 }
 
 /// Processes `batch` in order, once `gate` (if any) opens. Stops before the
-/// next event once `lease_lost` or `shutdown` fires.
+/// next event once `lease_lost` or `shutdown` fires. Runs in an `act.batch`
+/// span.
 pub(crate) async fn run(
+    act: Act,
+    batch: Batch,
+    lease_lost: CancellationToken,
+    shutdown: CancellationToken,
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Finished {
+    let mut names: Vec<&str> = batch
+        .events
+        .iter()
+        .flat_map(|p| p.reactions.iter().map(String::as_str))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let span = tracing::info_span!(
+        "act.batch",
+        queue = %batch.lease.stream,
+        reactions = %names.join(","),
+        events = batch.events.len(),
+    );
+    run_batch(act, batch, lease_lost, shutdown, gate)
+        .instrument(span)
+        .await
+}
+
+async fn run_batch(
     act: Act,
     batch: Batch,
     lease_lost: CancellationToken,
@@ -68,6 +148,8 @@ pub(crate) async fn run(
         reactions: 0,
         skipped: 0,
         timeouts: 0,
+        tallies: Vec::new(),
+        failed: None,
     };
     let mut acked: Option<i64> = None;
     let invalid_target = lease.stream.strip_prefix(INVALID_TARGET_PREFIX);
@@ -78,7 +160,13 @@ pub(crate) async fn run(
         let event = &pending.event;
         if let Some(reaction) = invalid_target {
             let error = invalid_target_error(&act, reaction, event);
-            done.settlement = Some(Settlement::block(&lease, acked, error));
+            let attempt = lease.retries + 1;
+            done.stop(
+                Settlement::block(&lease, acked, error),
+                Some(reaction),
+                event.id,
+                attempt,
+            );
             return done;
         }
         if let Some(why) = event.undecodable_error() {
@@ -86,7 +174,14 @@ pub(crate) async fn run(
                 "event {} `{}` cannot be decoded by the store: {why}; fix or remove it, then skip it with `reset`",
                 event.id, event.name
             );
-            done.settlement = Some(Settlement::block(&lease, acked, error));
+            let reaction = pending.reactions.first().map(String::as_str);
+            let attempt = lease.retries + 1;
+            done.stop(
+                Settlement::block(&lease, acked, error),
+                reaction,
+                event.id,
+                attempt,
+            );
             return done;
         }
         // The stored retry count belongs to the first pending event only.
@@ -116,15 +211,27 @@ pub(crate) async fn run(
                 );
                 match spent(opts.exhausted, &lease, acked, error) {
                     Some(block) => {
-                        done.settlement = Some(block);
+                        done.stop(block, Some(reaction.name()), event.id, attempt);
                         return done;
                     }
                     None => {
                         done.skipped += 1;
+                        done.tally(reaction.name()).skipped += 1;
                         continue;
                     }
                 }
             }
+            let span = tracing::info_span!(
+                "act.handle",
+                queue = %lease.stream,
+                reaction = reaction.name(),
+                event = event.id,
+                attempt,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                parent = tracing::field::Empty,
+            );
+            let trace = crate::trace::enter(&**act.trace_propagator(), event.meta.trace(), &span);
             let ctx = Context::new(
                 act.clone(),
                 &lease.stream,
@@ -133,12 +240,21 @@ pub(crate) async fn run(
                 attempt,
                 lease_lost.clone(),
                 shutdown.clone(),
+                trace,
             );
-            let Err(failure) = call(&reaction, event.clone(), ctx).await else {
+            metrics::commit_to_handler(reaction.name(), event);
+            let started = std::time::Instant::now();
+            let result = call(&reaction, event.clone(), ctx).instrument(span).await;
+            metrics::handler_duration(reaction.name(), started.elapsed());
+            let Err(failure) = result else {
                 done.reactions += 1;
+                done.tally(reaction.name()).delivered += 1;
                 continue;
             };
+            let tally = done.tally(reaction.name());
+            tally.failures += 1;
             if failure.timed_out {
+                tally.timeouts += 1;
                 done.timeouts += 1;
             }
             let error = format!(
@@ -150,7 +266,12 @@ pub(crate) async fn run(
             );
             let retries = retries_after_failure(acked.is_some(), lease.retries);
             if failure.permanent {
-                done.settlement = Some(Settlement::block(&lease, acked, error));
+                done.stop(
+                    Settlement::block(&lease, acked, error),
+                    Some(reaction.name()),
+                    event.id,
+                    attempt,
+                );
                 return done;
             }
             // A store that is briefly unreachable is not the handler's fault:
@@ -158,17 +279,19 @@ pub(crate) async fn run(
             if retries > opts.max_retries && !failure.store_unavailable {
                 match spent(opts.exhausted, &lease, acked, error) {
                     Some(block) => {
-                        done.settlement = Some(block);
+                        done.stop(block, Some(reaction.name()), event.id, attempt);
                         return done;
                     }
                     None => {
                         done.skipped += 1;
+                        done.tally(reaction.name()).skipped += 1;
                         continue;
                     }
                 }
             }
             let delay = opts.backoff.delay(retries);
-            done.settlement = Some(Settlement::retry(&lease, acked, delay, error));
+            let retry = Settlement::retry(&lease, acked, delay, error);
+            done.stop(retry, Some(reaction.name()), event.id, attempt);
             return done;
         }
         acked = Some(event.id);

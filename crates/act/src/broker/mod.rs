@@ -33,10 +33,12 @@
 
 pub(crate) mod correlate;
 mod dispatch;
+mod observe;
 mod pacer;
 mod runner;
 
 pub use dispatch::INVALID_TARGET_PREFIX;
+pub use observe::{BrokerEvent, Health, EVENTS_CAPACITY};
 pub use pacer::StoreBackoff;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Act;
 use crate::error::{Error, Result};
 
+use observe::Observer;
 use runner::Mode;
 
 /// How a broker runs.
@@ -176,7 +179,9 @@ fn default_owner() -> String {
     )
 }
 
-/// What a broker did. Counters only grow.
+/// What a broker did. Counters only grow. The same figures, per reaction
+/// where it makes sense and summed over the process's brokers, go to the
+/// metrics facade ([`crate::metrics`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     /// Events acknowledged (every reaction for them succeeded or was skipped).
@@ -251,6 +256,7 @@ pub struct Broker {
     act: Act,
     options: BrokerOptions,
     counters: Arc<Counters>,
+    observer: Arc<Observer>,
 }
 
 impl Broker {
@@ -260,6 +266,7 @@ impl Broker {
             act,
             options,
             counters: Arc::default(),
+            observer: Arc::default(),
         }
     }
 
@@ -271,6 +278,20 @@ impl Broker {
     /// What it did so far, over all runs.
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
+    }
+
+    /// Its lifecycle events from now on ([`BrokerEvent`]), over all runs.
+    /// Sending never blocks the broker: a subscriber that falls more than
+    /// [`EVENTS_CAPACITY`] events behind is told how many it missed. Cheap;
+    /// without subscribers no event is built.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<BrokerEvent> {
+        self.observer.subscribe()
+    }
+
+    /// Its health now (see [`Health`] for the probe rules). A lock and a
+    /// copy; no store call.
+    pub fn health(&self) -> Health {
+        self.observer.health()
     }
 
     /// One pass: runs until no due work is left *now*: every reaction
@@ -306,6 +327,7 @@ impl Broker {
             shutdown,
             join: Some(join),
             counters: self.counters.clone(),
+            observer: self.observer.clone(),
         }
     }
 
@@ -314,6 +336,7 @@ impl Broker {
             self.act.clone(),
             self.options.clone(),
             self.counters.clone(),
+            self.observer.clone(),
             shutdown,
         )
         .run(mode)
@@ -329,12 +352,24 @@ pub struct BrokerHandle {
     shutdown: CancellationToken,
     join: Option<JoinHandle<Result<Stats>>>,
     counters: Arc<Counters>,
+    observer: Arc<Observer>,
 }
 
 impl BrokerHandle {
     /// What it did so far.
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
+    }
+
+    /// Its lifecycle events from now on (see [`Broker::events`]).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<BrokerEvent> {
+        self.observer.subscribe()
+    }
+
+    /// Its health now (see [`Health`]): what `/healthz` and `/readyz`
+    /// decide on. No store call.
+    pub fn health(&self) -> Health {
+        self.observer.health()
     }
 
     /// Stops claiming, waits for in-flight batches up to the grace period,

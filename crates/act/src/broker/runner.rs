@@ -22,13 +22,16 @@ use std::time::Duration;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::correlate::{self, Progress, Stepped};
 use super::dispatch::{self, Finished};
+use super::observe::{BrokerEvent, Observer};
 use super::pacer::Pacer;
 use super::{BrokerOptions, Counters};
 use crate::app::Act;
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::queue::{Claim, LeaseRef, Outcome};
 
 /// When a run ends.
@@ -73,7 +76,11 @@ pub(crate) struct Runner {
     act: Act,
     opts: BrokerOptions,
     counters: Arc<Counters>,
+    observer: Arc<Observer>,
     shutdown: CancellationToken,
+    /// Leases claimed and not yet settled or released (the
+    /// `act_leases_held` gauge's share of this run).
+    held: usize,
     progress: Progress,
     registered: Option<Instant>,
     tasks: JoinSet<Finished>,
@@ -99,6 +106,7 @@ impl Runner {
         act: Act,
         opts: BrokerOptions,
         counters: Arc<Counters>,
+        observer: Arc<Observer>,
         shutdown: CancellationToken,
     ) -> Self {
         let pacer = Pacer::new(opts.store_backoff);
@@ -106,7 +114,9 @@ impl Runner {
             act,
             opts,
             counters,
+            observer,
             shutdown,
+            held: 0,
             progress: Progress::default(),
             registered: None,
             tasks: JoinSet::new(),
@@ -144,8 +154,7 @@ impl Runner {
                     None
                 }
                 Err((step, e)) => {
-                    Counters::add(&self.counters.errors, 1);
-                    self.pacer.failed(step, &e);
+                    self.store_failed(step, &e);
                     let unregistered = self.registered.is_none() && !e.is_transient();
                     let give_up = mode != Mode::Forever
                         && (!e.is_transient() || self.pacer.failures() >= ONE_SHOT_FAILURES);
@@ -163,6 +172,7 @@ impl Runner {
                 }
             };
 
+            self.observe_turn(failed.is_none(), &want);
             if stopping && self.idle() {
                 return Ok(());
             }
@@ -175,8 +185,7 @@ impl Runner {
                     Ok(Some(wait)) => due_at = Some(Instant::now() + wait),
                     Ok(None) => return Ok(()),
                     Err(e) => {
-                        Counters::add(&self.counters.errors, 1);
-                        self.pacer.failed("finish", &e);
+                        self.store_failed("finish", &e);
                         if !e.is_transient() || self.pacer.failures() >= ONE_SHOT_FAILURES {
                             return Err(e);
                         }
@@ -236,6 +245,44 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Counts a failed store call and starts the pause after it.
+    fn store_failed(&mut self, step: &'static str, e: &Error) {
+        Counters::add(&self.counters.errors, 1);
+        metrics::count(metrics::STORE_ERRORS, 1);
+        self.pacer.failed(step, e);
+        let (failures, error) = (self.pacer.failures(), e.to_string());
+        self.observer.update(|h| {
+            h.store_ok = false;
+            h.consecutive_store_failures = failures;
+            h.last_store_error = Some(error);
+        });
+    }
+
+    /// Records a completed loop turn for [`crate::Broker::health`].
+    fn observe_turn(&self, ok: bool, want: &Want) {
+        let work_due = !self.idle() || want.correlate || want.claim || self.progress.behind();
+        let held = self.held;
+        self.observer.update(|h| {
+            let now = std::time::Instant::now();
+            h.running = true;
+            h.last_turn = now;
+            if ok {
+                h.last_progress = now;
+                h.store_ok = true;
+                h.consecutive_store_failures = 0;
+                h.last_store_error = None;
+            }
+            h.work_due = work_due;
+            h.leases_held = held;
+        });
+    }
+
+    /// Moves this run's count of held leases and the process's gauge.
+    fn hold(&mut self, delta: i64) {
+        self.held = (self.held as i64 + delta).max(0) as usize;
+        metrics::leases_held(delta);
     }
 
     /// One pass over the concerns; the first failed store call ends it.
@@ -391,6 +438,11 @@ impl Runner {
 
     /// Takes a step's result into the progress and the counters.
     fn took(&mut self, s: &Stepped, backfill: bool) -> bool {
+        let behind = if backfill {
+            s.job.reactions()
+        } else {
+            Vec::new()
+        };
         let lost = self.progress.apply(s);
         if !lost && s.after.is_some() {
             let c = if backfill {
@@ -399,6 +451,22 @@ impl Runner {
                 &self.counters.correlated
             };
             Counters::add(c, s.read as u64);
+            if backfill {
+                for r in &behind {
+                    metrics::count_for(metrics::BACKFILLED, r, s.read as u64);
+                }
+            } else {
+                metrics::count(metrics::EVENTS_CORRELATED, s.read as u64);
+            }
+        }
+        if matches!(s.job, correlate::Job::Backfill { .. }) {
+            for reaction in behind {
+                if self.progress.is_live(&reaction) {
+                    tracing::info!(%reaction, "backfill finished: the reaction is live");
+                    self.observer
+                        .send(BrokerEvent::BackfillFinished { reaction });
+                }
+            }
         }
         lost
     }
@@ -483,6 +551,8 @@ impl Runner {
             return Ok(free == 0);
         }
         let started = Instant::now();
+        let span =
+            tracing::debug_span!("act.claim", queues = free, claimed = tracing::field::Empty);
         let batches = self
             .act
             .store()
@@ -493,10 +563,14 @@ impl Runner {
                 lease: self.opts.lease,
                 reactions,
             })
+            .instrument(span.clone())
             .await?;
+        span.record("claimed", batches.len());
         let mut batches = batches;
         let full = batches.len() == free;
         Counters::add(&self.counters.claims, batches.len() as u64);
+        metrics::count(metrics::CLAIMS, batches.len() as u64);
+        self.hold(batches.len() as i64);
         self.walking = batches.iter().any(|b| b.lease.suspect);
         if let Some(i) = batches.iter().position(|b| b.lease.suspect) {
             // A lease of this queue ended without a settlement: its handler
@@ -566,43 +640,91 @@ impl Runner {
                 .filter_map(|f| f.settlement.clone())
                 .collect();
             let results = store.settle(&settlements).await?;
-            for (f, r) in self.done.drain(..).zip(results) {
-                Counters::add(&self.counters.reactions, f.reactions);
-                Counters::add(&self.counters.timeouts, f.timeouts);
-                match r {
-                    Ok(()) => {
-                        Counters::add(&self.counters.events, f.events);
-                        Counters::add(&self.counters.skipped, f.skipped);
-                        match f.settlement.as_ref().map(|s| &s.outcome) {
-                            Some(Outcome::Retry { delay, error }) => {
-                                Counters::add(&self.counters.retries, 1);
-                                tracing::debug!(queue = %f.lease.stream, ?delay, %error, "retry scheduled");
-                            }
-                            Some(Outcome::Block { error }) => {
-                                Counters::add(&self.counters.blocked, 1);
-                                tracing::warn!(queue = %f.lease.stream, %error, "queue blocked");
-                            }
-                            _ => {}
-                        }
-                    }
-                    Err(rejection) => {
-                        Counters::add(&self.counters.rejected, 1);
-                        tracing::warn!(queue = %f.lease.stream, %rejection,
-                            "settlement rejected: the lease was lost; the batch will be delivered again by its new owner");
-                    }
-                }
+            self.hold(-(self.done.len() as i64));
+            let done: Vec<Finished> = self.done.drain(..).collect();
+            for (f, r) in done.into_iter().zip(results) {
+                self.settled(f, r);
             }
         }
         if !self.orphans.is_empty() {
             let results = store.release(&self.orphans).await?;
+            self.hold(-(self.orphans.len() as i64));
             for (lease, r) in self.orphans.drain(..).zip(results) {
                 if let Err(rejection) = r {
                     Counters::add(&self.counters.rejected, 1);
+                    metrics::count(metrics::SETTLEMENTS_REJECTED, 1);
                     tracing::warn!(queue = %lease.stream, %rejection, "release rejected");
+                    self.observer.send(BrokerEvent::SettlementRejected {
+                        queue: lease.stream,
+                        reason: rejection.to_string(),
+                    });
                 }
             }
         }
         Ok(())
+    }
+
+    /// Counts what a settled batch did, and tells of blocks, retries and
+    /// rejections.
+    fn settled(&self, f: Finished, r: Result<(), crate::queue::Rejection>) {
+        Counters::add(&self.counters.reactions, f.reactions);
+        Counters::add(&self.counters.timeouts, f.timeouts);
+        for t in &f.tallies {
+            metrics::count_for(metrics::REACTIONS_DELIVERED, &t.reaction, t.delivered);
+            metrics::count_for(metrics::HANDLER_FAILURES, &t.reaction, t.failures);
+            metrics::count_for(metrics::HANDLER_TIMEOUTS, &t.reaction, t.timeouts);
+        }
+        let rejection = match r {
+            Ok(()) => None,
+            Err(rejection) => Some(rejection),
+        };
+        if let Some(rejection) = rejection {
+            Counters::add(&self.counters.rejected, 1);
+            metrics::count(metrics::SETTLEMENTS_REJECTED, 1);
+            tracing::warn!(queue = %f.lease.stream, %rejection,
+                "settlement rejected: the lease was lost; the batch will be delivered again by its new owner");
+            self.observer.send(BrokerEvent::SettlementRejected {
+                queue: f.lease.stream,
+                reason: rejection.to_string(),
+            });
+            return;
+        }
+        Counters::add(&self.counters.events, f.events);
+        Counters::add(&self.counters.skipped, f.skipped);
+        metrics::count(metrics::EVENTS_ACKNOWLEDGED, f.events);
+        for t in &f.tallies {
+            metrics::count_for(metrics::SKIPS, &t.reaction, t.skipped);
+        }
+        let at = f.failed.clone();
+        let reaction = at.as_ref().and_then(|a| a.reaction.clone());
+        let label = reaction.as_deref().unwrap_or("");
+        match f.settlement.map(|s| s.outcome) {
+            Some(Outcome::Retry { delay, error }) => {
+                Counters::add(&self.counters.retries, 1);
+                metrics::count_for(metrics::RETRIES, label, 1);
+                tracing::debug!(queue = %f.lease.stream, ?delay, %error, "retry scheduled");
+                self.observer.send(BrokerEvent::RetryScheduled {
+                    queue: f.lease.stream,
+                    reaction,
+                    event: at.as_ref().map_or(0, |a| a.event),
+                    attempt: at.as_ref().map_or(1, |a| a.attempt),
+                    delay,
+                    error,
+                });
+            }
+            Some(Outcome::Block { error }) => {
+                Counters::add(&self.counters.blocked, 1);
+                metrics::count_for(metrics::BLOCKS, label, 1);
+                tracing::warn!(queue = %f.lease.stream, %error, "queue blocked");
+                self.observer.send(BrokerEvent::QueueBlocked {
+                    queue: f.lease.stream,
+                    reaction,
+                    event: at.as_ref().map_or(0, |a| a.event),
+                    error,
+                });
+            }
+            _ => {}
+        }
     }
 
     fn next_renewal(&self) -> Option<Instant> {
@@ -638,7 +760,11 @@ impl Runner {
                         Err(rejection) => {
                             run.lost.cancel();
                             Counters::add(&self.counters.lost, 1);
+                            metrics::count(metrics::LEASES_LOST, 1);
                             tracing::warn!(queue = %lease.stream, %rejection, "lease lost; telling the handler to stop");
+                            self.observer.send(BrokerEvent::LeaseLost {
+                                queue: lease.stream,
+                            });
                         }
                     }
                 }
@@ -654,13 +780,29 @@ impl Runner {
                         {
                             run.lost.cancel();
                             Counters::add(&self.counters.lost, 1);
+                            metrics::count(metrics::LEASES_LOST, 1);
                             tracing::warn!(queue = %lease.stream, "lease could not be renewed in time; telling the handler to stop");
+                            self.observer.send(BrokerEvent::LeaseLost {
+                                queue: lease.stream.clone(),
+                            });
                         }
                     }
                 }
                 Err(e)
             }
         }
+    }
+}
+
+impl Drop for Runner {
+    /// However the run ends (returned, or aborted with its handle), its
+    /// leases leave the gauge and the health says it is not running.
+    fn drop(&mut self) {
+        metrics::leases_held(-(self.held as i64));
+        self.observer.update(|h| {
+            h.running = false;
+            h.leases_held = 0;
+        });
     }
 }
 

@@ -429,7 +429,8 @@ pub async fn a_commit_changes_the_wake_signal(b: &impl Backend) {
         .expect("wake channel closed");
 }
 
-/// Payload, meta, causation and actor come back exactly as written.
+/// Payload, meta, causation (its trace context included) and actor come
+/// back exactly as written.
 pub async fn data_and_meta_round_trip_unchanged(b: &impl Backend) {
     let f = b.open().await;
     let s = &*f.store;
@@ -444,6 +445,9 @@ pub async fn data_and_meta_round_trip_unchanged(b: &impl Backend) {
             name: "Opened".into(),
             stream: "y".into(),
         }),
+        trace: crate::trace::TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
     };
     let actor = Actor {
         id: "u-1".into(),
@@ -464,6 +468,11 @@ pub async fn data_and_meta_round_trip_unchanged(b: &impl Backend) {
     assert_eq!(e.name, "Deposited");
     assert_eq!(e.meta.correlation, "corr-1");
     assert_eq!(e.meta.causation, causation);
+    assert_eq!(
+        e.meta.trace(),
+        causation.trace.as_ref(),
+        "the trace context is kept"
+    );
     assert_eq!(e.meta.actor, actor);
     assert_eq!(e.meta.created, written[0].meta.created);
     assert_eq!(**e, *written[0]);

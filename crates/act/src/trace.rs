@@ -1,0 +1,230 @@
+//! Traces: the `tracing` spans act opens and the W3C trace context it stores
+//! with every event, so one request and every reaction it causes share one
+//! trace id, across processes and restarts.
+//!
+//! # Spans
+//! | span | opened around | fields |
+//! | --- | --- | --- |
+//! | `act.action` (info) | [`crate::Act::act`], [`crate::Act::execute`], [`crate::Context::act`] | `stream`, `action`, `trace_id`, `span_id`, `parent` |
+//! | `act.append` (debug) | the store append of an action or of [`crate::Context::append`] | `stream`, `events` |
+//! | `act.correlate` (debug) | one correlation step | `job`, `page`, `read` |
+//! | `act.claim` (debug) | one claim | `queues` (asked), `claimed` |
+//! | `act.batch` (info) | one claimed queue's batch | `queue`, `reactions`, `events` |
+//! | `act.handle` (info) | one handler call | `queue`, `reaction`, `event`, `attempt`, `trace_id`, `span_id`, `parent` |
+//!
+//! # Propagation rules
+//! Every event carries the trace context of the action that appended it in
+//! [`crate::Causation::trace`] (stored with the causation, which every backend
+//! keeps as one JSON value, so nothing changes in a schema and events stored
+//! before carry none).
+//! - An action ([`crate::Act::act`]) started with no trace context gets a new
+//!   random trace id ([`TraceContext::root`]); one given through
+//!   [`crate::Invocation::trace`] (e.g. from an HTTP request's `traceparent`)
+//!   is continued: same trace id, a new span id. The events it appends carry
+//!   `00-<trace id>-<the action's span id>-01`.
+//! - A handler call's span records `trace_id` and `parent` (the span id) from
+//!   its event's context, and gets a span id of its own
+//!   ([`crate::Context::trace`]; pass it on to outgoing calls).
+//! - What the handler appends through [`crate::Context::act`] or
+//!   [`crate::Context::append`] continues the handler's context: the same
+//!   trace id, a new span id whose parent is the handler's.
+//!
+//! An event without a trace context (stored before, or appended directly to
+//! the store) starts a new trace at its handler.
+//!
+//! # OpenTelemetry
+//! A [`TracePropagator`] set with [`crate::ActBuilder::trace_propagator`]
+//! connects these contexts to a real tracer: `extract` is called on the
+//! `act.action` span of an action given a context and on every `act.handle`
+//! span of an event that carries one (set the OpenTelemetry parent there),
+//! and `inject` is called inside those spans to read back their real
+//! context, which is then stored and handed on instead of the one act
+//! derives. A ready-made `opentelemetry` feature is planned; until then the
+//! hook is a dozen lines over `tracing-opentelemetry`'s `OpenTelemetrySpanExt`.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A W3C trace context: a `traceparent` value,
+/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, lower case. Only
+/// valid values can be built ([`TraceContext::parse`]), so every stored one
+/// is valid; a stored value that is not (written by other code) reads back
+/// as none.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TraceContext(String);
+
+impl TraceContext {
+    /// A new trace: random trace and span ids, sampled.
+    pub fn root() -> Self {
+        let trace = loop {
+            let t = fastrand::u128(..);
+            if t != 0 {
+                break t;
+            }
+        };
+        TraceContext::from_ids(trace, nonzero_span(), 1)
+    }
+
+    /// A context in the same trace with a new random span id (whose parent
+    /// is this context's span).
+    pub fn child(&self) -> Self {
+        let trace = u128::from_str_radix(self.trace_id(), 16).unwrap_or(1);
+        let flags = u8::from_str_radix(&self.0[53..55], 16).unwrap_or(1);
+        TraceContext::from_ids(trace, nonzero_span(), flags)
+    }
+
+    fn from_ids(trace: u128, span: u64, flags: u8) -> Self {
+        TraceContext(format!("00-{trace:032x}-{span:016x}-{flags:02x}"))
+    }
+
+    /// Parses a `traceparent` header value (version `00`; upper case hex is
+    /// accepted and stored lower case). `None` when it is not one, or its
+    /// trace or span id is all zeros, as the W3C spec requires.
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let s = traceparent.trim().to_ascii_lowercase();
+        let b = s.as_bytes();
+        let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+        let ok = b.len() == 55
+            && &s[..3] == "00-"
+            && b[35] == b'-'
+            && b[52] == b'-'
+            && hex(3..35)
+            && hex(36..52)
+            && hex(53..55)
+            && s[3..35].bytes().any(|c| c != b'0')
+            && s[36..52].bytes().any(|c| c != b'0');
+        ok.then_some(TraceContext(s))
+    }
+
+    /// The `traceparent` value.
+    pub fn traceparent(&self) -> &str {
+        &self.0
+    }
+
+    /// The trace id: 32 lower-case hex digits.
+    pub fn trace_id(&self) -> &str {
+        &self.0[3..35]
+    }
+
+    /// The span id: 16 lower-case hex digits.
+    pub fn span_id(&self) -> &str {
+        &self.0[36..52]
+    }
+}
+
+fn nonzero_span() -> u64 {
+    loop {
+        let s = fastrand::u64(..);
+        if s != 0 {
+            return s;
+        }
+    }
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceContext({})", self.0)
+    }
+}
+
+impl fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TraceContext {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TraceContext::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a W3C traceparent: {s:?}")))
+    }
+}
+
+/// Reads an optional trace context, taking a value that is not one as none:
+/// a bad trace context never makes an event undecodable.
+pub(crate) fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TraceContext>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.and_then(|v| v.as_str().and_then(TraceContext::parse)))
+}
+
+/// Connects act's trace contexts to a tracer (OpenTelemetry). Set one with
+/// [`crate::ActBuilder::trace_propagator`]; the default ([`Derived`])
+/// derives contexts as the module docs say. Both methods run on the hot path
+/// (once per action and per handler call): keep them cheap.
+pub trait TracePropagator: Send + Sync {
+    /// The context of the current span (called inside `act.action` and
+    /// `act.handle` spans, after [`TracePropagator::extract`]), to store with
+    /// the events an action appends and to hand to a handler. `None`: act
+    /// derives one (a child of the parent context, or a new trace).
+    fn inject(&self) -> Option<TraceContext>;
+
+    /// Makes `span` a child of the remote context `ctx` (the event's, or the
+    /// one an action was given).
+    fn extract(&self, ctx: &TraceContext, span: &tracing::Span);
+}
+
+/// The default propagator: no tracer; act derives every context itself
+/// (span fields only).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Derived;
+
+impl TracePropagator for Derived {
+    fn inject(&self) -> Option<TraceContext> {
+        None
+    }
+
+    fn extract(&self, _ctx: &TraceContext, _span: &tracing::Span) {}
+}
+
+/// Opens a span's context: extract the parent into it, then take the
+/// propagator's context or derive one. Records `trace_id`, `span_id` and
+/// `parent` on the span.
+pub(crate) fn enter(
+    propagator: &dyn TracePropagator,
+    parent: Option<&TraceContext>,
+    span: &tracing::Span,
+) -> TraceContext {
+    if let Some(p) = parent {
+        propagator.extract(p, span);
+    }
+    let own = span
+        .in_scope(|| propagator.inject())
+        .unwrap_or_else(|| parent.map_or_else(TraceContext::root, TraceContext::child));
+    span.record("trace_id", own.trace_id());
+    span.record("span_id", own.span_id());
+    if let Some(p) = parent {
+        span.record("parent", p.span_id());
+    }
+    own
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_round_trips_and_bad_ones_are_refused() {
+        let t =
+            TraceContext::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.span_id(), "00f067aa0ba902b7");
+        let c = t.child();
+        assert_eq!(c.trace_id(), t.trace_id());
+        assert_ne!(c.span_id(), t.span_id());
+        assert_eq!(TraceContext::parse(c.traceparent()), Some(c));
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert!(TraceContext::parse(bad).is_none(), "{bad}");
+        }
+        let r = TraceContext::root();
+        assert_eq!(TraceContext::parse(r.traceparent()), Some(r));
+    }
+}
