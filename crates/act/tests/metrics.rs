@@ -88,7 +88,7 @@ async fn metrics_agree_with_stats_and_the_store() {
                     let calls = calls.clone();
                     async move {
                         // Every other call fails: each event is retried once.
-                        if calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                        if calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                             Err(HandlerError::transient("flaky"))
                         } else {
                             Ok(())

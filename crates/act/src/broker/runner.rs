@@ -674,11 +674,7 @@ impl Runner {
             metrics::count_for(metrics::HANDLER_FAILURES, &t.reaction, t.failures);
             metrics::count_for(metrics::HANDLER_TIMEOUTS, &t.reaction, t.timeouts);
         }
-        let rejection = match r {
-            Ok(()) => None,
-            Err(rejection) => Some(rejection),
-        };
-        if let Some(rejection) = rejection {
+        if let Some(rejection) = r.err() {
             Counters::add(&self.counters.rejected, 1);
             metrics::count(metrics::SETTLEMENTS_REJECTED, 1);
             tracing::warn!(queue = %f.lease.stream, %rejection,
