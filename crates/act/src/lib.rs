@@ -15,6 +15,13 @@
 //! conformance kit (`act::tck`, feature `tck`), which checks every promise of
 //! the design contract.
 //!
+//! Observability without log parsing: brokers emit metrics through the
+//! `metrics` facade ([`metrics`]: names, types, labels and
+//! [`metrics::sample`] for store-wide gauges), run actions and handler calls
+//! in `tracing` spans that share one W3C trace id per request, stored with
+//! every event ([`trace`]), broadcast lifecycle events
+//! ([`Broker::events`]) and report their [`Health`] for probes.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use act::{Act, Action, Actor, BrokerOptions, Invariant, MemoryStore, State};
