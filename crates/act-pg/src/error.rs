@@ -22,6 +22,9 @@ pub(crate) struct Facts {
     /// An I/O error: the socket failed, was reset, timed out or could not
     /// connect.
     pub io: bool,
+    /// A TLS failure: a certificate that did not verify, a handshake the
+    /// server refused, a client certificate it did not accept.
+    pub tls: bool,
 }
 
 impl Facts {
@@ -34,19 +37,26 @@ impl Facts {
                 matches!(d.parsed_severity(), Some(Severity::Fatal | Severity::Panic))
             }),
             closed: e.is_closed(),
-            io: io_source(e),
+            io: causes(e).any(|s| s.is::<std::io::Error>() && !is_tls(s)),
+            tls: causes(e).any(is_tls),
         }
     }
 }
 
-fn io_source(e: &tokio_postgres::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return true;
-        }
-        source = s.source();
-    }
+/// The causes of `e`, nearest first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |s| s.source())
+}
+
+#[cfg(feature = "tls")]
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    crate::tls::is_tls_failure(e)
+}
+
+#[cfg(not(feature = "tls"))]
+fn is_tls(_: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
@@ -70,10 +80,11 @@ pub(crate) fn classify(f: &Facts) -> Class {
     let Some(code) = &f.code else {
         // No server error: the connection closed or failed (I/O, reset, timed
         // out, could not connect), or the driver could not encode, decode or
-        // follow the protocol. Only the first is worth retrying later; in
-        // every case the connection goes.
+        // follow the protocol, or TLS failed (a certificate, a refused
+        // handshake: a misconfiguration to fix, not to wait out). Only the
+        // first is worth retrying later; in every case the connection goes.
         return Class {
-            transient: f.closed || f.io,
+            transient: (f.closed || f.io) && !f.tls,
             retry: false,
             discard: true,
             schema: false,
@@ -147,6 +158,35 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
+/// A driver error told with all its causes ("error connecting to server:
+/// Connection refused (os error 111)"): the driver's own Display names only
+/// the outermost ("error connecting to server"). The causes are in the
+/// text, so `source()` is empty (a reader walking the chain sees each once).
+#[derive(Debug)]
+struct Chain(String);
+
+impl std::fmt::Display for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Chain {}
+
+/// `e` and its causes, joined with `: `; a cause whose text its parent
+/// already shows (an I/O error shows the error it wraps) is not repeated.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    for cause in causes(e) {
+        let told = cause.to_string();
+        if !text.ends_with(&told) {
+            text.push_str(": ");
+            text.push_str(&told);
+        }
+    }
+    text
+}
+
 fn explain(e: tokio_postgres::Error) -> act::BoxError {
     match e.as_db_error() {
         Some(db) => Box::new(ServerError {
@@ -154,7 +194,7 @@ fn explain(e: tokio_postgres::Error) -> act::BoxError {
             message: db.message().to_string(),
             detail: db.detail().map(str::to_string),
         }),
-        None => Box::new(e),
+        None => Box::new(Chain(chain(&e))),
     }
 }
 
@@ -190,7 +230,7 @@ pub(crate) fn pool(store: &str, e: deadpool_postgres::PoolError) -> Error {
         deadpool_postgres::PoolError::Backend(e) => map(store, e),
         other => Error::Unavailable {
             store: store.to_string(),
-            source: Box::new(other),
+            source: Box::new(Chain(chain(&other))),
         },
     }
 }
@@ -331,7 +371,46 @@ mod tests {
             .err()
             .expect("nobody listens there");
         let f = Facts::of(&e);
-        assert!(f.io && f.code.is_none(), "{f:?}");
-        assert!(matches!(map("s", e), Error::Unavailable { .. }));
+        assert!(f.io && f.code.is_none() && !f.tls, "{f:?}");
+        let e = map("s", e);
+        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("Connection refused"),
+            "the cause is shown: {e}"
+        );
+    }
+
+    #[test]
+    fn a_tls_failure_is_not_transient_even_over_io() {
+        let f = Facts {
+            io: true,
+            tls: true,
+            ..Facts::default()
+        };
+        let c = classify(&f);
+        assert!(!c.transient && c.discard, "{c:?}");
+    }
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error connecting to server")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other(
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert_eq!(
+            chain(&e),
+            "error connecting to server: invalid peer certificate: UnknownIssuer"
+        );
     }
 }

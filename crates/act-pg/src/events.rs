@@ -441,7 +441,12 @@ impl EventStore for PgStore {
         if let Some(l) = &self.listener {
             if tokio::runtime::Handle::try_current().is_ok() {
                 l.task.get_or_init(|| {
-                    notify::listener(l.config.clone(), l.channel.clone(), self.wake.clone())
+                    notify::listener(
+                        l.config.clone(),
+                        l.tls.clone(),
+                        l.channel.clone(),
+                        self.wake.clone(),
+                    )
                 });
             }
         }

@@ -37,18 +37,45 @@
 //! # Ok(()) }
 //! ```
 //!
-//! TLS is not supported yet: use a local socket, a private network or an
-//! SSL-terminating proxy.
+//!
+//! ## URL options
+//!
+//! `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?OPTION=VALUE&…]` (or
+//! `postgresql://`), parsed by [`parse_url`]. User, password, database and
+//! values are percent-decoded (`@` is `%40`, `/` is `%2F`, `%` is `%25`).
+//! An unknown option or a bad value is [`act::Error::InvalidInput`] naming
+//! it; the password never appears in an error.
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `schema` | `act` | the schema holding act's tables |
+//! | `pool_size` | `16` | connections in the pool (1–1000) |
+//! | `listen` | `true` | wake brokers on other processes' commits (`LISTEN/NOTIFY`) |
+//! | `sslmode` | `prefer` | `disable`, `prefer` (TLS if the server offers it), `require` (TLS, server not verified), `verify-ca` (trusted chain), `verify-full` (trusted chain and host name) |
+//! | `sslrootcert` | system trust store | PEM file of the CA(s) to trust; `system` for the system's store. With `prefer`/`require`, verifies the chain as `verify-ca` |
+//! | `sslcert`, `sslkey` | none | PEM client certificate and its key, sent when the server asks |
+//! | `connect_timeout` | `10` | seconds to open one connection (TCP, TLS, authentication) |
+//! | `keepalives` | `1` | TCP keepalives on (`1`) or off (`0`) |
+//! | `keepalives_idle` | `60` | idle seconds before the first keepalive probe |
+//! | `statement_timeout` | `30000` | milliseconds any of act's statements may run; `0` for none (migrations lift it) |
+//! | `idle_in_transaction_session_timeout` | `60000` | milliseconds a session may idle inside a transaction; `0` for none |
+//! | `application_name` | `act` | the name in `pg_stat_activity` ([`PgOptions::with_application_name`]) |
+//! | `options` | none | server options for act's sessions (`-c name=value …`), before act's own |
+//!
+//! TLS (feature `tls`, on by default) uses rustls: see `docs/postgres.md`,
+//! "TLS and connection options".
 
 mod conn;
 mod error;
 mod events;
 mod notify;
+mod options;
 mod queues;
 mod schema;
 mod subscriptions;
+#[cfg(feature = "tls")]
+mod tls;
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,60 +85,24 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use conn::Conn;
 
+pub use options::{parse_url, PgOptions, SslMode, TlsOptions};
 pub use schema::SCHEMA_VERSION;
+
+/// The TLS connector of every connection (the pool's and the LISTEN one).
+#[cfg(feature = "tls")]
+pub(crate) type Connector = tls::Connector;
+/// Without the `tls` feature: plaintext only.
+#[cfg(not(feature = "tls"))]
+pub(crate) type Connector = tokio_postgres::NoTls;
 
 /// Test-only helpers (feature `test-hooks`): never use in an application.
 #[cfg(feature = "test-hooks")]
 pub mod testing {
     pub use crate::schema::v1_store_sql;
-}
-
-/// How a store is opened.
-#[derive(Debug, Clone)]
-pub struct PgOptions {
-    /// The PostgreSQL schema holding act's tables (created when missing,
-    /// if `mode` allows).
-    pub schema: String,
-    /// Create, open an existing store, or open it read-only.
-    pub mode: OpenMode,
-    /// Connections in the pool.
-    pub pool_size: usize,
-    /// How long a call waits for a free connection.
-    pub pool_timeout: Duration,
-    /// Listen for commits by other processes (`LISTEN/NOTIFY`).
-    pub listen: bool,
-    /// Added to the database clock, in microseconds. Zero in production;
-    /// tests move it forward instead of sleeping. Shared by clones.
-    pub clock_offset: Arc<AtomicI64>,
-    /// Test-only negative control: ids from a plain sequence and readers
-    /// without the visibility bound, as a naive store would do.
-    #[cfg(feature = "test-hooks")]
-    pub naive_ids: bool,
-    /// Test-only: each append sleeps a random time up to this before it
-    /// commits, so commits land out of id order.
-    #[cfg(feature = "test-hooks")]
-    pub commit_delay_ms: i32,
-}
-
-impl Default for PgOptions {
-    fn default() -> Self {
-        PgOptions {
-            schema: "act".into(),
-            mode: OpenMode::Create,
-            pool_size: 16,
-            pool_timeout: Duration::from_secs(30),
-            listen: true,
-            clock_offset: Arc::default(),
-            #[cfg(feature = "test-hooks")]
-            naive_ids: false,
-            #[cfg(feature = "test-hooks")]
-            commit_delay_ms: 0,
-        }
-    }
 }
 
 /// Both ports on PostgreSQL. Share it behind an `Arc`; dropping the last
@@ -136,6 +127,7 @@ pub struct PgStore {
 /// The cross-process listener, started on the first subscription.
 struct Listener {
     config: tokio_postgres::Config,
+    tls: Connector,
     channel: String,
     task: std::sync::OnceLock<JoinHandle<()>>,
 }
@@ -157,56 +149,6 @@ impl Drop for PgStore {
             t.abort();
         }
     }
-}
-
-/// Splits `postgres://…?schema=…&pool_size=…` into the driver's
-/// configuration and act's options (other parameters go to the driver).
-pub fn parse_url(url: &str) -> act::Result<(tokio_postgres::Config, PgOptions)> {
-    let invalid = |m: String| Error::InvalidInput(m);
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, q),
-        None => (url, ""),
-    };
-    let mut options = PgOptions::default();
-    let mut rest: Vec<&str> = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "schema" => options.schema = value.to_string(),
-            "pool_size" => {
-                options.pool_size = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| invalid(format!("pool_size must be 1–1000, got `{value}`")))?
-            }
-            "listen" => {
-                options.listen = match value {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => {
-                        return Err(invalid(format!(
-                            "listen must be true or false, got `{value}`"
-                        )))
-                    }
-                }
-            }
-            _ => rest.push(pair),
-        }
-    }
-    schema::validate(&options.schema)?;
-    let driver_url = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    let config = tokio_postgres::Config::from_str(&driver_url).map_err(|e| {
-        invalid(format!(
-            "bad PostgreSQL URL `{}`: {e}",
-            act::redact_url(url)
-        ))
-    })?;
-    Ok((config, options))
 }
 
 impl PgStore {
@@ -247,14 +189,11 @@ impl PgStore {
         schema::validate(&options.schema)?;
         let name = format!("{label} (schema {})", options.schema);
         let read_only = options.mode == OpenMode::ReadOnly;
-        if read_only {
-            // Belt and braces: the server refuses what the store would not do.
-            let given = config.get_options().unwrap_or_default().to_string();
-            config.options(format!("{given} -c default_transaction_read_only=on").trim());
-        }
+        options.apply(&mut config);
+        let tls = connector(&options).await?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -298,6 +237,7 @@ impl PgStore {
         // commands (status, reset…) never need it.
         let listener = options.listen.then(|| Listener {
             config,
+            tls,
             channel,
             task: std::sync::OnceLock::new(),
         });
@@ -334,7 +274,12 @@ impl PgStore {
         self.writable()?;
         let client = self.conn().await?;
         client
-            .batch(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .batch(&format!(
+                // One implicit transaction, without the session's
+                // statement_timeout: a big schema takes a while to drop.
+                "SET LOCAL statement_timeout = 0; DROP SCHEMA IF EXISTS {} CASCADE",
+                self.schema
+            ))
             .await
             .map_err(|e| self.err(e))
     }
@@ -437,6 +382,21 @@ pub(crate) enum Failure {
     Driver(tokio_postgres::Error),
 }
 
+/// The store's TLS connector, built on a blocking thread (it reads the PEM
+/// files `options.tls` names, and the system's trust store).
+#[cfg(feature = "tls")]
+async fn connector(options: &PgOptions) -> act::Result<Connector> {
+    let tls = options.tls.clone();
+    tokio::task::spawn_blocking(move || tls::connector(&tls))
+        .await
+        .map_err(|e| Error::InvalidInput(format!("TLS setup did not finish: {e}")))?
+}
+
+#[cfg(not(feature = "tls"))]
+async fn connector(_options: &PgOptions) -> act::Result<Connector> {
+    Ok(tokio_postgres::NoTls)
+}
+
 /// The NOTIFY channel of a schema (at most 63 bytes).
 fn channel(schema: &str) -> String {
     let mut c = format!("act_{schema}");
@@ -447,37 +407,6 @@ fn channel(schema: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_split_into_driver_config_and_options() {
-        let (c, o) =
-            parse_url("postgres://bob:pw@db:5433/app?schema=shop&pool_size=4&connect_timeout=3")
-                .unwrap();
-        assert_eq!((o.schema.as_str(), o.pool_size), ("shop", 4));
-        assert_eq!(c.get_dbname(), Some("app"));
-        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
-        let (_, o) = parse_url("postgres://db/app").unwrap();
-        assert_eq!(o.schema, "act");
-        let e = parse_url("postgres://db/app?schema=Bad-Name")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("schema `Bad-Name`"), "{e}");
-        let e = parse_url("postgres://u:secret@db/app?nonsense=1")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("u:***@db") && !e.contains("secret"), "{e}");
-        assert!(
-            !parse_url("postgres://db/app?listen=false")
-                .unwrap()
-                .1
-                .listen
-        );
-        assert!(parse_url("postgres://db/app?listen=1").unwrap().1.listen);
-        let e = parse_url("postgres://db/app?listen=nope")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("listen must be true or false"), "{e}");
-    }
 
     #[test]
     fn channels_fit_in_an_identifier() {

@@ -19,7 +19,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+
+use crate::Connector;
 
 fn bump(wake: &watch::Sender<u64>) {
     wake.send_modify(|n| *n = n.wrapping_add(1));
@@ -40,9 +42,11 @@ fn next_pause(last: Duration, listened: bool) -> Duration {
     }
 }
 
-/// Listens on `channel` until aborted, waking `wake` on every notification.
+/// Listens on `channel` until aborted, waking `wake` on every notification;
+/// connects with the store's TLS connector.
 pub(crate) fn listener(
     config: tokio_postgres::Config,
+    tls: Connector,
     channel: String,
     wake: Arc<watch::Sender<u64>>,
 ) -> JoinHandle<()> {
@@ -51,7 +55,7 @@ pub(crate) fn listener(
         let mut pause = FIRST_PAUSE / 2;
         loop {
             let mut listened = false;
-            if let Err(e) = listen_once(&config, &channel, &wake, &mut listened).await {
+            if let Err(e) = listen_once(&config, &tls, &channel, &wake, &mut listened).await {
                 tracing::warn!(error = %e, "LISTEN connection lost; brokers poll until it is back");
             }
             pause = next_pause(pause, listened);
@@ -64,11 +68,12 @@ pub(crate) fn listener(
 /// place.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &Connector,
     channel: &str,
     wake: &Arc<watch::Sender<u64>>,
     listened: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     // The connection must be driven while LISTEN runs; the JoinSet owns the
     // driver, so aborting this task aborts it too.
     let mut driver = JoinSet::new();

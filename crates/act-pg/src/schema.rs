@@ -390,6 +390,12 @@ async fn migrate(
 ) -> act::Result<()> {
     let err = |e: tokio_postgres::Error| map(store, e);
     let tx = client.transaction().await.map_err(err)?;
+    // A migration may wait for another process's (the lock below) and
+    // rewrite every row of a big store (the v1 upgrade): the session's
+    // statement_timeout is for act's calls, not for this.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(err)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('act-rs migrate ' || $1::text))",
         &[&schema],

@@ -8,7 +8,8 @@
 //!
 //! - [`postgres::PrivatePostgres`]: `initdb` into a temp dir and `postgres`
 //!   on a free port (as the `postgres` user when running as root, since
-//!   initdb refuses root).
+//!   initdb refuses root); [`postgres::PrivatePostgres::start_tls`] for one
+//!   with `ssl = on`, given certificates and `pg_hba.conf` lines.
 //! - [`redis::PrivateRedis`]: `redis-server` on a free port.
 
 pub mod postgres;

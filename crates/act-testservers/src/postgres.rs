@@ -28,6 +28,22 @@ use std::time::{Duration, Instant};
 /// How long a start or a stop may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// What [`PrivatePostgres::start_tls`] gives the server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM), written as `server.crt`.
+    pub cert_pem: String,
+    /// Its private key (PEM), written as `server.key` (mode 600).
+    pub key_pem: String,
+    /// CA certificates (PEM) that client certificates must chain to
+    /// (`ssl_ca_file`): needed by `cert` authentication in `pg_hba.conf`.
+    pub client_ca_pem: Option<String>,
+    /// The lines of `pg_hba.conf`, replacing initdb's (which trusts every
+    /// local and 127.0.0.1 connection, TLS or not). Keep `local all all
+    /// trust`: [`PrivatePostgres::psql`] connects through the unix socket.
+    pub hba: Option<Vec<String>>,
+}
+
 /// A PostgreSQL server that belongs to one test.
 pub struct PrivatePostgres {
     dir: tempfile::TempDir,
@@ -88,6 +104,76 @@ impl PrivatePostgres {
     /// Creates and starts a fresh server on a free local port. Panics (with
     /// the server's log) when it cannot.
     pub fn start() -> PrivatePostgres {
+        let pg = PrivatePostgres::init();
+        pg.start_again();
+        pg
+    }
+
+    /// Creates and starts a fresh server with `ssl = on`: writes the PEM
+    /// files of `tls` into its data directory (the key `chmod 600`, every
+    /// file owned by the server's user, as PostgreSQL demands), and
+    /// `pg_hba.conf` from `tls.hba` when it is given. Panics when it cannot.
+    ///
+    /// ```no_run
+    /// use act_testservers::postgres::{PrivatePostgres, ServerTls};
+    /// # let (cert, key, ca) = (String::new(), String::new(), String::new());
+    /// let pg = PrivatePostgres::start_tls(&ServerTls {
+    ///     cert_pem: cert,
+    ///     key_pem: key,
+    ///     client_ca_pem: Some(ca),
+    ///     hba: Some(vec![
+    ///         "local all all trust".into(),
+    ///         "hostssl all all 127.0.0.1/32 cert".into(),
+    ///         "hostnossl all all 127.0.0.1/32 reject".into(),
+    ///     ]),
+    /// });
+    /// ```
+    pub fn start_tls(tls: &ServerTls) -> PrivatePostgres {
+        let pg = PrivatePostgres::init();
+        let data = pg.data();
+        let mut conf = String::from("\n# act-testservers: TLS\nssl = on\n");
+        pg.write(&data.join("server.crt"), &tls.cert_pem, 0o644);
+        pg.write(&data.join("server.key"), &tls.key_pem, 0o600);
+        if let Some(ca) = &tls.client_ca_pem {
+            pg.write(&data.join("client-ca.crt"), ca, 0o644);
+            conf.push_str("ssl_ca_file = 'client-ca.crt'\n");
+        }
+        let config = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&config)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", config.display()));
+        text.push_str(&conf);
+        pg.write(&config, &text, 0o600);
+        if let Some(lines) = &tls.hba {
+            pg.write(&data.join("pg_hba.conf"), &(lines.join("\n") + "\n"), 0o600);
+        }
+        pg.start_again();
+        pg
+    }
+
+    /// Writes `text` to `path` with `mode`, owned by the server's user.
+    fn write(&self, path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+        if let Some(user) = &self.user {
+            let out = Command::new("chown")
+                .arg(format!("{user}:"))
+                .arg(path)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run chown: {e}"));
+            assert!(
+                out.status.success(),
+                "chown {} failed: {}",
+                path.display(),
+                describe(&out)
+            );
+        }
+    }
+
+    /// A fresh data directory (initdb), not started.
+    fn init() -> PrivatePostgres {
         let dir = tempfile::Builder::new()
             .prefix("act-pg-")
             .tempdir()
@@ -130,7 +216,6 @@ impl PrivatePostgres {
             .output()
             .unwrap_or_else(|e| panic!("cannot run initdb: {e}"));
         assert!(out.status.success(), "initdb failed: {}", describe(&out));
-        pg.start_again();
         pg
     }
 
@@ -175,7 +260,8 @@ impl PrivatePostgres {
     }
 
     /// Runs one SQL command with `psql` as `postgres` on database
-    /// `postgres`, in its own session (never read-only, so it can turn
+    /// `postgres` through the server's unix socket (whatever `pg_hba.conf`
+    /// says of TCP), in its own session (never read-only, so it can turn
     /// read-only off again). Panics when it fails.
     pub fn psql(&self, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
@@ -186,13 +272,13 @@ impl PrivatePostgres {
                 "-t",
                 "-v",
                 "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
                 "-U",
                 "postgres",
                 "-d",
                 "postgres",
             ])
+            .arg("-h")
+            .arg(self.dir.path())
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
