@@ -31,10 +31,78 @@ pub enum ConfigError {
     },
 }
 
+/// A TLS handshake the client refused or the server refused: a wrong CA,
+/// a certificate for another host name, a missing or unknown client
+/// certificate. Not transient: retrying cannot cure it.
+#[cfg(feature = "tls")]
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake failed: {source}; {hint}")]
+pub(crate) struct TlsFailure {
+    hint: &'static str,
+    source: RedisError,
+}
+
+/// The rustls error inside a redis-rs I/O error, if any: redis-rs keeps
+/// the `io::Error` tokio-rustls made, which wraps the `rustls::Error`.
+#[cfg(feature = "tls")]
+fn tls_cause(e: &RedisError) -> Option<&rustls::Error> {
+    use std::error::Error as _;
+    type Inner = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let inner: &Inner = e.source()?.downcast_ref::<Inner>()?;
+    let inner: &(dyn std::error::Error + 'static) = &**inner;
+    if let Some(t) = inner.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    inner
+        .downcast_ref::<std::io::Error>()?
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()
+}
+
+/// What to check for a handshake failure.
+#[cfg(feature = "tls")]
+fn tls_hint(t: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription as A, CertificateError as C};
+    match t {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "the server's certificate is not signed by a CA this client trusts: give its CA \
+             with `tls_ca=PATH` (or, for tests only, `tls_insecure=true`)"
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
+            "the server's certificate is for another host name: connect by a name the \
+             certificate lists"
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the server's certificate has expired"
+        }
+        rustls::Error::AlertReceived(A::CertificateRequired | A::HandshakeFailure) => {
+            "the server requires a client certificate: add `tls_cert=PATH&tls_key=PATH`"
+        }
+        rustls::Error::AlertReceived(
+            A::BadCertificate | A::UnknownCA | A::CertificateUnknown | A::DecryptError,
+        ) => "the server refused the client certificate: check `tls_cert` and `tls_key`",
+        rustls::Error::InvalidMessage(_) => {
+            "the server did not answer in TLS: is this its TLS port?"
+        }
+        _ => "check the server's TLS settings and the URL's `tls_*` options",
+    }
+}
+
 /// Maps a Redis error to what a caller can act on: a failure that retrying
 /// later may cure is [`Error::Unavailable`] (see [`is_transient`]);
-/// everything else is [`Error::Store`].
+/// everything else, including a TLS handshake failure ([`TlsFailure`]) and
+/// an `AUTH` refusal, is [`Error::Store`].
 pub(crate) fn map(store: &str, e: RedisError) -> Error {
+    #[cfg(feature = "tls")]
+    if let Some(t) = tls_cause(&e) {
+        let hint = tls_hint(t);
+        return Error::Store {
+            store: store.to_string(),
+            source: Box::new(TlsFailure { hint, source: e }),
+        };
+    }
     if is_transient(&e) {
         Error::Unavailable {
             store: store.to_string(),
@@ -50,7 +118,9 @@ pub(crate) fn map(store: &str, e: RedisError) -> Error {
 
 /// Transient causes, by [`ErrorKind`] and error code (never by message
 /// text):
-/// - [`ErrorKind::Io`]: refused, reset, broken or timed-out connections;
+/// - [`ErrorKind::Io`]: refused, reset, broken or timed-out connections, a
+///   DNS lookup that failed (TLS handshake failures are I/O errors to
+///   redis-rs too, but [`map`] sorts them out first);
 /// - [`ErrorKind::Parse`]: a reply cut short when the connection dropped
 ///   mid-reply (redis-rs reports an unexpected end of input as a parse
 ///   error). The store reads every reply as a raw [`redis::Value`], so a

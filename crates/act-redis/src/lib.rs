@@ -68,6 +68,7 @@
 
 #![warn(missing_docs)]
 
+mod client;
 mod conn;
 mod correlation;
 mod error;
@@ -95,7 +96,10 @@ use tokio::sync::watch;
 
 use conn::Conn;
 pub use error::ConfigError;
-pub use options::{check_prefix, parse_url, RedisOptions, DEFAULT_PREFIX};
+pub use options::{
+    check_client_name, check_prefix, parse_url, shown_url, RedisOptions, RedisServer, TlsOptions,
+    DEFAULT_CLIENT_NAME, DEFAULT_PREFIX, KNOWN_OPTIONS,
+};
 pub use schema::SCHEMA_VERSION;
 
 /// Both ports on one Redis server, under one key prefix. Dropping it closes
@@ -121,9 +125,10 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Opens a store from a URL, creating it when the prefix is empty
     /// ([`OpenMode::Create`]):
-    /// `redis://[[user]:password@]host[:port][/db][?prefix=NAME&assume_noeviction=true&timeout_ms=N&connect_timeout_ms=N]`
-    /// (see [`parse_url`]). Connects, checks `maxmemory-policy`, reads or
-    /// writes the schema marker (upgrading a schema-1 prefix), and
+    /// `redis://[[user]:password@]host[:port][/db][?options]`, or
+    /// `rediss://…` for TLS (see [`parse_url`] for every option). Connects,
+    /// names the connection (`CLIENT SETNAME`), checks `maxmemory-policy`,
+    /// reads or writes the schema marker (upgrading a schema-1 prefix), and
     /// subscribes to wake-ups: a few round trips.
     ///
     /// ```no_run
@@ -142,12 +147,15 @@ impl RedisStore {
     /// not subscribe to wake-ups, and refuses every write through this
     /// handle.
     pub async fn open_mode(url: &str, mode: OpenMode) -> act::Result<Self> {
-        let (client_url, options) = parse_url(url)?;
-        Self::connect(url, &client_url, options, mode).await
+        let (server, options) = parse_url(url)?;
+        Self::connect(url, &server, options, mode).await
     }
 
     /// Opens with explicit options ([`OpenMode::Create`]): `url` names the
-    /// server; act options in its query are ignored in favour of `options`.
+    /// server and how to reach it (address, credentials, database,
+    /// `protocol` and the `tls_*` options); the store options in its query
+    /// (`prefix`, `assume_noeviction`, the timeouts, `keepalive_s`,
+    /// `client_name`) are checked but `options` replaces them.
     pub async fn open_with(url: &str, options: RedisOptions) -> act::Result<Self> {
         Self::open_with_mode(url, options, OpenMode::Create).await
     }
@@ -159,19 +167,19 @@ impl RedisStore {
         mode: OpenMode,
     ) -> act::Result<Self> {
         check_prefix(&options.prefix)?;
-        let (client_url, _) = parse_url(url)?;
-        Self::connect(url, &client_url, options, mode).await
+        check_client_name(&options.client_name)?;
+        let (server, _) = parse_url(url)?;
+        Self::connect(url, &server, options, mode).await
     }
 
     async fn connect(
         url: &str,
-        client_url: &str,
+        server: &RedisServer,
         options: RedisOptions,
         mode: OpenMode,
     ) -> act::Result<Self> {
-        let name: Arc<str> = Arc::from(act::redact_url(url));
-        let client = redis::Client::open(client_url)
-            .map_err(|e| Error::InvalidInput(format!("`{name}` is not a usable Redis URL: {e}")))?;
+        let name: Arc<str> = Arc::from(shown_url(url));
+        let client = client::build(&name, server, &options).await?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.connect_timeout))
@@ -186,6 +194,12 @@ impl RedisStore {
             name.clone(),
             options.clock_offset.clone(),
         );
+        conn.command(
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(&options.client_name),
+        )
+        .await?;
         schema::check_eviction(&conn, options.assume_noeviction).await?;
         schema::open(&conn, &options.prefix, mode).await?;
         let wake = Arc::new(watch::Sender::new(0));

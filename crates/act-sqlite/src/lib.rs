@@ -74,7 +74,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use lanes::{Lane, Sync};
-pub use open::parse_url;
+pub use open::{parse_url, KNOWN_OPTIONS};
 pub use schema::SCHEMA_VERSION;
 
 /// How a store is opened.
@@ -148,10 +148,11 @@ impl SqliteStore {
     }
 
     /// Opens a store from a URL: `sqlite://PATH` (relative or absolute, e.g.
-    /// `sqlite://act.db`, `sqlite:///var/lib/app/act.db`), creating it when
-    /// missing. Query parameters: `readers=N`, `busy_timeout_ms=N`,
-    /// `watch_ms=N` (0 disables), `queue_sync=normal|full` (see
-    /// [`SqliteOptions::fsync_queue_writes`]).
+    /// `sqlite://act.db`, `sqlite:///var/lib/app/act.db`; percent-encoded:
+    /// `sqlite:///srv/my%20app/act.db`), creating it when missing. Query
+    /// parameters: `readers=N`, `busy_timeout_ms=N`, `watch_ms=N` (0
+    /// disables), `queue_sync=normal|full` (see
+    /// [`SqliteOptions::fsync_queue_writes`]); see [`parse_url`].
     pub async fn open_url(url: &str) -> act::Result<Self> {
         SqliteStore::open_url_mode(url, OpenMode::Create).await
     }

@@ -250,26 +250,69 @@ impl Watcher {
     }
 }
 
-/// Splits `sqlite://PATH?options` into a path and options.
+/// Every option a `sqlite://` URL may carry.
+pub const KNOWN_OPTIONS: &[&str] = &["readers", "busy_timeout_ms", "watch_ms", "queue_sync"];
+
+/// Splits `sqlite://PATH?options` into a path and options, with the `url`
+/// crate. `sqlite://act.db` and `sqlite://data/act.db` are relative to the
+/// working directory, `sqlite:///var/lib/act.db` is absolute. The path and
+/// option values are percent-decoded (`%20` for a space, `%25` for `%`,
+/// `%3F` for `?`, `%23` for `#`; `+` stays a plus). Options (each at most
+/// once): `readers=N` (2; 1–64), `busy_timeout_ms=N` (5000),
+/// `watch_ms=N` (2; 0 disables cross-process wake-ups),
+/// `queue_sync=normal|full` (`normal`). An unknown option is an error
+/// listing the known ones.
 pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .ok_or_else(|| Error::UnknownStore {
+    if !url.starts_with("sqlite://") {
+        return Err(Error::UnknownStore {
             url: act::redact_url(url),
             supported: "sqlite://PATH".into(),
-        })?;
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
+        });
+    }
+    let bad = |what: String| Error::InvalidInput(format!("`{url}`: {what}"));
+    let parsed = url::Url::parse(url).map_err(|e| {
+        bad(format!(
+            "not a URL ({e}); percent-encode spaces as %20 and `:`, `?`, `#`, `%` in the path"
+        ))
+    })?;
+    if parsed.fragment().is_some() {
+        return Err(bad("a `#` in the path is written `%23`".into()));
+    }
+    let decode = |what: &str, s: &str| -> act::Result<String> {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|d| d.into_owned())
+            .map_err(|_| bad(format!("the {what} is not UTF-8 once percent-decoded")))
     };
+    // `sqlite://a/b.db`: the URL's host is the path's first segment.
+    let raw = format!("{}{}", parsed.host_str().unwrap_or(""), parsed.path());
+    let path = decode("path", &raw)?;
     if path.is_empty() {
         return Err(Error::InvalidInput(format!(
             "`{url}` names no file: use sqlite://PATH, e.g. sqlite://act.db"
         )));
     }
     let mut options = SqliteOptions::default();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    let mut seen: Vec<String> = Vec::new();
+    for pair in parsed
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode("option name", raw_key)?;
+        let value = decode("option value", raw_value)?;
+        if !KNOWN_OPTIONS.contains(&key.as_str()) {
+            return Err(Error::InvalidInput(format!(
+                "unknown option `{key}` in `{url}`: known options are {}",
+                KNOWN_OPTIONS.join(", ")
+            )));
+        }
+        if seen.contains(&key) {
+            return Err(bad(format!("option `{key}` is given twice")));
+        }
+        seen.push(key.clone());
         let number = || {
             value.parse::<u64>().map_err(|_| {
                 Error::InvalidInput(format!(
@@ -277,11 +320,11 @@ pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
                 ))
             })
         };
-        match key {
+        match key.as_str() {
             "readers" => options.readers = number()?.clamp(1, 64) as usize,
             "busy_timeout_ms" => options.busy_timeout = Duration::from_millis(number()?),
             "queue_sync" => {
-                options.fsync_queue_writes = match value {
+                options.fsync_queue_writes = match value.as_str() {
                     "full" => true,
                     "normal" => false,
                     _ => {
@@ -297,11 +340,7 @@ pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
                     ms => Some(Duration::from_millis(ms)),
                 }
             }
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "unknown option `{key}` in `{url}`: known options are readers, busy_timeout_ms, watch_ms, queue_sync"
-                )))
-            }
+            _ => unreachable!("every known option is handled"),
         }
     }
     Ok((PathBuf::from(path), options))
@@ -346,6 +385,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown option `nope`"));
+    }
+
+    #[test]
+    fn paths_are_percent_decoded_and_keep_relative_or_absolute() {
+        for (url, path) in [
+            ("sqlite://act.db", "act.db"),
+            ("sqlite://Data/Act.db", "Data/Act.db"),
+            ("sqlite://./data/act.db", "./data/act.db"),
+            ("sqlite://../act.db", "../act.db"),
+            (
+                "sqlite:///var/lib/my%20app/act.db",
+                "/var/lib/my app/act.db",
+            ),
+            ("sqlite:///tmp/50%25%3F%23.db", "/tmp/50%?#.db"),
+            ("sqlite://c++.db", "c++.db"),
+        ] {
+            assert_eq!(parse_url(url).unwrap().0, PathBuf::from(path), "{url}");
+        }
+        let e = parse_url("sqlite://x.db?readers=1&readers=2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("option `readers` is given twice"), "{e}");
+        let e = parse_url("sqlite://x.db?nope=1").unwrap_err().to_string();
+        assert!(
+            e.contains("known options are readers, busy_timeout_ms, watch_ms, queue_sync"),
+            "{e}"
+        );
+        let e = parse_url("sqlite://x.db?busy_timeout_ms=1s")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`busy_timeout_ms`"), "{e}");
+        let e = parse_url("sqlite://x.db?watch_ms=")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`watch_ms`"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,13 @@
 //! let mut server = act_testservers::redis::PrivateRedis::start(&[]);
 //! let url = server.url(); // redis://127.0.0.1:PORT/0
 //! server.restart(); // same port, empty again (no persistence)
+//!
+//! // TLS only: no plaintext port; the test makes the certificates.
+//! let tls = act_testservers::redis::PrivateRedis::start_tls(&[
+//!     "--tls-cert-file", "server.pem", "--tls-key-file", "server.key",
+//!     "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no",
+//! ]);
+//! let url = tls.url(); // rediss://localhost:PORT/0
 //! ```
 
 use std::io::{Read, Write};
@@ -27,6 +34,8 @@ const PORT_ATTEMPTS: usize = 5;
 /// temporary directory. Killed (SIGKILL) when dropped.
 pub struct PrivateRedis {
     port: u16,
+    /// Listens with TLS only (`--port 0 --tls-port PORT`).
+    tls: bool,
     args: Vec<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -37,6 +46,21 @@ impl PrivateRedis {
     /// `["--maxmemory-policy", "allkeys-lru"]`) and waits until it answers
     /// `PING`. Panics with the server's log when it does not start.
     pub fn start(extra_args: &[&str]) -> PrivateRedis {
+        Self::start_on(false, extra_args)
+    }
+
+    /// Starts a server that accepts TLS connections only (`--port 0
+    /// --tls-port PORT`; no plaintext port at all). `extra_args` must name
+    /// its files: `--tls-cert-file`, `--tls-key-file`, `--tls-ca-cert-file`
+    /// and, when clients need no certificate, `--tls-auth-clients no`.
+    /// Ready once its log says so and the port accepts connections. Panics
+    /// with the log when it does not start (e.g. a redis-server built
+    /// without TLS).
+    pub fn start_tls(extra_args: &[&str]) -> PrivateRedis {
+        Self::start_on(true, extra_args)
+    }
+
+    fn start_on(tls: bool, extra_args: &[&str]) -> PrivateRedis {
         let dir = tempfile::Builder::new()
             .prefix("act-redis-")
             .tempdir()
@@ -44,6 +68,7 @@ impl PrivateRedis {
         let args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let mut server = PrivateRedis {
             port: 0,
+            tls,
             args,
             child: None,
             dir,
@@ -60,9 +85,14 @@ impl PrivateRedis {
         panic!("redis-server did not start after {PORT_ATTEMPTS} attempts; its log:\n{last}");
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://127.0.0.1:PORT/0`, or `rediss://localhost:PORT/0` for a
+    /// TLS server (the name a test's server certificate is made for).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        if self.tls {
+            format!("rediss://localhost:{}/0", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}/0", self.port)
+        }
     }
 
     /// The port it listens on (kept across restarts).
@@ -139,8 +169,15 @@ impl PrivateRedis {
         let err = log
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot share the redis-server log: {e}"));
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls {
+            &["--port", "0", "--tls-port", &port]
+        } else {
+            &["--port", &port]
+        };
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -154,7 +191,14 @@ impl PrivateRedis {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("(exited with {status})\n{}", self.log()));
             }
-            if ready(self.port, child.id()) {
+            let up = if self.tls {
+                self.log().contains("Ready to accept connections")
+                    && TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), POLL * 10)
+                        .is_ok()
+            } else {
+                ready(self.port, child.id())
+            };
+            if up {
                 self.child = Some(child);
                 return Ok(());
             }
