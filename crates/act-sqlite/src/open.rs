@@ -253,11 +253,12 @@ impl Watcher {
 /// Every option a `sqlite://` URL may carry.
 pub const KNOWN_OPTIONS: &[&str] = &["readers", "busy_timeout_ms", "watch_ms", "queue_sync"];
 
-/// Splits `sqlite://PATH?options` into a path and options, with the `url`
-/// crate. `sqlite://act.db` and `sqlite://data/act.db` are relative to the
+/// Splits `sqlite://PATH?options` into a path and options.
+/// `sqlite://act.db` and `sqlite://data/act.db` are relative to the
 /// working directory, `sqlite:///var/lib/act.db` is absolute. The path and
-/// option values are percent-decoded (`%20` for a space, `%25` for `%`,
-/// `%3F` for `?`, `%23` for `#`; `+` stays a plus). Options (each at most
+/// option values are percent-decoded (`%25` for `%`, `%3F` for `?`, `%23`
+/// for `#`; `+` stays a plus) and the path is used as it is otherwise
+/// (`sqlite://../data/act.db` is the parent directory's). Options (each at most
 /// once): `readers=N` (2; 1–64), `busy_timeout_ms=N` (5000),
 /// `watch_ms=N` (2; 0 disables cross-process wake-ups),
 /// `queue_sync=normal|full` (`normal`). An unknown option is an error
@@ -270,12 +271,13 @@ pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
         });
     }
     let bad = |what: String| Error::InvalidInput(format!("`{url}`: {what}"));
-    let parsed = url::Url::parse(url).map_err(|e| {
-        bad(format!(
-            "not a URL ({e}); percent-encode spaces as %20 and `:`, `?`, `#`, `%` in the path"
-        ))
-    })?;
-    if parsed.fragment().is_some() {
+    // A SQLite path is a file path, not a URL's host and path: `..`, `.`,
+    // upper case, spaces and `C:` mean what they mean to the file system, so
+    // the path is only percent-decoded, never normalized; the options are a
+    // query string.
+    let rest = &url["sqlite://".len()..];
+    let (raw_path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if raw_path.contains('#') || query.contains('#') {
         return Err(bad("a `#` in the path is written `%23`".into()));
     }
     let decode = |what: &str, s: &str| -> act::Result<String> {
@@ -284,9 +286,7 @@ pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
             .map(|d| d.into_owned())
             .map_err(|_| bad(format!("the {what} is not UTF-8 once percent-decoded")))
     };
-    // `sqlite://a/b.db`: the URL's host is the path's first segment.
-    let raw = format!("{}{}", parsed.host_str().unwrap_or(""), parsed.path());
-    let path = decode("path", &raw)?;
+    let path = decode("path", raw_path)?;
     if path.is_empty() {
         return Err(Error::InvalidInput(format!(
             "`{url}` names no file: use sqlite://PATH, e.g. sqlite://act.db"
@@ -294,12 +294,7 @@ pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
     }
     let mut options = SqliteOptions::default();
     let mut seen: Vec<String> = Vec::new();
-    for pair in parsed
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = decode("option name", raw_key)?;
         let value = decode("option value", raw_value)?;
@@ -400,6 +395,11 @@ mod tests {
             ),
             ("sqlite:///tmp/50%25%3F%23.db", "/tmp/50%?#.db"),
             ("sqlite://c++.db", "c++.db"),
+            // File paths, not URL paths: never normalized.
+            ("sqlite://x/../y.db", "x/../y.db"),
+            ("sqlite://../../data/act.db", "../../data/act.db"),
+            ("sqlite://my file.db", "my file.db"),
+            ("sqlite://C:/data/act.db", "C:/data/act.db"),
         ] {
             assert_eq!(parse_url(url).unwrap().0, PathBuf::from(path), "{url}");
         }
