@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use act::{Act, Action, Actor, Invariant, Reaction, State, Store};
+use act::{Act, Action, Actor, Invariant, State, Store};
 use serde::{Deserialize, Serialize};
 
 /// A visitor, stream `visitor-{name}`.
@@ -63,11 +63,11 @@ impl State for Visitor {
 
 /// The application: what `worker` and `settle` run.
 fn app(store: Arc<dyn Store>) -> act::Result<Act> {
-    let greetings = Reaction::on("Greeted")
+    let greetings = act::on!(VisitorEvent { Greeted })
         .named("greetings")
-        .to(|e| e.stream.starts_with("visitor-").then(|| e.stream.clone()))
+        .to_raw(|e| e.stream.starts_with("visitor-").then(|| e.stream.clone()))
         .from_beginning()
-        .handle(|_, ctx| async move {
+        .handle(|_, _, ctx| async move {
             ctx.act::<Visitor>(ctx.stream(), &VisitorAction::Welcome)
                 .await?;
             Ok(())
