@@ -1,33 +1,38 @@
-//! Command-line arguments.
+//! The command line every program gets: the global flags, the built-in
+//! commands, and where a program's own flags and commands go. Generic over
+//! `A`, the program's flags flattened into `worker` and `settle`, and `X`,
+//! its own commands flattened beside the built-in ones.
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::args::BrokerArgs;
 use crate::stores;
 
-/// act: event sourcing with an event-driven queue store and broker.
-///
-/// Every command takes `--store URL` (default sqlite://act.db in the current
-/// directory, or $ACT_STORE) and `--json` (one JSON object per line).
-///
-/// Store URLs and their options:
-///
-///   sqlite://PATH[?readers=N&busy_timeout_ms=N&watch_ms=N&queue_sync=normal|full]
-///
-///   postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME&pool_size=N&listen=true|false]
-///
-///   redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME&timeout_ms=N&connect_timeout_ms=N&assume_noeviction=true]
-///
-///   memory:  (in this process only)
-///
-/// Commands that only read (status, blocked, events, reactions) never create,
-/// migrate or write a store; unblock, reset and retire need one that exists.
-///
-/// Exit codes: 0 success, 1 operational error (message on stderr), 2 usage
-/// error.
-#[derive(Debug, Parser)]
-#[command(name = "act", version, about, long_about)]
-pub struct Cli {
-    /// The store: sqlite://PATH, postgres://USER@HOST[:PORT]/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME] or memory: (options: see `act --help`)
+/// What `--help` says after the first line: the stores and exit codes.
+pub(crate) const LONG_HELP: &str = "Every command takes `--store URL` (default sqlite://act.db in the current
+directory, or $ACT_STORE) and `--json` (one JSON object per line).
+
+Store URLs and their options:
+
+  sqlite://PATH[?readers=N&busy_timeout_ms=N&watch_ms=N&queue_sync=normal|full]
+
+  postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME&pool_size=N&listen=true|false]
+
+  redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME&timeout_ms=N&connect_timeout_ms=N&assume_noeviction=true]
+
+  memory:  (in this process only)
+
+Commands that only read (status, blocked, events, reactions) never create,
+migrate or write a store; unblock, reset and retire need one that exists.
+
+Exit codes: 0 success, 1 operational error (message on stderr), 2 usage
+error.";
+
+/// The whole command line (name, about and version are set by
+/// [`Program`](crate::Program)).
+#[derive(Parser)]
+pub(crate) struct Cli<A: Args, X: Subcommand> {
+    /// The store: sqlite://PATH, postgres://USER@HOST[:PORT]/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME] or memory: (options: see --help)
     #[arg(long, global = true, env = "ACT_STORE", default_value = stores::DEFAULT)]
     pub store: String,
 
@@ -36,19 +41,19 @@ pub struct Cli {
     pub json: bool,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Command<A, X>,
 }
 
-/// The commands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Append the bank demo workload, deliver every reaction, check the log.
-    Demo(DemoArgs),
-    /// Run the bank demo's broker until SIGINT/SIGTERM, then shut down
+/// The commands: the program's own first, then the built-in ones.
+#[derive(Subcommand)]
+pub(crate) enum Command<A: Args, X: Subcommand> {
+    #[command(flatten)]
+    Own(X),
+    /// Run the application's broker until SIGINT/SIGTERM, then shut down
     /// gracefully (finish in-flight handlers, release leases, exit 0).
-    Worker(WorkerArgs),
+    Worker(WorkerArgs<A>),
     /// Run a broker until every queue is caught up or blocked, then exit.
-    Settle(SettleArgs),
+    Settle(SettleArgs<A>),
     /// One row per queue: position, head, lag, retries, next attempt, block, lease.
     Status(StatusArgs),
     /// The blocked queues and their errors.
@@ -64,114 +69,11 @@ pub enum Command {
     Retire(RetireArgs),
     /// Print events from the log.
     Events(EventsArgs),
-    /// Measure act on a store: appends, deliveries, latency, scaling (see BENCH.md).
-    Bench(BenchArgs),
-    /// One broker of the bench's drain app until caught up (used by `bench`).
-    #[command(hide = true)]
-    BenchWorker(BenchWorkerArgs),
 }
 
-/// Arguments of `act bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// A workload to run (repeat for several; default: all).
-    #[arg(long = "workload", value_enum)]
-    pub workloads: Vec<crate::bench::Workload>,
-    /// Multiply every workload's event count (0.1 for a quick run).
-    #[arg(long, default_value_t = 1.0)]
-    pub scale: f64,
-    /// Queues each broker processes at once.
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
-    /// Events per queue per claim.
-    #[arg(long, default_value_t = 100)]
-    pub batch: usize,
-    /// Brokers' fallback polling period in milliseconds (latency without push).
-    #[arg(long, default_value_t = 1000)]
-    pub poll_ms: u64,
-}
-
-/// Arguments of `act bench-worker`.
-#[derive(Debug, Args)]
-pub struct BenchWorkerArgs {
-    /// Queues processed at once.
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
-    /// Events per queue per claim.
-    #[arg(long, default_value_t = 100)]
-    pub batch: usize,
-    /// Fallback polling period in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub poll_ms: u64,
-}
-
-/// A whole number of at least 1.
-pub fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("`{s}` is not a whole number")),
-    }
-}
-
-/// Milliseconds, at least 1.
-pub fn millis(s: &str) -> Result<u64, String> {
-    positive(s).map(|n| n as u64)
-}
-
-/// Broker tuning shared by `worker`, `settle` and `demo`.
-#[derive(Debug, Clone, Args)]
-pub struct BrokerArgs {
-    /// Queues processed at once (at least 1).
-    #[arg(long, default_value_t = 32, value_parser = positive)]
-    pub concurrency: usize,
-    /// Lease length in seconds (more than 0).
-    #[arg(long, default_value_t = 30.0)]
-    pub lease: f64,
-    /// Events per queue per claim (at least 1).
-    #[arg(long, default_value_t = 100, value_parser = positive)]
-    pub batch: usize,
-    /// Fallback polling period in milliseconds (at least 1).
-    #[arg(long, default_value_t = 1000, value_parser = millis)]
-    pub poll_ms: u64,
-}
-
-/// Which version of the bank demo's reactions a broker runs.
-#[derive(Debug, Clone, Copy, Args)]
-pub struct BankArgs {
-    /// The fix for poisoned deposits is deployed: audit records them (use
-    /// with `act unblock` to let blocked audit queues finish).
-    #[arg(long)]
-    pub cured: bool,
-    /// Version 2 of the demo: also run the `ledger` reaction (added to a
-    /// running bank, it replays the history first).
-    #[arg(long)]
-    pub ledger: bool,
-    /// A poisoned deposit aborts the process in its handler (a crash loop;
-    /// for tests of workers that die).
-    #[arg(long, hide = true)]
-    pub crash_on_poison: bool,
-    /// Retries before a queue blocks (default 3). A lease that ends without
-    /// a settlement (a killed worker) counts as a failed attempt.
-    #[arg(long)]
-    pub max_retries: Option<u32>,
-}
-
-impl BankArgs {
-    /// The demo's handler options.
-    pub fn options(&self) -> act_bank::Options {
-        act_bank::Options {
-            cured: self.cured,
-            ledger: self.ledger,
-            crash_on_poison: self.crash_on_poison,
-            max_retries: self.max_retries,
-        }
-    }
-}
-
-/// Arguments of `act worker`.
-#[derive(Debug, Args)]
-pub struct WorkerArgs {
+/// Arguments of `worker`.
+#[derive(Args)]
+pub(crate) struct WorkerArgs<A: Args> {
     #[command(flatten)]
     pub broker: BrokerArgs,
     /// Seconds shutdown waits for in-flight handlers.
@@ -185,52 +87,21 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub report_every: Option<f64>,
     #[command(flatten)]
-    pub bank: BankArgs,
+    pub app: A,
 }
 
-/// Arguments of `act settle`.
-#[derive(Debug, Args)]
-pub struct SettleArgs {
+/// Arguments of `settle`.
+#[derive(Args)]
+pub(crate) struct SettleArgs<A: Args> {
     #[command(flatten)]
     pub broker: BrokerArgs,
     #[command(flatten)]
-    pub bank: BankArgs,
+    pub app: A,
 }
 
-/// Arguments of `act demo`.
+/// Arguments of `status`.
 #[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Accounts to open (at least 1).
-    #[arg(long, default_value_t = 100, value_parser = positive)]
-    pub accounts: usize,
-    /// Deposits and withdrawals to append.
-    #[arg(long, default_value_t = 10_000)]
-    pub events: usize,
-    /// Seed of the random workload.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Accounts that get one poisoned deposit (their audit queue blocks).
-    #[arg(long, default_value_t = 2)]
-    pub poison: usize,
-    /// Share of deposits whose handlers fail their first 1–2 attempts.
-    #[arg(long, default_value_t = 0.01)]
-    pub fail_share: f64,
-    /// Concurrent writers (at least 1).
-    #[arg(long, default_value_t = 4, value_parser = positive)]
-    pub writers: usize,
-    /// Only append: leave delivery to `act worker` processes.
-    #[arg(long)]
-    pub no_settle: bool,
-    /// Version 2 of the demo: also run the `ledger` reaction.
-    #[arg(long)]
-    pub ledger: bool,
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-}
-
-/// Arguments of `act status`.
-#[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Only this queue.
     #[arg(long)]
     pub stream: Option<String>,
@@ -246,17 +117,17 @@ pub struct StatusArgs {
     pub wide: bool,
 }
 
-/// Arguments of `act unblock`.
+/// Arguments of `unblock`.
 #[derive(Debug, Args)]
-pub struct UnblockArgs {
+pub(crate) struct UnblockArgs {
     /// The queues to unblock.
     #[arg(required = true)]
     pub streams: Vec<String>,
 }
 
-/// Arguments of `act reset`.
+/// Arguments of `reset`.
 #[derive(Debug, Args)]
-pub struct ResetArgs {
+pub(crate) struct ResetArgs {
     /// The queue.
     pub stream: String,
     /// The new position: events after it are delivered (again), replayed
@@ -269,17 +140,17 @@ pub struct ResetArgs {
     pub new: bool,
 }
 
-/// Arguments of `act retire`.
+/// Arguments of `retire`.
 #[derive(Debug, Args)]
-pub struct RetireArgs {
+pub(crate) struct RetireArgs {
     /// The reactions to retire.
     #[arg(required = true)]
     pub names: Vec<String>,
 }
 
-/// Arguments of `act events`.
+/// Arguments of `events`.
 #[derive(Debug, Args)]
-pub struct EventsArgs {
+pub(crate) struct EventsArgs {
     /// Only this stream (`*` and `?` make it a pattern, e.g. 'account-*').
     #[arg(long)]
     pub stream: Option<String>,

@@ -1,50 +1,36 @@
-//! `act`, the command line of act: run the bank demo and brokers, and let
-//! operators see and fix queues on any store named by URL.
+//! `act`, the command line of act: the operator commands of [`act_cli`]
+//! applied to the bank demo, plus the bank's own `demo` and `bench`.
 //!
 //! A thin shell: it parses arguments, calls the libraries, and formats the
 //! results. Exit codes: 0 success, 1 operational error (message on stderr),
 //! 2 usage error.
 
+mod bank;
 mod bench;
-mod cli;
-mod commands;
-mod error;
-mod output;
-mod stores;
+mod demo;
 
 use std::process::ExitCode;
+
+use act_cli::Program;
+use bank::{BankArgs, BankCommand};
 
 /// mimalloc: allocation-heavy paths (JSON, events) ran 20–30% faster than
 /// with the system allocator in `act bench`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ACT_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+    Program::with_args("act", |store, bank: &BankArgs| {
+        act_bank::app_with(store, bank.options())
+    })
+    .about("act: event sourcing with an event-driven queue store and broker.")
+    .version(env!("CARGO_PKG_VERSION"))
+    .commands(|globals, command: BankCommand| async move {
+        match command {
+            BankCommand::Demo(args) => demo::run(&globals, &args).await,
+            BankCommand::Bench(args) => bench::run(&globals, &args).await,
+            BankCommand::BenchWorker(args) => bench::worker(&globals, &args).await,
         }
-    };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    })
+    .main()
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::error::CliError;
+use crate::Error;
 
 /// Prints one JSON object on its own line.
-pub fn json_line<T: Serialize>(value: &T) -> Result<(), CliError> {
+pub fn json_line<T: Serialize>(value: &T) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
@@ -17,7 +17,7 @@ pub fn json_line<T: Serialize>(value: &T) -> Result<(), CliError> {
 }
 
 /// Prints a line of text.
-pub fn line(text: impl std::fmt::Display) -> Result<(), CliError> {
+pub fn line(text: impl std::fmt::Display) -> Result<(), Error> {
     writeln!(std::io::stdout().lock(), "{text}")?;
     Ok(())
 }

@@ -18,10 +18,10 @@ use futures_util::future::BoxFuture;
 
 use super::namespace::Namespace;
 use super::{Row, Settings};
-use crate::error::CliError;
+use act_cli::Error;
 
 /// The limit rows for the store of `s` (none for Redis).
-pub(crate) async fn limits(s: &Settings) -> Result<Vec<Row>, CliError> {
+pub(crate) async fn limits(s: &Settings) -> Result<Vec<Row>, Error> {
     let ns = Namespace::fresh(&s.store, "limit").await?;
     let rows = match ns.backend() {
         "memory" => vec![empty_handler_calls(s).await],
@@ -75,7 +75,7 @@ async fn empty_handler_calls(s: &Settings) -> Row {
     row
 }
 
-async fn sqlite_inserts(s: &Settings, dir: std::path::PathBuf) -> Result<Row, CliError> {
+async fn sqlite_inserts(s: &Settings, dir: std::path::PathBuf) -> Result<Row, Error> {
     let n = s.scaled(3_000);
     let file = dir.join(format!("act-bench-limit-{:08x}.db", fastrand::u32(..)));
     let f = file.clone();
@@ -95,8 +95,8 @@ async fn sqlite_inserts(s: &Settings, dir: std::path::PathBuf) -> Result<Row, Cl
         Ok(started.elapsed().as_secs_f64())
     })
     .await
-    .map_err(|e| CliError::Check(vec![format!("the SQLite limit task failed: {e}")]))?
-    .map_err(|e| CliError::Check(vec![format!("the SQLite limit failed: {e}")]))?;
+    .map_err(|e| Error::Check(vec![format!("the SQLite limit task failed: {e}")]))?
+    .map_err(|e| Error::Check(vec![format!("the SQLite limit failed: {e}")]))?;
     for suffix in ["", "-wal", "-shm"] {
         let mut p = file.clone().into_os_string();
         p.push(suffix);
@@ -110,7 +110,7 @@ async fn sqlite_inserts(s: &Settings, dir: std::path::PathBuf) -> Result<Row, Cl
     Ok(row)
 }
 
-async fn postgres_inserts(s: &Settings, url: &str, clients: usize) -> Result<Row, CliError> {
+async fn postgres_inserts(s: &Settings, url: &str, clients: usize) -> Result<Row, Error> {
     let (config, options) = act_pg::parse_url(url)?;
     let table = format!("{}.limit_{clients}", options.schema);
     let run_for = Duration::from_secs_f64((3.0 * s.scale).max(0.5));
@@ -121,7 +121,7 @@ async fn postgres_inserts(s: &Settings, url: &str, clients: usize) -> Result<Row
         let (client, conn) = config
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| CliError::Check(vec![format!("connect for the PostgreSQL limit: {e}")]))?;
+            .map_err(|e| Error::Check(vec![format!("connect for the PostgreSQL limit: {e}")]))?;
         let driver = tokio::spawn(conn);
         if setup {
             client
@@ -130,7 +130,7 @@ async fn postgres_inserts(s: &Settings, url: &str, clients: usize) -> Result<Row
                 ))
                 .await
                 .map_err(|e| {
-                    CliError::Check(vec![format!("create the PostgreSQL limit table: {e}")])
+                    Error::Check(vec![format!("create the PostgreSQL limit table: {e}")])
                 })?;
             setup = false;
         }
@@ -150,8 +150,8 @@ async fn postgres_inserts(s: &Settings, url: &str, clients: usize) -> Result<Row
     }
     let started = Instant::now();
     while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| CliError::Check(vec![format!("a PostgreSQL limit task failed: {e}")]))?
-            .map_err(|e| CliError::Check(vec![format!("the PostgreSQL limit failed: {e}")]))?;
+        r.map_err(|e| Error::Check(vec![format!("a PostgreSQL limit task failed: {e}")]))?
+            .map_err(|e| Error::Check(vec![format!("the PostgreSQL limit failed: {e}")]))?;
     }
     let mut row = Row::new(
         "limit",

@@ -29,9 +29,10 @@ use clap::ValueEnum;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::cli::{BenchArgs, BenchWorkerArgs, Cli};
-use crate::error::CliError;
-use crate::output::{bar, json_line, line, table, thousands};
+use crate::bank::{BenchArgs, BenchWorkerArgs};
+use act_cli::output::{bar, json_line, line, table, thousands};
+use act_cli::Error;
+use act_cli::Globals;
 
 /// The workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,7 +126,7 @@ impl Row {
 }
 
 /// Runs the chosen workloads and prints their rows.
-pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<(), CliError> {
+pub async fn run(cli: &Globals, args: &BenchArgs) -> Result<(), Error> {
     let s = Settings {
         store: cli.store.clone(),
         scale: args.scale.clamp(0.001, 100.0),
@@ -215,7 +216,7 @@ fn compare(row: &mut Row, earlier: &[Row]) {
     }
 }
 
-fn print_table(rows: &[Row]) -> Result<(), CliError> {
+fn print_table(rows: &[Row]) -> Result<(), Error> {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -251,8 +252,8 @@ fn print_table(rows: &[Row]) -> Result<(), CliError> {
 /// `act bench-worker` (hidden): one broker of the drain app until everything
 /// is delivered; prints `{"reactions": N, …}`. `act bench --workload scale`
 /// starts several.
-pub async fn worker(cli: &Cli, args: &BenchWorkerArgs) -> Result<(), CliError> {
-    let store = crate::stores::open(&cli.store).await?;
+pub async fn worker(cli: &Globals, args: &BenchWorkerArgs) -> Result<(), Error> {
+    let store = act_cli::stores::open(&cli.store).await?;
     let counter = Arc::new(AtomicU64::new(0));
     let app = workloads::drain_app(store, &counter)?;
     let options = act::BrokerOptions::default()

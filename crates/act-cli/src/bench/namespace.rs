@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use act::{MemoryStore, Store};
 
-use crate::error::CliError;
+use act_cli::Error;
 
 enum Kind {
     Memory(Arc<MemoryStore>),
@@ -40,7 +40,7 @@ fn with_param(url: &str, key: &str, value: &str) -> String {
 impl Namespace {
     /// A fresh namespace of the store named by `base` (its scheme and
     /// location), tagged with `tag` for people reading the server.
-    pub async fn fresh(base: &str, tag: &str) -> Result<Namespace, CliError> {
+    pub async fn fresh(base: &str, tag: &str) -> Result<Namespace, Error> {
         let id = format!("{tag}_{:08x}", fastrand::u32(..));
         if base == "memory:" || base == "memory://" {
             let m = Arc::new(MemoryStore::new());
@@ -85,17 +85,17 @@ impl Namespace {
         }
         Err(act::Error::UnknownStore {
             url: act::redact_url(base),
-            supported: crate::stores::SUPPORTED.into(),
+            supported: act_cli::stores::SUPPORTED.into(),
         }
         .into())
     }
 
     /// Another handle on the same namespace, as a second process would open
     /// it (the same handle for memory).
-    pub async fn reopen(&self) -> Result<Arc<dyn Store>, CliError> {
+    pub async fn reopen(&self) -> Result<Arc<dyn Store>, Error> {
         Ok(match &self.kind {
             Kind::Memory(m) => m.clone(),
-            _ => crate::stores::open(&self.url).await?,
+            _ => act_cli::stores::open(&self.url).await?,
         })
     }
 
@@ -123,7 +123,7 @@ impl Namespace {
     }
 
     /// Removes the namespace and everything in it.
-    pub async fn destroy(self) -> Result<(), CliError> {
+    pub async fn destroy(self) -> Result<(), Error> {
         let Namespace { store, kind, .. } = self;
         drop(store);
         match kind {

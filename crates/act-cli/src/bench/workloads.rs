@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::counting::Counting;
 use super::namespace::Namespace;
 use super::{rss, Row, Settings};
-use crate::error::CliError;
+use act_cli::Error;
 
 // --- a minimal state for the commit workload ---------------------------------
 
@@ -63,7 +63,7 @@ async fn fill(
     name: &str,
     stream: impl Fn(usize) -> String,
     data: impl Fn(usize) -> Value,
-) -> Result<(), CliError> {
+) -> Result<(), Error> {
     let mut i = 0;
     while i < n {
         let s = stream(i);
@@ -130,7 +130,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// `commit`: `n` events appended through actions, round-robin over 100
 /// streams, by `writers` concurrent writers (each on its own streams).
-pub(crate) async fn commit(s: &Settings, writers: usize) -> Result<Row, CliError> {
+pub(crate) async fn commit(s: &Settings, writers: usize) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, "commit").await?;
     let app = Act::builder(ns.store.clone()).build()?;
     let n = s.scaled(10_000);
@@ -151,7 +151,7 @@ pub(crate) async fn commit(s: &Settings, writers: usize) -> Result<Row, CliError
         });
     }
     while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| CliError::Check(vec![format!("a writer task failed: {e}")]))??;
+        r.map_err(|e| Error::Check(vec![format!("a writer task failed: {e}")]))??;
     }
     let secs = started.elapsed().as_secs_f64();
     let row = Row::new("commit", ns.backend(), n as u64, 0, writers as u64, secs);
@@ -161,7 +161,7 @@ pub(crate) async fn commit(s: &Settings, writers: usize) -> Result<Row, CliError
 
 /// Resets the peak memory mark, then lets one broker deliver everything
 /// correlatable; the seconds it took.
-async fn timed_delivery(s: &Settings, app: &Act) -> Result<f64, CliError> {
+async fn timed_delivery(s: &Settings, app: &Act) -> Result<f64, Error> {
     rss::reset_peak();
     let started = Instant::now();
     app.broker(broker_options(s)).settle().await?;
@@ -170,7 +170,7 @@ async fn timed_delivery(s: &Settings, app: &Act) -> Result<f64, CliError> {
 
 /// `drain`: `n` committed events, two reactions each (static + dynamic per
 /// source stream), delivered by one broker; reactions/s and store calls.
-pub(crate) async fn drain(s: &Settings) -> Result<Row, CliError> {
+pub(crate) async fn drain(s: &Settings) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, "drain").await?;
     let n = s.scaled(10_000);
     fill(
@@ -203,7 +203,7 @@ pub(crate) async fn drain(s: &Settings) -> Result<Row, CliError> {
 /// `demo`: the bank demo (handlers load state and append receipts), `n`
 /// deposits and withdrawals without simulated failures; delivery measured
 /// after the appends.
-pub(crate) async fn demo(s: &Settings) -> Result<Row, CliError> {
+pub(crate) async fn demo(s: &Settings) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, "demo").await?;
     let n = s.scaled(20_000);
     let app = act_bank::app(ns.store.clone())?;
@@ -239,7 +239,7 @@ pub(crate) async fn demo(s: &Settings) -> Result<Row, CliError> {
 /// through a second handle on the store (another process would use one), so
 /// the broker is woken by the backend's push where it has one. Latency is
 /// from the moment the append returned to the handler's start.
-pub(crate) async fn latency(s: &Settings) -> Result<Row, CliError> {
+pub(crate) async fn latency(s: &Settings) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, "latency").await?;
     let writer = ns.reopen().await?;
     let n = s.scaled(500);
@@ -312,7 +312,7 @@ pub(crate) async fn latency(s: &Settings) -> Result<Row, CliError> {
 
 /// `scale`: `drain` with `workers` brokers at once: separate `act
 /// bench-worker` processes on durable stores, tasks in one process on memory.
-pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, CliError> {
+pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, &format!("scale{workers}")).await?;
     let n = s.scaled(20_000);
     fill(
@@ -327,7 +327,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, CliError>
     rss::reset_peak();
     let started = Instant::now();
     let reactions = if ns.shared() {
-        let exe = std::env::current_exe().map_err(CliError::Output)?;
+        let exe = std::env::current_exe().map_err(Error::Output)?;
         let mut children = Vec::new();
         for _ in 0..workers {
             children.push(
@@ -349,14 +349,14 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, CliError>
                     .stdout(std::process::Stdio::piped())
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(CliError::Output)?,
+                    .map_err(Error::Output)?,
             );
         }
         let mut total = 0;
         for c in children {
-            let out = c.wait_with_output().await.map_err(CliError::Output)?;
+            let out = c.wait_with_output().await.map_err(Error::Output)?;
             if !out.status.success() {
-                return Err(CliError::Check(vec![format!(
+                return Err(Error::Check(vec![format!(
                     "a bench worker failed: {:?}",
                     out.status
                 )]));
@@ -374,7 +374,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, CliError>
             tasks.spawn(async move { broker.settle().await });
         }
         while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| CliError::Check(vec![format!("a broker task failed: {e}")]))??;
+            r.map_err(|e| Error::Check(vec![format!("a broker task failed: {e}")]))??;
         }
         counter.load(Ordering::Relaxed)
     };
@@ -389,7 +389,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, CliError>
 /// `fanout`: `queues` queues with one event each (events appended 1,000 per
 /// append to one stream; a dynamic resolver spreads them), delivered by one
 /// broker.
-pub(crate) async fn fanout(s: &Settings, queues: usize) -> Result<Row, CliError> {
+pub(crate) async fn fanout(s: &Settings, queues: usize) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, "fanout").await?;
     fill(
         &*ns.store,
@@ -421,7 +421,7 @@ pub(crate) async fn fanout(s: &Settings, queues: usize) -> Result<Row, CliError>
 }
 
 /// `backlog`: one queue with `events` events, delivered by one broker.
-pub(crate) async fn backlog(s: &Settings, events: usize) -> Result<Row, CliError> {
+pub(crate) async fn backlog(s: &Settings, events: usize) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, "backlog").await?;
     fill(
         &*ns.store,
@@ -457,7 +457,7 @@ pub(crate) async fn backlog(s: &Settings, events: usize) -> Result<Row, CliError
 /// the caught-up reaction meanwhile. Delivery of the backfilled work goes
 /// on after correlation caught up; it is not timed here (`drain` measures
 /// delivery).
-pub(crate) async fn backfill(s: &Settings) -> Result<Row, CliError> {
+pub(crate) async fn backfill(s: &Settings) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, "backfill").await?;
     let writer = ns.reopen().await?;
     let n = s.scaled(1_000_000);
@@ -517,7 +517,7 @@ pub(crate) async fn backfill(s: &Settings) -> Result<Row, CliError> {
             break started.elapsed();
         }
         if started.elapsed() > Duration::from_secs(3600) {
-            return Err(CliError::Check(vec![format!(
+            return Err(Error::Check(vec![format!(
                 "the backfill did not catch up within an hour (at {at} of {head})"
             )]));
         }

@@ -3,14 +3,15 @@
 use act::{Event, OpenMode, Query, StreamFilter};
 
 use super::shutdown_signal;
-use crate::cli::{Cli, EventsArgs};
-use crate::error::CliError;
+use crate::cli::EventsArgs;
 use crate::output::{json_line, line};
 use crate::stores;
+use crate::Error;
+use crate::Globals;
 
 const PAGE: usize = 1000;
 
-fn print(cli: &Cli, e: &Event) -> Result<(), CliError> {
+fn print(cli: &Globals, e: &Event) -> Result<(), Error> {
     if cli.json {
         json_line(e)
     } else {
@@ -26,7 +27,7 @@ fn print(cli: &Cli, e: &Event) -> Result<(), CliError> {
     }
 }
 
-pub async fn run(cli: &Cli, args: &EventsArgs) -> Result<(), CliError> {
+pub async fn run(cli: &Globals, args: &EventsArgs) -> Result<(), Error> {
     let stop = shutdown_signal()?;
     let store = stores::open_mode(&cli.store, OpenMode::ReadOnly).await?;
     let mut wake = store.wake();

@@ -1,55 +1,37 @@
-//! One module per command family; `run` dispatches.
+//! One module per command family; `run` dispatches the built-in commands.
 
-mod demo;
 mod events;
 mod queues;
 mod reactions;
 mod worker;
 
-use std::time::Duration;
+use clap::{Args, Subcommand};
 
-use act::BrokerOptions;
+use crate::cli::Command;
+use crate::program::AppFn;
+use crate::{Error, Globals};
 
-use crate::cli::{BrokerArgs, Cli, Command};
-use crate::error::CliError;
-
-/// Runs the parsed command.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
-    match &cli.command {
-        Command::Demo(args) => demo::run(&cli, args).await,
-        Command::Worker(args) => worker::worker(&cli, args).await,
-        Command::Settle(args) => worker::settle(&cli, args).await,
-        Command::Status(args) => queues::status(&cli, args).await,
-        Command::Blocked => queues::blocked(&cli).await,
-        Command::Unblock(args) => queues::unblock(&cli, args).await,
-        Command::Reset(args) => queues::reset(&cli, args).await,
-        Command::Reactions => reactions::list(&cli).await,
-        Command::Retire(args) => reactions::retire(&cli, args).await,
-        Command::Events(args) => events::run(&cli, args).await,
-        Command::Bench(args) => crate::bench::run(&cli, args).await,
-        Command::BenchWorker(args) => crate::bench::worker(&cli, args).await,
-    }
-}
-
-/// Broker options from the shared flags.
-fn broker_options(args: &BrokerArgs) -> Result<BrokerOptions, CliError> {
-    let lease = seconds("--lease", args.lease)?;
-    Ok(BrokerOptions::default()
-        .concurrency(args.concurrency)
-        .batch(args.batch)
-        .lease(lease)
-        .poll(Duration::from_millis(args.poll_ms)))
-}
-
-/// A positive number of seconds from a flag.
-fn seconds(flag: &str, s: f64) -> Result<Duration, CliError> {
-    if !(s.is_finite() && s > 0.0 && s < 1e9) {
-        return Err(act::Error::InvalidInput(format!(
-            "{flag} must be a positive number of seconds, got {s}"
-        ))
-        .into());
-    }
-    Ok(Duration::from_secs_f64(s))
+/// Runs a built-in command; `app` builds the application on the store for
+/// `worker` and `settle`. A program's own command is handed back as
+/// `Err(command)` for its handler.
+pub(crate) async fn run<A: Args, X: Subcommand>(
+    cli: &Globals,
+    command: Command<A, X>,
+    app: &AppFn<A>,
+) -> Result<Result<(), Error>, X> {
+    let done = match command {
+        Command::Own(own) => return Err(own),
+        Command::Worker(args) => worker::worker(cli, &args, |s| app(s, &args.app)).await,
+        Command::Settle(args) => worker::settle(cli, &args, |s| app(s, &args.app)).await,
+        Command::Status(args) => queues::status(cli, &args).await,
+        Command::Blocked => queues::blocked(cli).await,
+        Command::Unblock(args) => queues::unblock(cli, &args).await,
+        Command::Reset(args) => queues::reset(cli, &args).await,
+        Command::Reactions => reactions::list(cli).await,
+        Command::Retire(args) => reactions::retire(cli, &args).await,
+        Command::Events(args) => events::run(cli, &args).await,
+    };
+    Ok(done)
 }
 
 /// Installs SIGINT and SIGTERM handlers now (so a signal that arrives while

@@ -8,10 +8,11 @@ use act::{OpenMode, QueueFilter, QueueState, SubscriptionState};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::cli::{Cli, ResetArgs, StatusArgs, UnblockArgs};
-use crate::error::CliError;
+use crate::cli::{ResetArgs, StatusArgs, UnblockArgs};
 use crate::output::{count, fitted, json_line, line, natural, terminal_width};
 use crate::stores;
+use crate::Error;
+use crate::Globals;
 
 /// How long after its last registration a reaction counts as run by no
 /// broker (brokers register every 5 s by default).
@@ -105,7 +106,7 @@ pub(crate) async fn all_queues(
     }
 }
 
-pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<(), CliError> {
+pub async fn status(cli: &Globals, args: &StatusArgs) -> Result<(), Error> {
     let store = stores::open_mode(&cli.store, OpenMode::ReadOnly).await?;
     let mut queues = all_queues(
         &*store,
@@ -170,7 +171,7 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn blocked(cli: &Cli) -> Result<(), CliError> {
+pub async fn blocked(cli: &Globals) -> Result<(), Error> {
     let store = stores::open_mode(&cli.store, OpenMode::ReadOnly).await?;
     let mut queues = all_queues(
         &*store,
@@ -217,7 +218,7 @@ pub async fn blocked(cli: &Cli) -> Result<(), CliError> {
     ))
 }
 
-pub async fn unblock(cli: &Cli, args: &UnblockArgs) -> Result<(), CliError> {
+pub async fn unblock(cli: &Globals, args: &UnblockArgs) -> Result<(), Error> {
     let store = stores::open_mode(&cli.store, OpenMode::Existing).await?;
     let mut names: Vec<String> = Vec::new();
     for s in &args.streams {
@@ -267,7 +268,7 @@ pub async fn unblock(cli: &Cli, args: &UnblockArgs) -> Result<(), CliError> {
     }
 }
 
-pub async fn reset(cli: &Cli, args: &ResetArgs) -> Result<(), CliError> {
+pub async fn reset(cli: &Globals, args: &ResetArgs) -> Result<(), Error> {
     let store = stores::open_mode(&cli.store, OpenMode::Existing).await?;
     let exists = !store
         .queues(&QueueFilter {

@@ -7,10 +7,11 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::queues::all_queues;
-use crate::cli::{Cli, RetireArgs};
-use crate::error::CliError;
+use crate::cli::RetireArgs;
 use crate::output::{count, fitted, json_line, line, terminal_width, thousands};
 use crate::stores;
+use crate::Error;
+use crate::Globals;
 
 /// Events a reaction still has to correlate are counted up to this many;
 /// past it the listing says "more than".
@@ -39,7 +40,7 @@ async fn left(store: &dyn Store, checkpoint: i64, names: &[String]) -> act::Resu
     }
 }
 
-pub async fn list(cli: &Cli) -> Result<(), CliError> {
+pub async fn list(cli: &Globals) -> Result<(), Error> {
     let store = stores::open_mode(&cli.store, OpenMode::ReadOnly).await?;
     let subs = store.subscriptions().await?;
     let queues = all_queues(&*store, QueueFilter::default()).await?;
@@ -149,7 +150,7 @@ fn progress(s: &SubscriptionState, head: i64, behind: u64, more: bool) -> String
     )
 }
 
-pub async fn retire(cli: &Cli, args: &RetireArgs) -> Result<(), CliError> {
+pub async fn retire(cli: &Globals, args: &RetireArgs) -> Result<(), Error> {
     let store = stores::open_mode(&cli.store, OpenMode::Existing).await?;
     let retired = store.retire(&args.names).await?;
     for r in retired {

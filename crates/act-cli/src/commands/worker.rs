@@ -1,20 +1,32 @@
-//! `act worker` (a broker until interrupted) and `act settle` (a broker
-//! until everything is caught up or blocked), both for the bank demo app.
+//! `worker` (a broker until interrupted) and `settle` (a broker until
+//! everything is caught up or blocked), both for the program's application.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use act::{Act, Store};
+use clap::Args;
 
 use serde_json::json;
 
-use super::{broker_options, seconds, shutdown_signal};
-use crate::cli::{Cli, SettleArgs, WorkerArgs};
-use crate::error::CliError;
+use super::shutdown_signal;
+use crate::args::seconds;
+use crate::cli::{SettleArgs, WorkerArgs};
 use crate::output::{json_line, line, rate, thousands};
 use crate::stores;
+use crate::{Error, Globals};
 
-pub async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<(), CliError> {
+pub async fn worker<A: Args>(
+    cli: &Globals,
+    args: &WorkerArgs<A>,
+    app: impl FnOnce(Arc<dyn Store>) -> act::Result<Act>,
+) -> Result<(), Error> {
     let stop = shutdown_signal()?;
     tokio::pin!(stop);
-    let mut options = broker_options(&args.broker)?.grace(seconds("--grace", args.grace)?);
+    let mut options = args
+        .broker
+        .options()?
+        .grace(seconds("--grace", args.grace)?);
     if let Some(name) = &args.name {
         options = options.owner(name.clone());
     }
@@ -28,7 +40,7 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<(), CliError> {
         store = stores::open_patiently(&cli.store, Duration::from_secs(300)) => store?,
         _ = &mut stop => return Ok(()),
     };
-    let app = act_bank::app_with(store, args.bank.options())?;
+    let app = app(store)?;
     // Fail fast on what waiting cannot fix (an undeclared start, a retired
     // name); transient failures are the broker's to wait out.
     match app.register().await {
@@ -89,10 +101,14 @@ pub async fn worker(cli: &Cli, args: &WorkerArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn settle(cli: &Cli, args: &SettleArgs) -> Result<(), CliError> {
-    let options = broker_options(&args.broker)?;
+pub async fn settle<A: Args>(
+    cli: &Globals,
+    args: &SettleArgs<A>,
+    app: impl FnOnce(Arc<dyn Store>) -> act::Result<Act>,
+) -> Result<(), Error> {
+    let options = args.broker.options()?;
     let store = stores::open(&cli.store).await?;
-    let app = act_bank::app_with(store.clone(), args.bank.options())?;
+    let app = app(store.clone())?;
     let started = Instant::now();
     let stats = app.broker(options).settle().await?;
     let elapsed = started.elapsed();

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use act_bank::{verify, Workload};
 use serde_json::json;
 
-use crate::cli::{Cli, DemoArgs};
-use crate::error::CliError;
-use crate::output::{bar, json_line, line, rate, thousands};
-use crate::stores;
+use crate::bank::DemoArgs;
+use act_cli::output::{bar, json_line, line, rate, thousands};
+use act_cli::stores;
+use act_cli::Error;
+use act_cli::Globals;
 
-pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
+pub async fn run(cli: &Globals, args: &DemoArgs) -> Result<(), Error> {
     let workload = Workload {
         accounts: args.accounts,
         events: args.events,
@@ -24,7 +25,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
     };
     // Every flag is checked before anything is written.
     workload.validate()?;
-    let options = super::broker_options(&args.broker)?;
+    let options = args.broker.options()?;
     let store = stores::open(&cli.store).await?;
     let app = act_bank::app_with(
         store.clone(),
@@ -100,7 +101,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
     pb.finish_and_clear();
     let stats = delivery
         .await
-        .map_err(|e| CliError::Check(vec![format!("the broker task failed: {e}")]))??;
+        .map_err(|e| Error::Check(vec![format!("the broker task failed: {e}")]))??;
     let elapsed = started.elapsed();
     let verdict = verify(&*store).await?;
 
@@ -145,7 +146,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> Result<(), CliError> {
         }
     }
     if !verdict.ok() {
-        return Err(CliError::Check(verdict.problems));
+        return Err(Error::Check(verdict.problems));
     }
     Ok(())
 }
