@@ -40,8 +40,22 @@ pub(crate) struct Cli<A: Args, X: Subcommand> {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Log lines on stderr as text, or as one JSON object each for log
+    /// shippers (filtered by $ACT_LOG, default warn).
+    #[arg(long, global = true, env = "ACT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command<A, X>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
 }
 
 /// The commands: the program's own first, then the built-in ones.
@@ -86,6 +100,19 @@ pub(crate) struct WorkerArgs<A: Args> {
     /// with `--json`).
     #[arg(long)]
     pub report_every: Option<f64>,
+    /// Serve Prometheus metrics and health checks on this address, e.g.
+    /// 127.0.0.1:9464 (port 0: any free port, printed at start): /metrics,
+    /// /healthz (liveness), /readyz (readiness).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// /healthz fails when the broker's loop has not completed a turn for
+    /// this many seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub stuck_after: f64,
+    /// /readyz fails when work is due and no loop turn succeeded for this
+    /// many seconds (or after 3 failed store calls in a row).
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub stalled_after: f64,
     #[command(flatten)]
     pub app: A,
 }

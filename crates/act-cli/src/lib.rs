@@ -45,6 +45,7 @@ pub mod args;
 mod cli;
 mod commands;
 mod error;
+pub mod observe;
 pub mod output;
 mod program;
 pub mod stores;

@@ -156,13 +156,16 @@ where
             Ok(cli) => cli,
             Err(e) => e.exit(),
         };
-        let _ = tracing_subscriber::fmt()
+        let filter = || {
+            tracing_subscriber::EnvFilter::try_from_env("ACT_LOG").unwrap_or_else(|_| "warn".into())
+        };
+        let logs = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("ACT_LOG")
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .try_init();
+            .with_env_filter(filter());
+        let _ = match cli.log_format {
+            crate::cli::LogFormat::Text => logs.try_init(),
+            crate::cli::LogFormat::Json => logs.json().try_init(),
+        };
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -416,6 +416,36 @@ pub async fn sample(store: &dyn Store, reactions: &[String]) -> Result<Sample> {
     Ok(out)
 }
 
+/// Creates every counter series at 0 (each per-reaction one for each of
+/// `reactions`), so a scrape shows them before anything happened and rates
+/// start from a known zero (Prometheus' advice for known label sets).
+pub(crate) fn zero<'a>(reactions: impl IntoIterator<Item = &'a str>) {
+    for r in reactions {
+        for name in [
+            REACTIONS_DELIVERED,
+            HANDLER_FAILURES,
+            RETRIES,
+            BLOCKS,
+            SKIPS,
+            HANDLER_TIMEOUTS,
+            BACKFILLED,
+        ] {
+            ::metrics::counter!(name, REACTION_LABEL => r.to_string()).increment(0);
+        }
+    }
+    for name in [
+        EVENTS_ACKNOWLEDGED,
+        CLAIMS,
+        EVENTS_CORRELATED,
+        SETTLEMENTS_REJECTED,
+        LEASES_LOST,
+        STORE_ERRORS,
+    ] {
+        ::metrics::counter!(name).increment(0);
+    }
+    ::metrics::gauge!(LEASES_HELD).increment(0.0);
+}
+
 /// Adds `n` to a counter labelled with `reaction` (nothing for 0).
 pub(crate) fn count_for(name: &'static str, reaction: &str, n: u64) {
     if n > 0 {

@@ -48,16 +48,34 @@ pub async fn worker<A: Args>(
         _ => {}
     }
     let owner = options.owner.clone();
+    let broker = app.broker(options);
+    // The endpoint comes first: a port in use fails before any work is claimed.
+    let exporter = match args.metrics {
+        Some(addr) => {
+            let rules = crate::observe::Rules {
+                stuck_after: seconds("--stuck-after", args.stuck_after)?,
+                stalled_after: seconds("--stalled-after", args.stalled_after)?,
+                ..Default::default()
+            };
+            Some(crate::observe::serve(addr, app.store().clone(), broker.clone(), rules).await?)
+        }
+        None => None,
+    };
+    let metrics = exporter.as_ref().map(|e| e.addr().to_string());
     let started = Instant::now();
-    let handle = app.broker(options).start();
+    let handle = broker.start();
     if cli.json {
         json_line(
-            &json!({"command": "worker", "event": "started", "owner": owner, "pid": std::process::id()}),
+            &json!({"command": "worker", "event": "started", "owner": owner, "pid": std::process::id(), "metrics": metrics}),
         )?;
     } else {
         line(format!(
-            "worker {owner} running on {}; Ctrl-C to stop",
-            act::redact_url(&cli.store)
+            "worker {owner} running on {}{}; Ctrl-C to stop",
+            act::redact_url(&cli.store),
+            metrics
+                .as_deref()
+                .map(|a| format!(", metrics and health on http://{a}/metrics, /healthz, /readyz"))
+                .unwrap_or_default()
         ))?;
     }
     match report_every {

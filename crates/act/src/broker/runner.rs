@@ -132,6 +132,7 @@ impl Runner {
     }
 
     pub(crate) async fn run(mut self, mode: Mode) -> Result<()> {
+        crate::metrics::zero(self.act.registry().reactions().iter().map(|r| r.name()));
         let store = self.act.store().clone();
         let mut wake = store.wake();
         wake.borrow_and_update();
