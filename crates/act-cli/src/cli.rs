@@ -9,16 +9,27 @@ use crate::args::BrokerArgs;
 use crate::stores;
 
 /// What `--help` says after the first line: the stores and exit codes.
-pub(crate) const LONG_HELP: &str = "Every command takes `--store URL` (default sqlite://act.db in the current
+pub(crate) const LONG_HELP: &str =
+    "Every command takes `--store URL` (default sqlite://act.db in the current
 directory, or $ACT_STORE) and `--json` (one JSON object per line).
 
-Store URLs and their options:
+Store URLs and their options (user, password, paths and values are
+percent-decoded; an unknown option is an error; docs/*.md give defaults):
 
   sqlite://PATH[?readers=N&busy_timeout_ms=N&watch_ms=N&queue_sync=normal|full]
 
-  postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME&pool_size=N&listen=true|false]
+  postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?OPTIONS]  (or postgresql://)
+    schema=NAME  pool_size=N  listen=true|false
+    sslmode=disable|prefer|require|verify-ca|verify-full  sslrootcert=PATH
+    sslcert=PATH  sslkey=PATH  connect_timeout=SECONDS  keepalives=1|0
+    keepalives_idle=SECONDS  statement_timeout=MS
+    idle_in_transaction_session_timeout=MS  application_name=NAME
+    options=-c%20name%3Dvalue
 
-  redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME&timeout_ms=N&connect_timeout_ms=N&assume_noeviction=true]
+  redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?OPTIONS]  (rediss:// for TLS)
+    prefix=NAME  timeout_ms=N  connect_timeout_ms=N  keepalive_s=N
+    client_name=NAME  protocol=resp2|resp3  assume_noeviction=true
+    tls_ca=PATH  tls_cert=PATH  tls_key=PATH  tls_insecure=true
 
   memory:  (in this process only)
 

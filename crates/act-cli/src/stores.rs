@@ -2,10 +2,12 @@
 //!
 //! | URL | store |
 //! |---|---|
-//! | `sqlite://PATH[?readers=N&busy_timeout_ms=N&watch_ms=N&queue_sync=normal\|full]` | SQLite file; the default is `sqlite://act.db` |
-//! | `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME&pool_size=N&listen=true\|false]` | PostgreSQL; tables in schema `NAME` (default `act`) |
-//! | `redis://[:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME&timeout_ms=N&connect_timeout_ms=N]` | Redis (single node, `maxmemory-policy noeviction`); keys under `{NAME}:` (default `act`) |
+//! | `sqlite://PATH[?readers=N&busy_timeout_ms=N&watch_ms=N&queue_sync=normal\|full]` | SQLite file; the default is `sqlite://act.db` (docs/sqlite.md) |
+//! | `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?OPTIONS]` | PostgreSQL; tables in schema `schema=NAME` (default `act`); TLS with `sslmode`, `sslrootcert`, `sslcert`, `sslkey`; connection limits and timeouts (docs/postgres.md) |
+//! | `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?OPTIONS]`, `rediss://…` | Redis (single node, `maxmemory-policy noeviction`); keys under `{NAME}:` (`prefix=NAME`, default `act`); TLS with `tls_ca`, `tls_cert`, `tls_key` (docs/redis.md) |
 //! | `memory:` | in memory, gone when the process ends |
+//!
+//! `act --help` lists every option; an unknown one is an error.
 //!
 //! Commands that only read open the store read-only ([`OpenMode::ReadOnly`]):
 //! they never create it, migrate it or write to it, so they work against a
@@ -22,7 +24,7 @@ pub const DEFAULT: &str = "sqlite://act.db";
 
 /// The schemes this build understands, for error messages.
 pub const SUPPORTED: &str =
-    "sqlite://PATH, postgres://USER@HOST/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME], memory:";
+    "sqlite://PATH, postgres://USER@HOST/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME] (rediss:// for TLS), memory:";
 
 /// Opens the store named by `url`, creating it when missing.
 pub async fn open(url: &str) -> act::Result<Arc<dyn Store>> {
@@ -49,7 +51,6 @@ pub async fn open_mode(url: &str, mode: OpenMode) -> act::Result<Arc<dyn Store>>
         return Ok(Arc::new(act_pg::PgStore::open_mode(url, mode).await?));
     }
     if url.starts_with("redis://") || url.starts_with("rediss://") {
-        // rediss:// is refused by act-redis with an explanation (no TLS built in).
         return Ok(Arc::new(act_redis::RedisStore::open_mode(url, mode).await?));
     }
     Err(Error::UnknownStore {

@@ -126,21 +126,24 @@ fn a_typo_in_a_postgres_schema_is_an_error_not_a_new_schema() {
 fn help_lists_every_scheme_and_url_option() {
     let out = run(&["--help"]);
     let help = stdout(&out);
+    let options = act_sqlite::KNOWN_OPTIONS
+        .iter()
+        .chain(act_pg::KNOWN_OPTIONS)
+        .chain(act_redis::KNOWN_OPTIONS)
+        .map(|o| format!("{o}="));
     for needle in [
         "sqlite://",
         "postgres://",
         "redis://",
+        "rediss://",
         "memory:",
-        "schema=",
-        "pool_size=",
-        "listen=",
-        "prefix=",
-        "queue_sync=",
-        "readers=",
-        "timeout_ms=",
-    ] {
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(options)
+    {
         assert!(
-            help.contains(needle),
+            help.contains(needle.as_str()),
             "`act --help` does not mention {needle}:\n{help}"
         );
     }

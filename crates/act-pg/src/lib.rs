@@ -89,7 +89,7 @@ use tokio_postgres::Row;
 
 use conn::Conn;
 
-pub use options::{parse_url, PgOptions, SslMode, TlsOptions};
+pub use options::{parse_url, PgOptions, SslMode, TlsOptions, KNOWN_OPTIONS};
 pub use schema::SCHEMA_VERSION;
 
 /// The TLS connector of every connection (the pool's and the LISTEN one).

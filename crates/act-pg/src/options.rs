@@ -185,10 +185,23 @@ impl PgOptions {
     }
 }
 
-/// The options a URL may carry, as listed in errors.
-const KNOWN: &str = "schema, pool_size, listen, sslmode, sslrootcert, sslcert, sslkey, \
-    connect_timeout, keepalives, keepalives_idle, statement_timeout, \
-    idle_in_transaction_session_timeout, application_name, options";
+/// Every option a URL may carry, in the order the docs list them.
+pub const KNOWN_OPTIONS: &[&str] = &[
+    "schema",
+    "pool_size",
+    "listen",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "statement_timeout",
+    "idle_in_transaction_session_timeout",
+    "application_name",
+    "options",
+];
 
 /// Splits `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?OPTIONS]` (or
 /// `postgresql://…`) into the driver's configuration (host, port, user,
@@ -342,7 +355,8 @@ pub fn parse_url(url: &str) -> act::Result<(tokio_postgres::Config, PgOptions)> 
             }
             _ => {
                 return Err(invalid(format!(
-                    "unknown option `{key}`; known options: {KNOWN}"
+                    "unknown option `{key}`; known options: {}",
+                    KNOWN_OPTIONS.join(", ")
                 )))
             }
         }

@@ -36,8 +36,9 @@ pub async fn worker<A: Args>(
         .transpose()?;
     // A worker outlives store blips: it waits for the store to open (and
     // still stops at once on SIGINT/SIGTERM).
+    let url = named(&cli.store, &options.owner);
     let store = tokio::select! {
-        store = stores::open_patiently(&cli.store, Duration::from_secs(300)) => store?,
+        store = stores::open_patiently(&url, Duration::from_secs(300)) => store?,
         _ = &mut stop => return Ok(()),
     };
     let app = app(store)?;
@@ -151,4 +152,56 @@ pub async fn settle<A: Args>(
         ))?;
     }
     Ok(())
+}
+
+/// The store URL with the worker's name as the connection's name on the
+/// server (`application_name` in `pg_stat_activity`, `client_name` in
+/// Redis' `CLIENT LIST`), unless the URL names it already or the name is
+/// not plain (letters, digits, `.`, `_`, `-`).
+fn named(url: &str, owner: &str) -> String {
+    let key = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        "application_name"
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        "client_name"
+    } else {
+        return url.to_string();
+    };
+    let plain = !owner.is_empty()
+        && owner.len() <= 63
+        && owner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if !plain || query.split('&').any(|p| p.split('=').next() == Some(key)) {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{key}={owner}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named;
+
+    #[test]
+    fn a_worker_names_its_connections_unless_the_url_does() {
+        assert_eq!(
+            named("postgres://u@h/db", "w-1"),
+            "postgres://u@h/db?application_name=w-1"
+        );
+        assert_eq!(
+            named("postgres://u@h/db?schema=s", "w-1"),
+            "postgres://u@h/db?schema=s&application_name=w-1"
+        );
+        assert_eq!(
+            named("postgres://u@h/db?application_name=mine", "w-1"),
+            "postgres://u@h/db?application_name=mine"
+        );
+        assert_eq!(
+            named("rediss://h:6380/0", "w-1"),
+            "rediss://h:6380/0?client_name=w-1"
+        );
+        assert_eq!(named("sqlite://act.db", "w-1"), "sqlite://act.db");
+        assert_eq!(named("postgres://u@h/db", "a b"), "postgres://u@h/db");
+    }
 }
