@@ -59,7 +59,7 @@ fn an_unknown_store_url_is_an_operational_error_listing_the_schemes() {
     );
     assert!(
         err.contains(
-            "supported schemes are sqlite://PATH, postgres://USER@HOST/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME], memory:"
+            "supported schemes are sqlite://PATH, postgres://USER@HOST/DB[?schema=NAME], redis://HOST[:PORT][/DB][?prefix=NAME] (rediss:// for TLS), memory:"
         ),
         "{err}"
     );
