@@ -100,6 +100,12 @@ pub struct BenchArgs {
     /// Brokers' fallback polling period in milliseconds (latency without push).
     #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
+    /// Record metrics into the Prometheus exporter's recorder, as
+    /// `act worker --metrics` does (rendered once at the end), to measure
+    /// what metrics cost; run with `ACT_LOG=info,act=debug` to record every
+    /// span too.
+    #[arg(long)]
+    pub observe: bool,
 }
 
 /// Arguments of `act bench-worker`.

@@ -134,6 +134,11 @@ pub async fn run(cli: &Globals, args: &BenchArgs) -> Result<(), Error> {
         batch: args.batch.max(1),
         poll_ms: args.poll_ms,
     };
+    let recorder = if args.observe {
+        Some(act_cli::observe::install_recorder()?)
+    } else {
+        None
+    };
     let all = Workload::value_variants().to_vec();
     let chosen: Vec<Workload> = if args.workloads.is_empty() {
         // The backfill of a million events runs only when asked for.
@@ -187,6 +192,16 @@ pub async fn run(cli: &Globals, args: &BenchArgs) -> Result<(), Error> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if let Some(recorder) = recorder {
+        let exposition = recorder.render();
+        let series = exposition.lines().filter(|l| l.starts_with("act_")).count();
+        tracing::info!(series, "metrics recorded");
+        if series == 0 {
+            return Err(Error::Failed(
+                "--observe recorded no act_ metric: the bench measured nothing".into(),
+            ));
+        }
+    }
     if !cli.json {
         print_table(&rows)?;
     }
