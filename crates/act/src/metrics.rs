@@ -2,8 +2,9 @@
 //! facade, and [`sample`], which reads store-wide gauges on demand.
 //!
 //! act never installs a recorder: the application does (a Prometheus
-//! exporter, StatsD, …), and calls [`describe`] once after it to publish the
-//! help texts. Without a recorder an emission costs a few nanoseconds and no
+//! exporter, StatsD, …), before it starts brokers (each reaction takes its
+//! histogram handles at its first handler call), and calls [`describe`]
+//! once after it to publish the help texts. Without a recorder an emission costs a few nanoseconds and no
 //! lock. Names follow the Prometheus conventions (`_total` counters, base
 //! units: seconds). Labels are bounded: the only label is `reaction` (one
 //! value per reaction of the application), never a queue, stream or event,
@@ -469,15 +470,37 @@ pub(crate) fn leases_held(delta: i64) {
     }
 }
 
-pub(crate) fn handler_duration(reaction: &str, took: Duration) {
-    ::metrics::histogram!(HANDLER_DURATION, REACTION_LABEL => reaction.to_string())
-        .record(took.as_secs_f64());
+/// A reaction's histogram handles, made once (at its first handler call)
+/// instead of looked up by name and label at every call: the lookup, and
+/// the label's allocation, cost more than the recording.
+#[derive(Debug, Clone)]
+pub(crate) struct ReactionHistograms {
+    duration: ::metrics::Histogram,
+    latency: ::metrics::Histogram,
 }
 
-pub(crate) fn commit_to_handler(reaction: &str, event: &Event) {
+impl ReactionHistograms {
+    fn new(reaction: &str) -> Self {
+        ReactionHistograms {
+            duration: ::metrics::histogram!(HANDLER_DURATION, REACTION_LABEL => reaction.to_string()),
+            latency: ::metrics::histogram!(COMMIT_TO_HANDLER, REACTION_LABEL => reaction.to_string()),
+        }
+    }
+}
+
+fn histograms(reaction: &crate::reaction::Reaction) -> &ReactionHistograms {
+    reaction
+        .histograms
+        .get_or_init(|| ReactionHistograms::new(reaction.name()))
+}
+
+pub(crate) fn handler_duration(reaction: &crate::reaction::Reaction, took: Duration) {
+    histograms(reaction).duration.record(took.as_secs_f64());
+}
+
+pub(crate) fn commit_to_handler(reaction: &crate::reaction::Reaction, event: &Event) {
     let since = (chrono::Utc::now() - event.meta.created)
         .to_std()
         .unwrap_or_default();
-    ::metrics::histogram!(COMMIT_TO_HANDLER, REACTION_LABEL => reaction.to_string())
-        .record(since.as_secs_f64());
+    histograms(reaction).latency.record(since.as_secs_f64());
 }

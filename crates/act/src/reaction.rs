@@ -208,6 +208,9 @@ pub struct Reaction {
     /// Why the reaction cannot be registered (a typed reaction whose event
     /// names serde could not give); [`crate::ActBuilder::build`] refuses it.
     invalid: Option<String>,
+    /// Its histogram handles, made at the first handler call (so a metrics
+    /// recorder must be installed before brokers run).
+    pub(crate) histograms: std::sync::OnceLock<crate::metrics::ReactionHistograms>,
 }
 
 impl std::fmt::Debug for Reaction {
@@ -407,6 +410,7 @@ impl ReactionBuilder {
             start: self.start,
             handler: Arc::new(move |e, ctx| Box::pin(handler(e, ctx))),
             invalid: None,
+            histograms: std::sync::OnceLock::new(),
         }
     }
 }

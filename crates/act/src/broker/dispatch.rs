@@ -242,10 +242,10 @@ async fn run_batch(
                 shutdown.clone(),
                 trace,
             );
-            metrics::commit_to_handler(reaction.name(), event);
+            metrics::commit_to_handler(&reaction, event);
             let started = std::time::Instant::now();
             let result = call(&reaction, event.clone(), ctx).instrument(span).await;
-            metrics::handler_duration(reaction.name(), started.elapsed());
+            metrics::handler_duration(&reaction, started.elapsed());
             let Err(failure) = result else {
                 done.reactions += 1;
                 done.tally(reaction.name()).delivered += 1;
