@@ -10,7 +10,7 @@
 //! | `act.correlate` (debug) | one correlation step | `job`, `page`, `read` |
 //! | `act.claim` (debug) | one claim | `queues` (asked), `claimed` |
 //! | `act.batch` (info) | one claimed queue's batch | `queue`, `reactions`, `events` |
-//! | `act.handle` (info) | one handler call | `queue`, `reaction`, `event`, `attempt`, `trace_id`, `span_id`, `parent` |
+//! | `act.handle` (debug: one per handler call, so `act=debug` turns it on; see BENCH.md for its cost) | one handler call | `queue`, `reaction`, `event`, `attempt`, `trace_id`, `span_id`, `parent` |
 //!
 //! # Propagation rules
 //! Every event carries the trace context of the action that appended it in

@@ -74,7 +74,7 @@ impl Namespace {
                 kind: Kind::Postgres(store),
             });
         }
-        if base.starts_with("redis://") {
+        if base.starts_with("redis://") || base.starts_with("rediss://") {
             let url = with_param(base, "prefix", &format!("bench-{id}"));
             let store = Arc::new(act_redis::RedisStore::open(&url).await?);
             return Ok(Namespace {

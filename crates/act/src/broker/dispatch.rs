@@ -221,7 +221,7 @@ async fn run_batch(
                     }
                 }
             }
-            let span = tracing::info_span!(
+            let span = tracing::debug_span!(
                 "act.handle",
                 queue = %lease.stream,
                 reaction = reaction.name(),
