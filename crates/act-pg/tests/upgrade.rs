@@ -181,7 +181,7 @@ async fn a_version_1_store_is_upgraded_without_losing_work() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     // Upgraded queues start with no lapsed batch; each claim since
     // recorded the last event it handed out.
     let walks: Vec<(String, i64, i64)> = c
@@ -228,4 +228,70 @@ async fn a_store_newer_than_the_code_is_refused_by_every_mode() {
             other => panic!("{mode:?} must refuse a newer schema, got {other:?}"),
         }
     }
+}
+
+/// A store at schema 2 (as released, with its act_settle) is upgraded to 3
+/// on open: the migration is recorded and act_settle is version 3's, where
+/// an ack while walking a lapsed batch clears the failed attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_store_is_upgraded_to_3() {
+    let schema = fresh_schema("v2up");
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::default(),
+    };
+    let url = with_params(&server(), &format!("schema={schema}"));
+    drop(PgStore::open(&url).await.expect("a fresh store"));
+    // Put the schema back at version 2: the released act_settle, no row 3.
+    let v2 = include_str!("../src/sql/v2.sql");
+    let start = v2
+        .find("CREATE FUNCTION {s}.act_settle(")
+        .expect("v2 defines act_settle");
+    let body = &v2[start..];
+    let end = body.find("END $$;").expect("the function's end") + "END $$;".len();
+    let released = body[..end]
+        .replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+        .replace("{s}", &schema);
+    let c = raw(&server()).await;
+    c.batch_execute(&released).await.unwrap();
+    c.execute(
+        &format!("DELETE FROM {schema}.act_migrations WHERE version = 3"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(
+        settle_def(&c, &schema)
+            .await
+            .contains("AND v_walking THEN x.retries"),
+        "the test did not put back version 2's act_settle"
+    );
+    let store = PgStore::open(&url).await.expect("the upgrade to 3");
+    let versions: Vec<i32> = c
+        .query(
+            &format!("SELECT version FROM {schema}.act_migrations ORDER BY 1"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert!(
+        !settle_def(&c, &schema)
+            .await
+            .contains("AND v_walking THEN x.retries"),
+        "act_settle is still version 2's after the upgrade"
+    );
+    drop(store);
+}
+
+/// The definition of `schema`'s act_settle.
+async fn settle_def(c: &tokio_postgres::Client, schema: &str) -> String {
+    let q = format!(
+        "SELECT pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = '{schema}' AND p.proname = 'act_settle'"
+    );
+    c.query_one(&q, &[]).await.unwrap().get(0)
 }

@@ -416,9 +416,10 @@ DROP FUNCTION {s}.act_settle(text[], bigint[], bigint[], bigint[], smallint[], b
 -- settlement that passes the fence removes the queue's items up to p_acked
 -- enqueued up to p_marks (when acked), moves the position up to it, records
 -- the outcome (p_kinds: 0 ack, 1 retry, 2 block) and clears the lease and
--- waiting. Any ack is progress; one at or past suspect_to (the end of a
--- lapsed batch the queue walks) also ends the walk (suspect_to = 0).
--- Retries restart at 1 after a failure with progress,
+-- waiting. An ack that stops short of suspect_to (the queue walks a lapsed
+-- batch) is no progress: the batch's count of failed attempts stays, and an
+-- ack then keeps retries, lapses and error; an ack at or past it ends the
+-- walk (suspect_to = 0). Retries restart at 1 after a failure with progress,
 -- else grow; lapses restart on an ack and on progress. Returns, per input in
 -- order, the fence code, the value it refers to (current token or position)
 -- and whether the queue has claimable work left.
@@ -444,21 +445,22 @@ BEGIN
         IF v_code = 4 THEN v_current[i] := q.position; END IF;
         CONTINUE WHEN v_code <> 0;
         v_walking := p_acked[i] IS NOT NULL AND p_acked[i] < q.suspect_to;
-        v_progress := p_acked[i] IS NOT NULL;
+        v_progress := p_acked[i] IS NOT NULL AND NOT v_walking;
         IF p_acked[i] IS NOT NULL THEN
             DELETE FROM {s}.items it
             WHERE it.stream = p_streams[i] AND it.event <= p_acked[i] AND it.seq <= p_marks[i];
         END IF;
         UPDATE {s}.queues x SET
             position = greatest(x.position, coalesce(p_acked[i], x.position)),
-            suspect_to = CASE WHEN v_progress AND NOT v_walking THEN 0 ELSE x.suspect_to END,
-            retries = CASE WHEN p_kinds[i] = 0 THEN 0
+            suspect_to = CASE WHEN v_progress THEN 0 ELSE x.suspect_to END,
+            retries = CASE WHEN p_kinds[i] = 0 AND v_walking THEN x.retries
+                           WHEN p_kinds[i] = 0 THEN 0
                            WHEN v_progress THEN 1
                            ELSE least(x.retries, 2147483646) + 1 END,
-            lapses = CASE WHEN p_kinds[i] = 0 OR v_progress THEN 0 ELSE x.lapses END,
+            lapses = CASE WHEN NOT v_walking AND (p_kinds[i] = 0 OR v_progress) THEN 0 ELSE x.lapses END,
             retry_at = CASE p_kinds[i] WHEN 1 THEN v_now + p_delays_us[i] * interval '1 microsecond' END,
             blocked = x.blocked OR p_kinds[i] = 2,
-            error = CASE WHEN p_kinds[i] <> 0 THEN p_errors[i] END,
+            error = CASE WHEN p_kinds[i] <> 0 THEN p_errors[i] WHEN v_walking THEN x.error END,
             lease_owner = NULL, lease_expires = NULL, waiting = NULL,
             next = CASE WHEN p_acked[i] IS NOT NULL
                         THEN (SELECT min(it.event) FROM {s}.items it WHERE it.stream = p_streams[i])
