@@ -395,6 +395,22 @@ impl QueueStore for PgStore {
         Ok(rows.iter().map(state).collect())
     }
 
+    async fn pending_by_reaction(&self) -> act::Result<Vec<(String, u64)>> {
+        // COLLATE "C" on the column: byte order, as the port promises.
+        let sql = format!(
+            "SELECT reaction, count(*) FROM {}.items GROUP BY reaction ORDER BY reaction",
+            self.schema
+        );
+        let rows = self.rows(&sql, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let n: i64 = r.get(1);
+                (r.get::<_, String>(0), n.max(0).unsigned_abs())
+            })
+            .collect())
+    }
+
     async fn next_due(&self, reactions: &[String]) -> act::Result<Option<Duration>> {
         let sql = format!(
             "WITH c AS (SELECT now() + $1::bigint * interval '1 microsecond' AS now)

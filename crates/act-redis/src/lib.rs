@@ -25,7 +25,7 @@
 //!   reconnects after a server restart; brokers poll meanwhile.
 //! - **Safety checks on open**: `maxmemory-policy` must be `noeviction`
 //!   (other policies silently delete keys); a prefix written by a newer
-//!   act-rs is refused; one of schema version 1 is upgraded in one script
+//!   act-rs is refused; one of schema version 1 or 2 is upgraded in one script
 //!   (never by a read-only open, see [`act::OpenMode`]).
 //! - **Single node only**: Redis Cluster is not supported (the scripts
 //!   derive per-queue keys at run time, which Cluster forbids). All keys of a
@@ -39,14 +39,14 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Key layout (schema version 2)
+//! ## Key layout (schema version 3)
 //!
 //! Every key starts with `{PREFIX}:` (`P:` here). Sorted sets whose scores
 //! are all 0 are read with `ZRANGEBYLEX`/`ZRANGE`: byte order.
 //!
 //! | Key | Type | What |
 //! |---|---|---|
-//! | `P:meta` | hash | `schema` (2), `created`, `upgraded` (when it came from 1) |
+//! | `P:meta` | hash | `schema` (3), `created`, `upgraded` (when it came from 1 or 2) |
 //! | `P:seq`, `P:events`, `P:s:STREAM`, `P:keys` | | the log, as in schema 1: head, id → JSON record, a stream's ids, idempotency keys |
 //! | `P:checkpoint` | string | schema 1's correlation checkpoint, kept by the upgrade: [`QueueStore::legacy_checkpoint`] |
 //! | `P:subs` | sorted set | subscription names |
@@ -57,6 +57,7 @@
 //! | `P:queues`, `P:blocked` | sorted sets | every queue's name; blocked ones |
 //! | `P:q:QUEUE` | hash | `position`, `head` (work mark), `priority`, `retries`, `lapses`, `retry_at`, `blocked`, `error`, `token`, `owner`, `expires`, `floor`, `enqueued` (last sequence number), `lag` (distinct pending events), `waiting`, `replay`, `leased_to` (last event the latest claim handed out), `suspect_to` (end of a lapsed batch being walked one event at a time; absent reads as 0); `dk`, `at`, `wi` (its claim index) |
 //! | `P:i:QUEUE` | sorted set | pending items: score = event id, member = `REACTION \0 SEQ` (no reaction for schema-1 items) |
+//! | `P:pending` | hash | reaction → its pending items over every queue (schema 3), moved by every script that adds or removes items |
 //! | `P:due` | sorted set | claimable queues, members `PPPPPPPP` (2^31−1 − priority, hex) `NNNNNNNNNNNNNNNN` (first pending event, hex) `QUEUE`: byte order is claim order |
 //! | `P:waiting:REACTION` | sorted set | claimable queues waiting for a broker with that reaction (same members) |
 //! | `P:delayed` | sorted set | leased or retrying queues (same members), scored by when that ends (µs) |
@@ -391,6 +392,11 @@ impl QueueStore for RedisStore {
     /// blocked ones; `pending` reads all of them).
     async fn queues(&self, filter: &QueueFilter) -> act::Result<Vec<QueueState>> {
         queues::queues(&self.conn, filter).await
+    }
+
+    /// One `HGETALL` of the counts the scripts keep.
+    async fn pending_by_reaction(&self) -> act::Result<Vec<(String, u64)>> {
+        queues::pending_by_reaction(&self.conn).await
     }
 
     /// One read-only script: the first members of `due`, of the waiting

@@ -276,6 +276,33 @@ pub(crate) fn state(v: &Value) -> Result<QueueState, Bad> {
     })
 }
 
+/// Pending items per reaction: the `pending` hash the scripts keep (one
+/// `HGETALL`), ordered by name in byte order.
+pub(crate) async fn pending_by_reaction(conn: &Conn) -> act::Result<Vec<(String, u64)>> {
+    let reply = conn
+        .command(redis::cmd("HGETALL").arg(conn.key("pending")))
+        .await?;
+    let pairs: Vec<(&Value, &Value)> = match &reply {
+        Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        v => {
+            let a = items(v).map_err(|b| conn.bad(b))?;
+            a.chunks(2)
+                .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                .collect()
+        }
+    };
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let r = text(k).map_err(|b| conn.bad(b))?;
+        let n = int(v).map_err(|b| conn.bad(b))?;
+        if n > 0 {
+            out.push((r, n.unsigned_abs()));
+        }
+    }
+    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(out)
+}
+
 pub(crate) async fn queues(conn: &Conn, filter: &QueueFilter) -> act::Result<Vec<QueueState>> {
     let limit = filter.limit.unwrap_or(usize::MAX);
     let keep = |q: &QueueState| {

@@ -18,7 +18,11 @@ use crate::scripts;
 /// - 1: queues hold event ids; one correlation checkpoint.
 /// - 2: subscriptions with their own checkpoints, items that name their
 ///   reaction, replays, lease lapses.
-pub const SCHEMA_VERSION: i64 = 2;
+/// - 3: the `pending` hash (pending items per reaction, for
+///   [`act::QueueStore::pending_by_reaction`]), kept by every script that
+///   adds or removes items. A schema-2 build refuses a schema-3 prefix, so
+///   every process must run this build before the first one opens it.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Refuses a server that may evict keys. A server that does not let us read
 /// the policy is refused too, unless `assume` (the URL's
@@ -63,9 +67,9 @@ fn decide(policy: Result<String, String>, assume: bool) -> Result<(), ConfigErro
 }
 
 /// Reads the schema marker and acts on it as `mode` allows: writes it under
-/// an empty prefix (`Create`), upgrades a prefix of schema 1 (`Create`,
-/// `Existing`), and writes nothing for `ReadOnly`. One or two round trips
-/// (the upgrade is one script over the whole schema-1 work).
+/// an empty prefix (`Create`), upgrades a prefix of schema 1 or 2
+/// (`Create`, `Existing`), and writes nothing for `ReadOnly`. One or two
+/// round trips (the upgrade is one script over the whole older work).
 pub(crate) async fn open(conn: &Conn, prefix: &str, mode: OpenMode) -> act::Result<()> {
     let mut inv = conn.script(&scripts::OPEN);
     inv.arg(SCHEMA_VERSION)
@@ -99,7 +103,7 @@ pub(crate) async fn open(conn: &Conn, prefix: &str, mode: OpenMode) -> act::Resu
     }
 }
 
-/// Upgrades a schema-1 prefix to the current version (one script).
+/// Upgrades a schema-1 or schema-2 prefix to the current version (one script).
 async fn upgrade(conn: &Conn, prefix: &str) -> act::Result<()> {
     let mut inv = conn.script(&scripts::UPGRADE);
     inv.arg(SCHEMA_VERSION);

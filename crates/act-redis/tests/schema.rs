@@ -199,6 +199,11 @@ async fn a_schema_1_prefix_is_upgraded_keeping_pending_work_and_the_checkpoint()
     );
     let done = state(&s, "done").await;
     assert_eq!((done.position, done.next, done.lag), (2, None, 0));
+    // The pending items (q1's two, q2's one) count under no reaction.
+    assert_eq!(
+        s.pending_by_reaction().await.unwrap(),
+        vec![(String::new(), 3)]
+    );
     // Legacy items name no reaction: any broker may take them, and the
     // broker runs every reaction to the event, as schema 1 did.
     let got = s.claim(&claim(&["whatever"])).await.unwrap();
@@ -222,6 +227,10 @@ async fn a_schema_1_prefix_is_upgraded_keeping_pending_work_and_the_checkpoint()
     assert_eq!(r, vec![Ok(())]);
     let q1 = state(&s, "q1").await;
     assert_eq!((q1.position, q1.next, q1.lag, q1.retries), (3, None, 0, 0));
+    assert_eq!(
+        s.pending_by_reaction().await.unwrap(),
+        vec![(String::new(), 1)]
+    );
     // The blocked queue resumes at its pending event when unblocked.
     assert_eq!(
         s.unblock(&["q2".into()]).await.unwrap(),
@@ -240,6 +249,83 @@ async fn a_schema_1_prefix_is_upgraded_keeping_pending_work_and_the_checkpoint()
     let s = open_in(&prefix, OpenMode::Existing).await.unwrap();
     assert_eq!(state(&s, "q1").await.position, 3);
     assert_eq!(s.legacy_checkpoint().await.unwrap(), 4);
+}
+
+/// Schema 3 only adds the `pending` hash: a schema-2 prefix is this
+/// build's layout without it. Opening one counts every queue's pending
+/// items per reaction; a read-only open refuses it until then.
+#[tokio::test]
+async fn a_schema_2_prefix_is_upgraded_by_counting_its_pending_items() {
+    let prefix = support::fresh_prefix("v2");
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let s = open_in(&prefix, OpenMode::Create).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let e = s
+            .append(act::Append::new(
+                "a",
+                vec![act::Message::new("Ping", json!({ "i": i }))],
+            ))
+            .await
+            .unwrap();
+        ids.push(e[0].id);
+    }
+    let subs: Vec<act::subscription::Subscription> = ["x", "y"]
+        .iter()
+        .map(|n| act::subscription::Subscription {
+            name: n.to_string(),
+            events: vec!["Ping".into()],
+            target: None,
+            start: 0,
+        })
+        .collect();
+    s.subscribe(&subs).await.unwrap();
+    let work = |q: &str, e: i64, r: &str| act::queue::Work {
+        stream: q.into(),
+        event: e,
+        reaction: r.into(),
+        priority: 0,
+    };
+    s.enqueue(&act::subscription::Correlation {
+        reactions: vec!["x".into(), "y".into()],
+        replay: None,
+        from: 0,
+        to: ids[2],
+        work: vec![
+            work("q1", ids[0], "x"),
+            work("q1", ids[0], "y"),
+            work("q2", ids[1], "x"),
+            work("q2", ids[2], "x"),
+        ],
+    })
+    .await
+    .unwrap();
+    drop(s);
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{{{prefix}}}:pending"))
+        .query(&mut raw())
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{{{prefix}}}:meta"))
+        .arg("schema")
+        .arg(2)
+        .query(&mut raw())
+        .unwrap();
+    match open_in(&prefix, OpenMode::ReadOnly).await {
+        Err(act::Error::Schema { message, .. }) => {
+            assert!(message.contains("schema version 2"), "{message}")
+        }
+        other => panic!("a read-only open of schema 2 must ask for an upgrade: {other:?}"),
+    }
+    let s = open_in(&prefix, OpenMode::Existing).await.unwrap();
+    assert_eq!(marker(&prefix), Some(act_redis::SCHEMA_VERSION));
+    assert_eq!(
+        s.pending_by_reaction().await.unwrap(),
+        vec![("x".to_string(), 3), ("y".to_string(), 1)]
+    );
+    assert_eq!(state(&s, "q2").await.lag, 2);
 }
 
 #[tokio::test]

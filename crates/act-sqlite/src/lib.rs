@@ -461,6 +461,10 @@ impl QueueStore for SqliteStore {
         self.readers.read(move |tx| queues::queues(tx, &f)).await
     }
 
+    async fn pending_by_reaction(&self) -> act::Result<Vec<(String, u64)>> {
+        self.readers.read(queues::pending_by_reaction).await
+    }
+
     async fn next_due(&self, reactions: &[String]) -> act::Result<Option<Duration>> {
         let now = self.now();
         let r = reactions.to_vec();

@@ -526,6 +526,23 @@ pub(crate) fn queues(tx: &Transaction, f: &QueueFilter) -> Result<Vec<QueueState
     Ok(rows)
 }
 
+/// Pending items per reaction, ordered by name (byte order: BINARY
+/// collation). One pass over the `items` table (pending items only).
+pub(crate) fn pending_by_reaction(tx: &Transaction) -> Result<Vec<(String, u64)>, Failure> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT reaction, count(*) FROM items GROUP BY reaction ORDER BY reaction",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?.max(0).unsigned_abs(),
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 const NEXT_DUE: &str = "SELECT min(max(coalesce(retry_at, 0), coalesce(lease_expires, 0)))
     FROM queues
     WHERE next IS NOT NULL AND blocked = 0

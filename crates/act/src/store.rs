@@ -144,6 +144,16 @@ pub trait QueueStore: Send + Sync {
     /// Queues and their state for operators, ordered by stream (byte order).
     async fn queues(&self, filter: &QueueFilter) -> Result<Vec<QueueState>>;
 
+    /// Per reaction, its pending items over every queue (enqueued, not yet
+    /// acknowledged; blocked and waiting queues included), ordered by name
+    /// (byte order); reactions with none are left out, and items enqueued
+    /// by schema version 1 (no reaction) are counted under `""`. Read
+    /// only. What the `act_reaction_lag` gauge shows ([`crate::metrics`]).
+    /// Costs one pass over the pending items on SQLite, PostgreSQL and in
+    /// memory (a sampled gauge, not a hot path), one small hash read on
+    /// Redis (whose scripts keep the counts).
+    async fn pending_by_reaction(&self) -> Result<Vec<(String, u64)>>;
+
     /// How long until some pending, unblocked queue that a broker with
     /// `reactions` may claim becomes claimable (its retry time or a lease
     /// passes), on the store's clock: `Some(ZERO)` when one is claimable now,

@@ -179,7 +179,16 @@ async fn metrics_agree_with_stats_and_the_store() {
     assert_eq!(s.queues_pending, 2);
     assert_eq!(s.events_pending, 2);
     assert_eq!(s.correlation_lag, 0);
-    assert_eq!(s.reaction_lag, vec![("flaky".to_string(), 0)]);
+    // Per reaction, static or dynamic target: the two blocked queues hold
+    // one item each of `poisoned`.
+    assert_eq!(
+        s.reaction_lag,
+        vec![
+            ("flaky".to_string(), 0),
+            ("per-stream".to_string(), 0),
+            ("poisoned".to_string(), 2)
+        ]
+    );
     assert!(s.backfill_remaining.iter().all(|(_, n)| *n == 0));
     let seen = snapshot(&snapshotter);
     match seen.get(&(MetricKind::Gauge, m::QUEUES_BLOCKED.to_string(), None)) {

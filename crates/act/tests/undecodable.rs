@@ -114,6 +114,9 @@ impl QueueStore for OneBadEvent {
     async fn queues(&self, f: &QueueFilter) -> act::Result<Vec<QueueState>> {
         self.inner.queues(f).await
     }
+    async fn pending_by_reaction(&self) -> act::Result<Vec<(String, u64)>> {
+        self.inner.pending_by_reaction().await
+    }
     async fn next_due(&self, r: &[String]) -> act::Result<Option<Duration>> {
         self.inner.next_due(r).await
     }

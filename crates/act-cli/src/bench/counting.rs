@@ -121,6 +121,10 @@ impl QueueStore for Counting {
         self.tick();
         self.inner.queues(f).await
     }
+    async fn pending_by_reaction(&self) -> act::Result<Vec<(String, u64)>> {
+        self.tick();
+        self.inner.pending_by_reaction().await
+    }
     async fn next_due(&self, reactions: &[String]) -> act::Result<Option<Duration>> {
         self.tick();
         self.inner.next_due(reactions).await

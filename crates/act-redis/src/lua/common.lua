@@ -22,6 +22,10 @@
 --          reaction in byte order and the first member is the first
 --          pending event
 --   rq:{s} sorted set of its replays: member = reaction, score = position
+-- Over every queue (schema 3):
+--   pending  hash: reaction -> its pending items in all queues (a reaction
+--            with none has no field); every script that adds or removes
+--            items moves it (`count_pending`)
 -- Claim indexes (members are claim keys `%08x` (2^31-1 - priority) ..
 -- `%016x` next .. stream, so byte order is claim order):
 --   due            claimable now, not waiting (all scores 0)
@@ -41,6 +45,7 @@ local SUBS = P .. 'subs'
 local REPLAYS = P .. 'replays'
 local RP = P .. 'rp'
 local WAKE = P .. 'wake'
+local PENDING = P .. 'pending'
 
 local function fmt(n)
   return string.format('%d', n)
@@ -258,16 +263,30 @@ local function refresh_replay(s)
   end
 end
 
+-- Moves the per-reaction counts of pending items by `delta` (reaction ->
+-- change), dropping a reaction's field when it reaches 0.
+local function count_pending(delta)
+  for r, n in pairs(delta) do
+    if n ~= 0 then
+      if redis.call('HINCRBY', PENDING, r, n) <= 0 then
+        redis.call('HDEL', PENDING, r)
+      end
+    end
+  end
+end
+
 -- Removes the pending items of queue `s` that `remove(member)` selects
 -- among `got` (members and scores, as ZRANGE ... WITHSCORES returns them;
 -- it must hold every item of each event it holds, i.e. a score range), and
 -- keeps the queue's count of distinct pending events exact. Returns the
 -- number removed. O(got + removed · log n).
 local function drop_where(s, got, remove)
-  local gone, hit, left = {}, {}, {}
+  local gone, hit, left, counts = {}, {}, {}, {}
   for j = 1, #got, 2 do
     if remove(got[j]) then
       gone[#gone + 1] = got[j]
+      local r = item_reaction(got[j])
+      counts[r] = (counts[r] or 0) - 1
       hit[got[j + 1]] = true
     else
       left[got[j + 1]] = true
@@ -277,6 +296,7 @@ local function drop_where(s, got, remove)
     return 0
   end
   zrem_all(ikey(s), gone)
+  count_pending(counts)
   local emptied = 0
   for e in pairs(hit) do
     if not left[e] then

@@ -61,6 +61,7 @@ end
 local queues = {}
 local order = {}
 local added = 0
+local counts = {}
 for i = first_item, #ARGV, 4 do
   local s, r = ARGV[i], ARGV[i + 2]
   if moved[r] and (not replay or s == replay) then
@@ -133,6 +134,7 @@ for i = first_item, #ARGV, 4 do
         end
         q.changed = true
         added = added + 1
+        counts[r] = (counts[r] or 0) + 1
       end
     end
   end
@@ -200,6 +202,7 @@ for _, s in ipairs(order) do
     place(s, now, q.next, q.f)
   end
 end
+count_pending(counts)
 if added > 0 or replay then
   redis.call('PUBLISH', WAKE, 'enqueue')
 end

@@ -44,6 +44,12 @@ for _, c in ipairs(candidates) do
   end
 end
 
+local counts = {}
+for _, m in ipairs(redis.call('ZRANGE', ikey(s), 0, -1)) do
+  local r = item_reaction(m)
+  counts[r] = (counts[r] or 0) - 1
+end
+count_pending(counts)
 redis.call('DEL', ikey(s))
 redis.call('HSET', k, 'position', position, 'floor', position, 'lag', 0)
 redis.call('HDEL', k, 'suspect_to')

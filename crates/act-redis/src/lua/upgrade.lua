@@ -1,6 +1,8 @@
--- Schema 1 to 2, in one script, only when the marker says 1 (a second
--- process that opens at the same time finds 2 and does nothing). ARGV[3]:
--- the version it writes (2).
+-- Upgrades a prefix of schema 1 or 2 to 3, in one script, only when the
+-- marker says 1 or 2 (a second process that opens at the same time finds
+-- 3 and does nothing). ARGV[3]: the version it writes (3).
+--
+-- Schema 1 to 2:
 --
 -- Schema 1 kept each queue's work as event ids (`w:{s}`, pending = above
 -- the position) and no reactions. Each pending id becomes an item with no
@@ -10,13 +12,17 @@
 -- checkpoint (`checkpoint`) stays: it is the legacy checkpoint.
 -- O(work of schema 1 · log n).
 --
+-- Schema 2 to 3: the `pending` hash (reaction -> pending items), counted
+-- from every queue's items. O(pending items).
+--
 -- Returns the version after the call.
 
 local found = redis.call('HGET', P .. 'meta', 'schema')
-if found ~= '1' then
+if found ~= '1' and found ~= '2' then
   return tonumber(found) or -2
 end
 local now = now_us()
+if found == '1' then
 redis.call('DEL', DUE, DELAYED)
 for _, s in ipairs(redis.call('ZRANGE', QUEUES, 0, -1)) do
   local k = qkey(s)
@@ -45,5 +51,16 @@ for _, s in ipairs(redis.call('ZRANGE', QUEUES, 0, -1)) do
   end
   place(s, now)
 end
+end
+
+redis.call('DEL', PENDING)
+local counts = {}
+for _, s in ipairs(redis.call('ZRANGE', QUEUES, 0, -1)) do
+  for _, m in ipairs(redis.call('ZRANGE', ikey(s), 0, -1)) do
+    local r = item_reaction(m)
+    counts[r] = (counts[r] or 0) + 1
+  end
+end
+count_pending(counts)
 redis.call('HSET', P .. 'meta', 'schema', ARGV[3], 'upgraded', fmt(now))
 return tonumber(ARGV[3])

@@ -643,6 +643,18 @@ impl QueueStore for MemoryStore {
         Ok(rows)
     }
 
+    async fn pending_by_reaction(&self) -> Result<Vec<(String, u64)>> {
+        let inner = self.lock();
+        let mut counts = std::collections::BTreeMap::new();
+        for q in inner.queues.values() {
+            q.count_items(&mut counts);
+        }
+        Ok(counts
+            .into_iter()
+            .map(|(r, n)| (r.to_string(), n))
+            .collect())
+    }
+
     async fn next_due(&self, reactions: &[String]) -> Result<Option<Duration>> {
         let now = self.now();
         let inner = self.lock();

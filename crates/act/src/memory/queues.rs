@@ -377,6 +377,13 @@ impl Queue {
         self.clear();
     }
 
+    /// Adds this queue's pending items to `counts`, per reaction.
+    pub(super) fn count_items<'a>(&'a self, counts: &mut std::collections::BTreeMap<&'a str, u64>) {
+        for (_, r) in self.items.keys() {
+            *counts.entry(&**r).or_default() += 1;
+        }
+    }
+
     /// Drops the items of a retired reaction; returns how many.
     pub(super) fn drop_reaction(&mut self, reaction: &str) -> u64 {
         let before = self.items.len();

@@ -895,6 +895,23 @@ impl Model {
             replays == want,
             "after {op:?}: replays {replays:?}, model {want:?}"
         );
+        let pending = s
+            .pending_by_reaction()
+            .await
+            .map_err(|e| TestCaseError::fail(format!("pending_by_reaction: {e}")))?;
+        let mut want: BTreeMap<Vec<u8>, (String, u64)> = BTreeMap::new();
+        for q in self.queues.values() {
+            for (_, r) in q.items.keys() {
+                want.entry(r.as_bytes().to_vec())
+                    .or_insert_with(|| (r.clone(), 0))
+                    .1 += 1;
+            }
+        }
+        let want: Vec<(String, u64)> = want.into_values().collect();
+        ensure!(
+            pending == want,
+            "after {op:?}: pending items per reaction: store {pending:?}, model {want:?}"
+        );
         Ok(())
     }
 

@@ -1461,6 +1461,74 @@ pub async fn retire_drops_pending_work_and_reports_it(b: &impl Backend) {
         .any(|x| x.name == "gone" && x.retired.is_some()));
 }
 
+/// The pending items of each reaction over every queue: counted once per
+/// item however often it is enqueued, still pending while its queue is
+/// blocked, gone when acknowledged, retired or dropped by a reset; listed
+/// in byte order (`B` before `a`), reactions with none left out.
+pub async fn pending_items_are_counted_per_reaction(b: &impl Backend) {
+    let f = b.open().await;
+    let s = &*f.store;
+    let ids = pings(s, "a", 6).await;
+    assert_eq!(s.pending_by_reaction().await.unwrap(), vec![]);
+    subscribe(s, &["a", "B", "z", "idle"]).await;
+    let work = vec![
+        item("q1", ids[0], "a"),
+        item("q1", ids[0], "B"),
+        item("q1", ids[1], "a"),
+        item("q2", ids[2], "B"),
+        item("q2", ids[3], "a"),
+        item("q3", ids[4], "z"),
+    ];
+    s.enqueue(&step(&["a", "B", "z", "idle"], 0, ids[4], work.clone()))
+        .await
+        .unwrap();
+    let counts = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+    };
+    assert_eq!(
+        s.pending_by_reaction().await.unwrap(),
+        counts(&[("B", 2), ("a", 3), ("z", 1)])
+    );
+    // The same items again, from a later step: nothing is counted twice.
+    s.enqueue(&step(&["a", "B", "z"], ids[4], ids[5], work))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.pending_by_reaction().await.unwrap(),
+        counts(&[("B", 2), ("a", 3), ("z", 1)])
+    );
+    let all = claim_for("A", &["a", "B", "z", "idle"]);
+    let got = s.claim(&all).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let lease = |q: &str| {
+        got.iter()
+            .find(|x| x.lease.stream == q)
+            .map(|x| x.lease.clone())
+            .unwrap_or_else(|| panic!("{q} claimed"))
+    };
+    s.settle(&[
+        // q1's first event (both of its items) is acknowledged.
+        Settlement::ack(&lease("q1"), ids[0]),
+        // q2 is blocked at its first event: its items stay pending.
+        Settlement::block(&lease("q2"), None, "boom"),
+        Settlement::ack(&lease("q3"), ids[4]),
+    ])
+    .await
+    .unwrap()
+    .into_iter()
+    .for_each(|r| assert_eq!(r, Ok(())));
+    assert!(queue(s, "q2").await.blocked);
+    assert_eq!(
+        s.pending_by_reaction().await.unwrap(),
+        counts(&[("B", 1), ("a", 2)])
+    );
+    s.retire(&["B".to_string()]).await.unwrap();
+    assert_eq!(s.pending_by_reaction().await.unwrap(), counts(&[("a", 2)]));
+    // A reset drops the queue's pending items (its replay brings them back).
+    s.reset("q1", ids[0]).await.unwrap();
+    assert_eq!(s.pending_by_reaction().await.unwrap(), counts(&[("a", 1)]));
+}
+
 /// Release frees a queue at once, position unchanged.
 pub async fn release_gives_the_queue_back(b: &impl Backend) {
     let f = b.open().await;
