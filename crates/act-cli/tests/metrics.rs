@@ -180,8 +180,15 @@ fn the_exporter_agrees_with_the_log_while_a_worker_drains() {
         count("Recorded") + count("Totaled") + failures,
         "one duration per handler call"
     );
-    // Lag per reaction: the static `totals` queue is caught up.
+    // Lag per reaction: the static `totals` queue is caught up; what the
+    // dynamic `audit` has pending is what its two blocked queues hold.
     assert_eq!(values(&last, "act_reaction_lag").get("totals"), Some(&0.0));
+    let held: f64 = blocked
+        .iter()
+        .filter_map(|b| b.get("lag").and_then(Value::as_f64))
+        .sum();
+    assert!(held >= 2.0, "each blocked queue holds its event: {blocked:?}");
+    assert_eq!(values(&last, "act_reaction_lag").get("audit"), Some(&held));
     assert_eq!(values(&last, "act_correlation_lag").get(""), Some(&0.0));
 
     signal(&worker, "-TERM");
