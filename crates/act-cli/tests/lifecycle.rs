@@ -158,6 +158,12 @@ fn a_rolling_deploy_adds_a_reaction_that_gets_the_history_and_loses_nothing() {
     let v = verify(&store);
     assert!(v.ok(), "{:#?}", v.problems);
     assert_eq!(v.posted, 8000);
+    // Drained: no reaction has anything pending.
+    let reactions = json_lines(&run(&["reactions", "--store", &store, "--json"]));
+    assert_eq!(reactions.len(), 3, "{reactions:?}");
+    for r in &reactions {
+        assert_eq!(r["pending"].as_u64(), Some(0), "{r}");
+    }
 }
 
 /// A handler that aborts its process on one poisoned deposit: workers die

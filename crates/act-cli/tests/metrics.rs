@@ -187,7 +187,10 @@ fn the_exporter_agrees_with_the_log_while_a_worker_drains() {
         .iter()
         .filter_map(|b| b.get("lag").and_then(Value::as_f64))
         .sum();
-    assert!(held >= 2.0, "each blocked queue holds its event: {blocked:?}");
+    assert!(
+        held >= 2.0,
+        "each blocked queue holds its event: {blocked:?}"
+    );
     assert_eq!(values(&last, "act_reaction_lag").get("audit"), Some(&held));
     assert_eq!(values(&last, "act_correlation_lag").get(""), Some(&0.0));
 

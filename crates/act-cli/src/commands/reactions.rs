@@ -46,6 +46,7 @@ pub async fn list(cli: &Globals) -> Result<(), Error> {
     let queues = all_queues(&*store, QueueFilter::default()).await?;
     let replays = store.replays().await?;
     let head = store.head().await?;
+    let pending: BTreeMap<String, u64> = store.pending_by_reaction().await?.into_iter().collect();
     let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
     for q in &queues {
         if let Some(w) = &q.waiting {
@@ -65,11 +66,13 @@ pub async fn list(cli: &Globals) -> Result<(), Error> {
             .and_then(|t| queues.iter().find(|q| &q.stream == t));
         let replaying = replays.iter().filter(|r| r.reaction == s.name).count();
         let waits = waiting.get(s.name.as_str()).copied().unwrap_or(0);
+        let items = pending.get(&s.name).copied().unwrap_or(0);
         let seen_s = (Utc::now() - s.seen).num_milliseconds() as f64 / 1000.0;
         if cli.json {
             json_line(&json!({
                 "name": s.name, "events": s.events, "target": s.target, "start": s.start,
                 "checkpoint": s.checkpoint, "head": head, "to_correlate": behind, "to_correlate_more": more,
+                "pending": items,
                 "queue": target.map(|q| json!({"lag": q.lag, "blocked": q.blocked, "position": q.position})),
                 "waiting_queues": waits, "replays": replaying,
                 "created": s.created, "seen": s.seen, "retired": s.retired,
@@ -86,6 +89,7 @@ pub async fn list(cli: &Globals) -> Result<(), Error> {
                 format!("after {}", s.start)
             },
             progress(s, head, behind, more),
+            thousands(items as f64),
             target.map_or("-".into(), |q| {
                 format!("lag {}{}", q.lag, if q.blocked { ", blocked" } else { "" })
             }),
@@ -121,6 +125,7 @@ pub async fn list(cli: &Globals) -> Result<(), Error> {
             "QUEUE",
             "START",
             "CORRELATED",
+            "PENDING",
             "QUEUE STATE",
             "WAITING",
             "REPLAYING",
