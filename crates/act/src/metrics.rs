@@ -37,6 +37,7 @@
 //! | name | type | labels | meaning |
 //! | --- | --- | --- | --- |
 //! | `act_reaction_lag` | gauge | `reaction` | the reaction's pending items over every queue (exact: enqueued for it, not yet acknowledged, blocked queues included; [`crate::QueueStore::pending_by_reaction`]), static and dynamic targets alike. Events not yet correlated for it are in `act_correlation_lag` and `act_backfill_remaining` |
+//! | `act_queues_waiting` | gauge | `reaction` | pending queues whose first event has an item for this reaction and that no broker that has it has claimed yet: during a rolling deploy, the queues waiting for the new version ([`crate::QueueState::waiting`]); above 0 for long means no running broker has the reaction |
 //! | `act_events_pending` | gauge | — | events pending over all queues (exact: the sum of [`crate::QueueState::lag`]) |
 //! | `act_queues_pending` | gauge | — | queues with pending events |
 //! | `act_queues_blocked` | gauge | — | queues blocked until an operator unblocks them |
@@ -84,9 +85,12 @@ pub const HANDLER_DURATION: &str = "act_handler_duration_seconds";
 pub const COMMIT_TO_HANDLER: &str = "act_commit_to_handler_seconds";
 /// Leases held by this process's brokers (gauge).
 pub const LEASES_HELD: &str = "act_leases_held";
-/// Events pending in a static-target reaction's queue (gauge; label
-/// `reaction`; [`sample`]).
+/// A reaction's pending items over every queue (gauge; label `reaction`;
+/// [`sample`]).
 pub const REACTION_LAG: &str = "act_reaction_lag";
+/// Queues waiting for a broker that has a reaction (gauge; label
+/// `reaction`; [`sample`]).
+pub const QUEUES_WAITING: &str = "act_queues_waiting";
 /// Events pending over all queues (gauge; [`sample`]).
 pub const EVENTS_PENDING: &str = "act_events_pending";
 /// Queues with pending events (gauge; [`sample`]).
@@ -243,7 +247,14 @@ pub const ALL: &[Metric] = &[
         Kind::Gauge,
         R,
         None,
-        "Events pending in a static-target reaction's queue.",
+        "The reaction's pending items over every queue.",
+    ),
+    m(
+        QUEUES_WAITING,
+        Kind::Gauge,
+        R,
+        None,
+        "Queues waiting for a broker that has the reaction.",
     ),
     m(
         EVENTS_PENDING,
@@ -314,6 +325,8 @@ pub struct Sample {
     pub head: i64,
     /// Per sampled reaction: its pending items over every queue.
     pub reaction_lag: Vec<(String, u64)>,
+    /// Per sampled reaction: the queues waiting for a broker that has it.
+    pub queues_waiting: Vec<(String, u64)>,
     /// Events pending over all queues.
     pub events_pending: u64,
     /// Queues with pending events.
@@ -365,6 +378,7 @@ pub async fn sample(store: &dyn Store, reactions: &[String]) -> Result<Sample> {
         ..Sample::default()
     };
     let pending: HashMap<String, u64> = store.pending_by_reaction().await?.into_iter().collect();
+    let mut waiting: HashMap<String, u64> = HashMap::new();
     let mut filter = QueueFilter {
         pending: true,
         limit: Some(PAGE),
@@ -375,6 +389,9 @@ pub async fn sample(store: &dyn Store, reactions: &[String]) -> Result<Sample> {
         for q in &page {
             out.events_pending += q.lag;
             out.queues_pending += u64::from(q.lag > 0);
+            if let Some(w) = &q.waiting {
+                *waiting.entry(w.clone()).or_default() += 1;
+            }
         }
         if page.len() < PAGE {
             break;
@@ -398,8 +415,15 @@ pub async fn sample(store: &dyn Store, reactions: &[String]) -> Result<Sample> {
         .iter()
         .map(|s| (s.name.clone(), pending.get(&s.name).copied().unwrap_or(0)))
         .collect();
+    out.queues_waiting = subs
+        .iter()
+        .map(|s| (s.name.clone(), waiting.get(&s.name).copied().unwrap_or(0)))
+        .collect();
     for (r, lag) in &out.reaction_lag {
         ::metrics::gauge!(REACTION_LAG, REACTION_LABEL => r.clone()).set(*lag as f64);
+    }
+    for (r, n) in &out.queues_waiting {
+        ::metrics::gauge!(QUEUES_WAITING, REACTION_LABEL => r.clone()).set(*n as f64);
     }
     for (r, n) in &out.backfill_remaining {
         ::metrics::gauge!(BACKFILL_REMAINING, REACTION_LABEL => r.clone()).set(*n as f64);

@@ -188,6 +188,7 @@ macro_rules! tck_suite {
             queues::retire_drops_pending_work_and_reports_it,
             queues::release_gives_the_queue_back,
             queues::pending_items_are_counted_per_reaction,
+            queues::sample_reports_pending_and_waiting_per_reaction,
             queues::next_due_reports_when_work_becomes_claimable,
             queues::queues_are_listed_in_byte_order_and_paged,
             broker::static_resolver_delivers_to_one_queue,

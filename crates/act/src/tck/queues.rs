@@ -1529,6 +1529,45 @@ pub async fn pending_items_are_counted_per_reaction(b: &impl Backend) {
     assert_eq!(s.pending_by_reaction().await.unwrap(), counts(&[("a", 1)]));
 }
 
+/// The store-wide gauges ([`crate::metrics::sample`]) per reaction: its
+/// pending items, and the queues waiting for a broker that has it (here,
+/// a broker of an older version that lacks `new` claimed).
+pub async fn sample_reports_pending_and_waiting_per_reaction(b: &impl Backend) {
+    let f = b.open().await;
+    let s = &*f.store;
+    let ids = pings(s, "a", 2).await;
+    subscribe(s, &["old", "new"]).await;
+    s.enqueue(&step(
+        &["old", "new"],
+        0,
+        ids[1],
+        vec![
+            item("q1", ids[0], "old"),
+            item("q1", ids[0], "new"),
+            item("q2", ids[1], "old"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let got = s.claim(&claim_for("v1", &["old"])).await.unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|b| b.lease.stream.as_str())
+            .collect::<Vec<_>>(),
+        vec!["q2"]
+    );
+    assert_eq!(queue(s, "q1").await.waiting.as_deref(), Some("new"));
+    let m = crate::metrics::sample(s, &[]).await.unwrap();
+    let named = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+    };
+    assert_eq!(m.reaction_lag, named(&[("new", 1), ("old", 2)]));
+    assert_eq!(m.queues_waiting, named(&[("new", 1), ("old", 0)]));
+    assert_eq!((m.events_pending, m.queues_pending), (2, 2));
+    assert_eq!((m.queues_blocked, m.correlation_lag), (0, 0));
+    assert_eq!(m.head, ids[1]);
+}
+
 /// Release frees a queue at once, position unchanged.
 pub async fn release_gives_the_queue_back(b: &impl Backend) {
     let f = b.open().await;
