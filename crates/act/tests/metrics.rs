@@ -199,3 +199,19 @@ async fn metrics_agree_with_stats_and_the_store() {
     assert!(m::ALL.iter().any(|d| d.name == m::BACKFILL_REMAINING));
     let _ = store.head().await.unwrap();
 }
+
+/// Every metric the module declares is in the production page's list.
+#[test]
+fn the_production_page_lists_every_metric() {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/production.md"),
+    )
+    .unwrap();
+    for d in m::ALL {
+        assert!(
+            page.contains(&format!("`{}", d.name)),
+            "docs/production.md does not list {}",
+            d.name
+        );
+    }
+}
