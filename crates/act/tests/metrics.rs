@@ -1,5 +1,6 @@
-//! The broker's metrics agree with its `Stats` and with the store. One test
-//! in its own binary: the recorder is global to the process.
+//! The broker's metrics agree with its `Stats` and with the store. One
+//! recording test in its own binary (the recorder is global to the
+//! process), and a check of the docs' list.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
