@@ -171,12 +171,16 @@ fn named(url: &str, owner: &str) -> String {
         && owner
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    if !plain || query.split('&').any(|p| p.split('=').next() == Some(key)) {
+    // The one URL parser every backend uses: a percent-encoded `?` or `&`
+    // in a password or a value is not mistaken for the query's.
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_string(); // the backend reports what is wrong with it
+    };
+    if !plain || parsed.query_pairs().any(|(k, _)| k == key) {
         return url.to_string();
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{key}={owner}")
+    parsed.query_pairs_mut().append_pair(key, owner);
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -203,5 +207,18 @@ mod tests {
         );
         assert_eq!(named("sqlite://act.db", "w-1"), "sqlite://act.db");
         assert_eq!(named("postgres://u@h/db", "a b"), "postgres://u@h/db");
+        // A `?` or `&` inside the password is not the query (the password
+        // comes back percent-encoded the url crate's way: the same value).
+        assert_eq!(
+            named("postgres://u:p%3Fq%26application_name=x@h/db", "w-1"),
+            "postgres://u:p%3Fq%26application_name%3Dx@h/db?application_name=w-1"
+        );
+        assert_eq!(
+            named(
+                "postgres://u@h/db?sslmode=require&application_name=mine",
+                "w-1"
+            ),
+            "postgres://u@h/db?sslmode=require&application_name=mine"
+        );
     }
 }
