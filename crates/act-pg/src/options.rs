@@ -270,6 +270,7 @@ pub fn parse_url(url: &str) -> act::Result<(tokio_postgres::Config, PgOptions)> 
     config.dbname(&db);
 
     let mut options = PgOptions::default();
+    let mut seen: Vec<String> = Vec::new();
     for pair in parsed
         .query()
         .unwrap_or("")
@@ -279,6 +280,11 @@ pub fn parse_url(url: &str) -> act::Result<(tokio_postgres::Config, PgOptions)> 
         let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
         let key = decode("option name", key)?;
         let value = decode(&format!("value of {key}"), raw)?;
+        if seen.contains(&key) {
+            // Which one would win is a guess a typo should not rely on.
+            return Err(invalid(format!("option `{key}` is given twice")));
+        }
+        seen.push(key.clone());
         let bad = |expected: &str| invalid(format!("{key}={value}: expected {expected}"));
         let seconds = |max: u64| {
             value
@@ -526,6 +532,10 @@ mod tests {
             ("postgres://u:secret@db:99999/app", "invalid port"),
             ("postgres://u:secret@db/app/more", "more than one segment"),
             ("not a url", "expected postgres://"),
+            (
+                "postgres://u:secret@db/app?schema=a&schema=b",
+                "option `schema` is given twice",
+            ),
         ] {
             let e = error(url);
             assert!(e.contains(says), "{url}: {e}");

@@ -316,7 +316,15 @@ pub fn parse_url(url: &str) -> act::Result<(PathBuf, SqliteOptions)> {
             })
         };
         match key.as_str() {
-            "readers" => options.readers = number()?.clamp(1, 64) as usize,
+            "readers" => {
+                let n = number()?;
+                if !(1..=64).contains(&n) {
+                    return Err(Error::InvalidInput(format!(
+                        "`readers` in `{url}` must be 1 to 64 reader connections, got `{value}`"
+                    )));
+                }
+                options.readers = n as usize
+            }
             "busy_timeout_ms" => options.busy_timeout = Duration::from_millis(number()?),
             "queue_sync" => {
                 options.fsync_queue_writes = match value.as_str() {
@@ -372,6 +380,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("names no file"));
+        for n in ["0", "65"] {
+            let e = parse_url(&format!("sqlite://x.db?readers={n}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("must be 1 to 64 reader connections"), "{n}: {e}");
+        }
         assert!(parse_url("sqlite://x.db?readers=lots")
             .unwrap_err()
             .to_string()
