@@ -57,8 +57,11 @@ pub struct RedisOptions {
     /// default (off on Linux). Default 60 s.
     pub keepalive: Option<Duration>,
     /// Sent with `CLIENT SETNAME` on the store's connection, so operators
-    /// see act's connections in `CLIENT LIST` (every connection also reports
-    /// `lib-name=act`). Printable ASCII without spaces. Default `act`.
+    /// see act's connections in `CLIENT LIST`; after a reconnect, again on
+    /// the new connection before the store's next call. The wake-up
+    /// listener's pub/sub connection has no name (redis-rs sends only
+    /// `SUBSCRIBE` and `PING` on it); every connection reports
+    /// `lib-name=act`. Printable ASCII without spaces. Default `act`.
     pub client_name: String,
     /// Test-only: microseconds added to the Redis server's `TIME` before
     /// every use (lease expiry, retry times, `created`). 0 in production;
