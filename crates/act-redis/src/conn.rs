@@ -59,7 +59,9 @@ impl Naming {
 
 impl Conn {
     /// Connects (with the URL's timeouts, two retries) and names the
-    /// connection: a few round trips.
+    /// connection: a few round trips. For `rediss://`, a first connection
+    /// that is not up within the connect timeout is checked for a plaintext
+    /// port ([`crate::plaintext`]).
     pub(crate) async fn open(
         client: redis::Client,
         server: &RedisServer,
@@ -85,9 +87,22 @@ impl Conn {
                 Ok::<(), std::convert::Infallible>(())
             });
         }
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| error::map(&store, e))?;
+        let connecting = async {
+            ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|e| error::map(&store, e))
+        };
+        let manager = if server.tls.is_some() {
+            crate::plaintext::refuse_plaintext_port(
+                connecting,
+                server,
+                options.connect_timeout,
+                &store,
+            )
+            .await?
+        } else {
+            connecting.await?
+        };
         let conn = Conn {
             manager,
             prefix: Arc::from(format!("{{{}}}:", options.prefix)),

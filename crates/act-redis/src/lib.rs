@@ -74,6 +74,7 @@ mod correlation;
 mod error;
 mod events;
 mod options;
+mod plaintext;
 mod queues;
 mod reply;
 mod schema;
