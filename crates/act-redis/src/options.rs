@@ -121,7 +121,8 @@ impl std::fmt::Debug for RedisServer {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
     /// PEM file of the CA certificates the server's certificate must chain
-    /// to, instead of the built-in Mozilla roots (`tls_ca`).
+    /// to (`tls_ca`): they replace the built-in Mozilla roots, which are
+    /// then not trusted (as with `redis-cli --cacert`).
     pub ca: Option<PathBuf>,
     /// PEM files of the client certificate (chain) and its private key, for
     /// servers that require one (`tls_cert`, `tls_key`).
@@ -191,7 +192,7 @@ pub fn shown_url(url: &str) -> String {
 /// | `keepalive_s=N` | 60 | TCP keepalive idle time; 0 = system default (off) |
 /// | `client_name=NAME` | `act` | `CLIENT SETNAME` |
 /// | `protocol=resp2\|resp3` | `resp2` | wire protocol |
-/// | `tls_ca=PATH` | Mozilla roots | CA file (PEM), `rediss://` only |
+/// | `tls_ca=PATH` | Mozilla roots | CA file (PEM), replacing the Mozilla roots; `rediss://` only |
 /// | `tls_cert=PATH`, `tls_key=PATH` | none | client certificate and key (both or neither) |
 /// | `tls_insecure=true` | `false` | no certificate verification at all |
 ///
