@@ -31,6 +31,10 @@ percent-decoded; an unknown option is an error; docs/*.md give defaults):
     client_name=NAME  protocol=resp2|resp3  assume_noeviction=true
     tls_ca=PATH  tls_cert=PATH  tls_key=PATH  tls_insecure=true
 
+  A CA file (sslrootcert=PATH, tls_ca=PATH) replaces the default roots
+  (the system's for PostgreSQL, Mozilla's for Redis), as in libpq and
+  redis-cli: only the CAs in the file are trusted.
+
   memory:  (in this process only)
 
 Commands that only read (status, blocked, events, reactions) never create,

@@ -52,7 +52,7 @@
 //! | `pool_size` | `16` | connections in the pool (1–1000) |
 //! | `listen` | `true` | wake brokers on other processes' commits (`LISTEN/NOTIFY`) |
 //! | `sslmode` | `prefer` | `disable`, `prefer` (TLS if the server offers it), `require` (TLS, server not verified), `verify-ca` (trusted chain), `verify-full` (trusted chain and host name) |
-//! | `sslrootcert` | system trust store | PEM file of the CA(s) to trust; `system` for the system's store. With `prefer`/`require`, verifies the chain as `verify-ca` |
+//! | `sslrootcert` | system trust store | PEM file of the CA(s) to trust, replacing the system's store (as libpq); `system` for the system's store. With `prefer`/`require`, verifies the chain as `verify-ca` |
 //! | `sslcert`, `sslkey` | none | PEM client certificate and its key, sent when the server asks |
 //! | `connect_timeout` | `10` | seconds to open one connection (TCP, TLS, authentication) |
 //! | `keepalives` | `1` | TCP keepalives on (`1`) or off (`0`) |

@@ -61,8 +61,9 @@ impl SslMode {
 pub struct TlsOptions {
     /// See [`SslMode`]; default [`SslMode::Prefer`].
     pub mode: SslMode,
-    /// PEM file of the CA certificate(s) to trust; `None` (or the path
-    /// `system`) uses the system's trust store when verifying.
+    /// PEM file of the CA certificate(s) to trust: then the only roots
+    /// trusted, replacing the system's trust store (as libpq does). `None`
+    /// (or the path `system`) uses the system's trust store when verifying.
     pub root_cert: Option<PathBuf>,
     /// PEM file of the client certificate, offered when the server asks.
     pub cert: Option<PathBuf>,

@@ -13,7 +13,8 @@
 //!   mismatch).
 //! - `verify-full`: the chain and the host name.
 //!
-//! Roots come from `sslrootcert` (a PEM file), or the system's trust store
+//! Roots come from `sslrootcert` (a PEM file: its certificates are the only
+//! roots, the system's store is not added), or the system's trust store
 //! when it is absent or `system`. A client certificate (`sslcert` +
 //! `sslkey`, PEM) is offered when the server asks for one. Files are read
 //! once, when the store opens (a blocking read: call from a blocking task).

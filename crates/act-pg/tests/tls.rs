@@ -296,6 +296,23 @@ async fn plaintext_to_a_tls_only_server_is_refused_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_of_a_server_without_tls_is_refused_clearly() {
+    let pki = Pki::new();
+    let pg = tokio::task::block_in_place(PrivatePostgres::start);
+    let ca = path(&pki.file("ca.pem"));
+    for options in [
+        "sslmode=require".to_string(),
+        format!("sslmode=verify-full&sslrootcert={ca}"),
+    ] {
+        let e = refused(&url(&pg, "localhost", &options)).await;
+        assert!(e.contains("server does not support TLS"), "{options}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+    // prefer falls back to plaintext, as libpq does.
+    round_trip(&url(&pg, "127.0.0.1", "sslmode=prefer")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_refused_and_a_percent_encoded_one_works() {
     let pki = Pki::new();
     let pg = pki.server("scram-sha-256");

@@ -31,6 +31,21 @@ pub enum ConfigError {
     },
 }
 
+/// A `rediss://` URL that reached a plaintext Redis port: the TLS
+/// handshake did not complete, and the port answered a plaintext `PING`
+/// (see `plaintext.rs`). Not transient: retrying cannot cure it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "TLS handshake with {addr} did not complete within {waited:?}, and the port answers \
+     plaintext Redis: it is not a TLS port (use redis:// for it, or the server's `tls-port`)"
+)]
+pub(crate) struct PlaintextPort {
+    /// `host:port`.
+    pub(crate) addr: String,
+    /// How long the handshake was given (the connect timeout).
+    pub(crate) waited: std::time::Duration,
+}
+
 /// A TLS handshake the client refused or the server refused: a wrong CA,
 /// a certificate for another host name, a missing or unknown client
 /// certificate. Not transient: retrying cannot cure it.

@@ -75,6 +75,7 @@ mod correlation;
 mod error;
 mod events;
 mod options;
+mod plaintext;
 mod queues;
 mod reply;
 mod schema;
@@ -92,7 +93,6 @@ use act::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 use conn::Conn;
@@ -181,26 +181,7 @@ impl RedisStore {
     ) -> act::Result<Self> {
         let name: Arc<str> = Arc::from(shown_url(url));
         let client = client::build(&name, server, &options).await?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.response_timeout))
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let manager = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|e| error::map(&name, e))?;
-        let conn = Conn::new(
-            manager,
-            &options.prefix,
-            name.clone(),
-            options.clock_offset.clone(),
-        );
-        conn.command(
-            redis::cmd("CLIENT")
-                .arg("SETNAME")
-                .arg(&options.client_name),
-        )
-        .await?;
+        let conn = Conn::open(client.clone(), server, &options, name.clone()).await?;
         schema::check_eviction(&conn, options.assume_noeviction).await?;
         schema::open(&conn, &options.prefix, mode).await?;
         let wake = Arc::new(watch::Sender::new(0));

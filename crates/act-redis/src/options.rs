@@ -57,8 +57,11 @@ pub struct RedisOptions {
     /// default (off on Linux). Default 60 s.
     pub keepalive: Option<Duration>,
     /// Sent with `CLIENT SETNAME` on the store's connection, so operators
-    /// see act's connections in `CLIENT LIST` (every connection also reports
-    /// `lib-name=act`). Printable ASCII without spaces. Default `act`.
+    /// see act's connections in `CLIENT LIST`; after a reconnect, again on
+    /// the new connection before the store's next call. The wake-up
+    /// listener's pub/sub connection has no name (redis-rs sends only
+    /// `SUBSCRIBE` and `PING` on it); every connection reports
+    /// `lib-name=act`. Printable ASCII without spaces. Default `act`.
     pub client_name: String,
     /// Test-only: microseconds added to the Redis server's `TIME` before
     /// every use (lease expiry, retry times, `created`). 0 in production;
@@ -118,7 +121,8 @@ impl std::fmt::Debug for RedisServer {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
     /// PEM file of the CA certificates the server's certificate must chain
-    /// to, instead of the built-in Mozilla roots (`tls_ca`).
+    /// to (`tls_ca`): they replace the built-in Mozilla roots, which are
+    /// then not trusted (as with `redis-cli --cacert`).
     pub ca: Option<PathBuf>,
     /// PEM files of the client certificate (chain) and its private key, for
     /// servers that require one (`tls_cert`, `tls_key`).
@@ -188,7 +192,7 @@ pub fn shown_url(url: &str) -> String {
 /// | `keepalive_s=N` | 60 | TCP keepalive idle time; 0 = system default (off) |
 /// | `client_name=NAME` | `act` | `CLIENT SETNAME` |
 /// | `protocol=resp2\|resp3` | `resp2` | wire protocol |
-/// | `tls_ca=PATH` | Mozilla roots | CA file (PEM), `rediss://` only |
+/// | `tls_ca=PATH` | Mozilla roots | CA file (PEM), replacing the Mozilla roots; `rediss://` only |
 /// | `tls_cert=PATH`, `tls_key=PATH` | none | client certificate and key (both or neither) |
 /// | `tls_insecure=true` | `false` | no certificate verification at all |
 ///

@@ -255,3 +255,60 @@ async fn the_wake_up_listener_backoff_starts_again_after_it_reconnected() {
         "the listener took {took:?} to come back: its backoff did not start again"
     );
 }
+
+/// The `name=` fields of the server's `CLIENT LIST` (asked on a connection
+/// of the test's own, which has no name).
+fn client_names(server: &PrivateRedis) -> Vec<String> {
+    let mut c = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("CLIENT LIST on port {}: {e}", server.port()));
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut c)
+        .unwrap_or_else(|e| panic!("CLIENT LIST on port {}: {e}", server.port()));
+    list.lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name=")))
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Opens a store named `billing-7` with `protocol`, restarts the server,
+/// and waits (calling the store, which reconnects on its own) until
+/// `CLIENT LIST` shows the name again.
+async fn named_again_after_a_restart(protocol: &str) {
+    let mut server = PrivateRedis::start(&[]);
+    let store = RedisStore::open(&url(
+        &server,
+        &format!("prefix=x&timeout_ms=1000&client_name=billing-7&protocol={protocol}"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(client_names(&server), vec!["billing-7".to_string()]);
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Fails while the connection is being replaced; that is expected.
+        let head = store.head().await;
+        let names = client_names(&server);
+        if head.is_ok() && names == ["billing-7"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{protocol}: no connection named billing-7 30 s after the restart \
+             (last call: {head:?}; names: {names:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_is_named_again_after_a_server_restart() {
+    named_again_after_a_restart("resp2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_is_named_again_after_a_server_restart_on_resp3() {
+    named_again_after_a_restart("resp3").await;
+}

@@ -223,6 +223,28 @@ async fn plaintext_to_a_tls_port_fails_quickly() {
     open_fails(&plain).await;
 }
 
+/// A TLS hello sent to a plaintext port gets no answer at all (Redis
+/// waits for the end of what it takes for an inline command): the open
+/// fails for good after about the connect timeout, naming the port.
+#[tokio::test]
+async fn tls_to_a_plaintext_port_fails_for_good_and_says_so() {
+    let server = PrivateRedis::start(&[]);
+    let e = open_fails(&format!(
+        "rediss://127.0.0.1:{}/0?connect_timeout_ms=2000&timeout_ms=2000",
+        server.port()
+    ))
+    .await;
+    permanent(
+        &e,
+        &format!(
+            "TLS handshake with 127.0.0.1:{} did not complete within 2s, and the port answers \
+             plaintext Redis: it is not a TLS port",
+            server.port()
+        ),
+    );
+    assert!(!e.to_string().contains('\n'), "one line: {e}");
+}
+
 #[tokio::test]
 async fn unreadable_tls_files_are_named() {
     let pki = Pki::new();

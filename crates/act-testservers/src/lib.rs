@@ -11,6 +11,23 @@
 //!   initdb refuses root); [`postgres::PrivatePostgres::start_tls`] for one
 //!   with `ssl = on`, given certificates and `pg_hba.conf` lines.
 //! - [`redis::PrivateRedis`]: `redis-server` on a free port.
+//!
+//! ## As root or as a normal user
+//!
+//! Both work. As a normal user every server runs as that user (neither
+//! `initdb` nor `redis-server` needs a privilege). As root, PostgreSQL's
+//! programs run as `postgres` through `runuser` and its directory is given
+//! to that user; `redis-server` runs as root. The servers' files go under
+//! `$TMPDIR` (default `/tmp`), which must be writable; nothing is written
+//! to the working directory. To run a root-built test binary as a normal
+//! user, the target directory must be readable by that user:
+//!
+//! ```sh
+//! useradd -m actuser && install -d -o actuser /home/actuser/tmp
+//! cargo test --no-run -p act-pg --test tls   # prints the binary's path
+//! cd /home/actuser && runuser -u actuser -- \
+//!     env HOME=/home/actuser TMPDIR=/home/actuser/tmp target/debug/deps/tls-…
+//! ```
 
 pub mod postgres;
 pub mod redis;
