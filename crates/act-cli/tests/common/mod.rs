@@ -12,10 +12,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The `act` binary, with no store from the environment and quiet logs.
+/// The `act` binary, with no store or trace collector from the
+/// environment and quiet logs.
 pub fn act() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_act"));
     c.env_remove("ACT_STORE").env("ACT_LOG", "error");
+    for otel in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "ACT_TRACE",
+    ] {
+        c.env_remove(otel);
+    }
     c
 }
 
