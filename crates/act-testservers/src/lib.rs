@@ -11,7 +11,7 @@
 //!   initdb refuses root); [`postgres::PrivatePostgres::start_tls`] for one
 //!   with `ssl = on`, given certificates and `pg_hba.conf` lines.
 //! - [`redis::PrivateRedis`]: `redis-server` on a free port.
-//! - [`otlp::Receiver`] (feature `otlp`): an OTLP/HTTP trace receiver on a
+//! - `otlp::Receiver` (feature `otlp`): an OTLP/HTTP trace receiver on a
 //!   free port, keeping the spans an exporter sends.
 
 #[cfg(feature = "otlp")]
