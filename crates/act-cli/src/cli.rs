@@ -49,7 +49,8 @@ service --service-name (or $OTEL_SERVICE_NAME; default the program's name).
 An action and every reaction it causes are one trace, also across
 processes. Spans are filtered by $ACT_TRACE (an env filter, default
 info,act::app=debug,act::context=debug,act::broker::dispatch=debug: the
-act.action, act.append and act.handle spans), apart from $ACT_LOG. A
+act.action, act.append and act.handle spans and every info span), apart
+from $ACT_LOG. A
 collector that is down never stalls a worker (failed exports are logged);
 the last spans are sent at exit, waiting at most 5 s.";
 

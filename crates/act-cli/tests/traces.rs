@@ -58,16 +58,24 @@ fn an_action_and_the_reactions_a_worker_runs_for_it_are_one_trace() {
     let store = sqlite(dir.path());
     demo(&store, &["--otlp-endpoint", &url]);
 
-    let mut worker = Worker::start_with(
+    // No export on a timer while the test runs: what arrives from the
+    // worker was sent when it shut down.
+    let mut worker = Worker::start_env(
         &store,
         "traced",
         &dir.path().join("worker.log"),
+        "2",
         &["--otlp-endpoint", &url, "--service-name", "bank-worker"],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
     );
     worker.started();
     wait_until("the worker to drain", Duration::from_secs(120), || {
         drained(&store)
     });
+    assert!(
+        !receiver.spans().iter().any(|s| s.name == "act.handle"),
+        "nothing is sent before the worker stops"
+    );
     // SIGTERM: the worker's last spans are sent before it exits.
     worker.stop();
 

@@ -95,6 +95,19 @@ impl Worker {
         lease: &str,
         extra: &[&str],
     ) -> Worker {
+        Worker::start_env(store, name, log_path, lease, extra, &[])
+    }
+
+    /// Starts a worker with leases of `lease` seconds, `extra` flags and
+    /// `env` variables, logging to `log` (warnings included).
+    pub fn start_env(
+        store: &str,
+        name: &str,
+        log_path: &Path,
+        lease: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -115,6 +128,7 @@ impl Worker {
         args.extend_from_slice(extra);
         let child = act()
             .env("ACT_LOG", "warn")
+            .envs(env.iter().copied())
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(log)
