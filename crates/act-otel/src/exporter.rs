@@ -143,24 +143,7 @@ fn redact(url: &str) -> String {
 /// the guard until the end and [`OtelGuard::shutdown`] it (dropping it does
 /// the same).
 ///
-/// ```no_run
-/// use std::sync::Arc;
-/// use tracing_subscriber::layer::SubscriberExt;
-/// use tracing_subscriber::util::SubscriberInitExt;
-/// use tracing_subscriber::Layer;
-///
-/// # fn main() -> Result<(), act_otel::Error> {
-/// let otel = act_otel::install(&act_otel::Options::new("my-worker"))?;
-/// tracing_subscriber::registry()
-///     .with(tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::new("warn")))
-///     .with(otel.layer().with_filter(act_otel::filter()))
-///     .init();
-/// act::trace::set_default_propagator(Arc::new(act_otel::OtelPropagator));
-/// // … build the application, run the broker …
-/// otel.shutdown()?; // the last spans are sent
-/// # Ok(())
-/// # }
-/// ```
+/// The [crate docs](crate) show a whole worker.
 pub fn install(options: &Options) -> Result<OtelGuard, Error> {
     let url = options.traces_url()?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()

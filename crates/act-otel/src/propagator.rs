@@ -21,17 +21,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// `inject` reads the current span's context (a registry lookup and a
 /// clone) and formats a `traceparent` (one small allocation).
 ///
-/// ```
-/// use std::sync::Arc;
-///
-/// // Every application this process builds from now on:
-/// act::trace::set_default_propagator(Arc::new(act_otel::OtelPropagator));
-/// // or one application:
-/// let app = act::Act::builder(Arc::new(act::MemoryStore::new()))
-///     .trace_propagator(Arc::new(act_otel::OtelPropagator))
-///     .build();
-/// # app.unwrap();
-/// ```
+/// Set it for every application the process builds with
+/// `act::trace::set_default_propagator(Arc::new(OtelPropagator))` (before
+/// they are built), or for one with `ActBuilder::trace_propagator`; the
+/// [crate docs](crate) show a whole worker.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OtelPropagator;
 
