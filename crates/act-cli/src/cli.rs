@@ -43,6 +43,25 @@ migrate or write a store; unblock, reset and retire need one that exists.
 Exit codes: 0 success, 1 operational error (message on stderr), 2 usage
 error.";
 
+/// What `--help` says about traces, after [`LONG_HELP`].
+#[cfg(feature = "opentelemetry")]
+pub(crate) const TRACES_HELP: &str = "
+
+Traces (OpenTelemetry): --otlp-endpoint URL (or $OTEL_EXPORTER_OTLP_ENDPOINT)
+sends spans over OTLP/HTTP (protobuf) to URL/v1/traces, http:// only, as
+service --service-name (or $OTEL_SERVICE_NAME; default the program's name).
+An action and every reaction it causes are one trace, also across
+processes. Spans are filtered by $ACT_TRACE (an env filter, default
+info,act::app=debug,act::context=debug,act::broker::dispatch=debug: the
+act.action, act.append and act.handle spans and every info span), apart
+from $ACT_LOG. A
+collector that is down never stalls a worker (failed exports are logged);
+the last spans are sent at exit, waiting at most 5 s.";
+
+/// Nothing about traces without the `opentelemetry` feature.
+#[cfg(not(feature = "opentelemetry"))]
+pub(crate) const TRACES_HELP: &str = "";
+
 /// The whole command line (name, about and version are set by
 /// [`Program`](crate::Program)).
 #[derive(Parser)]
@@ -60,8 +79,53 @@ pub(crate) struct Cli<A: Args, X: Subcommand> {
     #[arg(long, global = true, env = "ACT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    #[cfg(feature = "opentelemetry")]
+    #[command(flatten)]
+    pub otel: OtelArgs,
+
     #[command(subcommand)]
     pub command: Command<A, X>,
+}
+
+/// Where traces go (feature `opentelemetry`).
+#[cfg(feature = "opentelemetry")]
+#[derive(Debug, Clone, Args)]
+pub(crate) struct OtelArgs {
+    /// Send traces to this OpenTelemetry collector, over OTLP/HTTP to
+    /// URL/v1/traces (e.g. http://127.0.0.1:4318): one trace per action and
+    /// the reactions it causes. Spans are filtered by $ACT_TRACE, apart from
+    /// $ACT_LOG.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
+
+    /// The service.name of those traces (default: the program's name).
+    #[arg(long, global = true, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub service_name: Option<String>,
+
+    /// True when `otlp_endpoint` came from the environment (set after
+    /// parsing).
+    #[arg(skip)]
+    pub endpoint_from_env: bool,
+}
+
+#[cfg(feature = "opentelemetry")]
+impl OtelArgs {
+    /// `None`: no traces. `Some(None)`: traces to the URL the environment
+    /// names (act-otel reads `$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` first, as
+    /// the OpenTelemetry spec says). `Some(Some(url))`: to the command
+    /// line's URL.
+    pub fn endpoint(&self) -> Option<Option<&str>> {
+        let url = self
+            .otlp_endpoint
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())?;
+        Some((!self.endpoint_from_env).then_some(url))
+    }
 }
 
 /// How log lines are written.

@@ -29,7 +29,13 @@
 //! | `reactions`, `retire` | the reactions the store knows; retire one |
 //!
 //! The store is `--store URL` or `$ACT_STORE` ([`stores`] lists the URLs);
-//! logs go to stderr, filtered by `$ACT_LOG` (default `warn`).
+//! logs go to stderr, filtered by `$ACT_LOG` (default `warn`). With the
+//! `opentelemetry` feature (on by default), `--otlp-endpoint URL` (or
+//! `$OTEL_EXPORTER_OTLP_ENDPOINT`) also sends traces to an OpenTelemetry
+//! collector over OTLP/HTTP, as service `--service-name` (default the
+//! program's name): one trace per action and every reaction it causes,
+//! across processes, with spans filtered by `$ACT_TRACE` (default
+//! `act_otel::DEFAULT_FILTER`); the application needs no change.
 //!
 //! Exit codes: 0 success, 1 operational error (one line on stderr), 2 usage
 //! error.
@@ -45,6 +51,7 @@ pub mod args;
 mod cli;
 mod commands;
 mod error;
+mod logging;
 pub mod observe;
 pub mod output;
 mod program;

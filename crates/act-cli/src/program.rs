@@ -10,7 +10,7 @@ use std::sync::Arc;
 use act::{Act, Store};
 use clap::{Args, CommandFactory, FromArgMatches, Subcommand};
 
-use crate::cli::{Cli, LONG_HELP};
+use crate::cli::{Cli, LONG_HELP, TRACES_HELP};
 use crate::{commands, stores, Error};
 
 /// The global flags every command takes, as a program's own commands
@@ -148,23 +148,27 @@ where
     /// Runs the program on the process's arguments and returns its exit
     /// code: parses them (a usage error prints clap's message and exits
     /// with 2; `--help` exits 0), starts logging to stderr (`$ACT_LOG`, an
-    /// env filter, default `warn`) and a multi-threaded tokio runtime, runs
-    /// the command, and maps the outcome: 0 success, 1 an operational error
-    /// (printed as one `error: …` line on stderr).
+    /// env filter, default `warn`) and, with `--otlp-endpoint` (feature
+    /// `opentelemetry`), traces to a collector, with act's default trace
+    /// propagator set before the application is built; starts a
+    /// multi-threaded tokio runtime, runs the command, sends the last spans,
+    /// and maps the outcome: 0 success, 1 an operational error (printed as
+    /// one `error: …` line on stderr, like a bad `--otlp-endpoint`).
     pub fn main(self) -> ExitCode {
         let cli = match self.parse(std::env::args_os()) {
             Ok(cli) => cli,
             Err(e) => e.exit(),
         };
-        let filter = || {
-            tracing_subscriber::EnvFilter::try_from_env("ACT_LOG").unwrap_or_else(|_| "warn".into())
-        };
-        let logs = tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter());
-        let _ = match cli.log_format {
-            crate::cli::LogFormat::Text => logs.try_init(),
-            crate::cli::LogFormat::Json => logs.json().try_init(),
+        #[cfg(feature = "opentelemetry")]
+        let logging = crate::logging::start(cli.log_format, &cli.otel, self.name);
+        #[cfg(not(feature = "opentelemetry"))]
+        let logging = crate::logging::start(cli.log_format);
+        let logging = match logging {
+            Ok(logging) => logging,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
         };
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -176,7 +180,7 @@ where
                 return ExitCode::from(1);
             }
         };
-        match runtime.block_on(self.execute(cli)) {
+        let code = match runtime.block_on(self.execute(cli)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Error::Usage(e)) => {
                 let _ = e.print();
@@ -186,12 +190,16 @@ where
                 eprintln!("error: {e}");
                 ExitCode::from(e.exit_code())
             }
-        }
+        };
+        // Off the runtime: the last spans are sent (a bounded wait).
+        logging.finish();
+        code
     }
 
     /// Runs one command line (`args` starts with the program's name, as
     /// `std::env::args_os()` does) inside an async context the caller owns;
-    /// sets up neither logging nor a runtime. A bad command line is
+    /// sets up neither logging, traces (`--otlp-endpoint` is ignored) nor a
+    /// runtime. A bad command line is
     /// [`Error::Usage`] (so are `--help` and `--version`: `e.exit()` prints
     /// them); `worker` runs until SIGINT/SIGTERM.
     pub async fn run<I, T>(&self, args: I) -> Result<(), Error>
@@ -228,12 +236,20 @@ where
         let mut command = Cli::<A, X>::command()
             .name(self.name)
             .bin_name(self.name)
-            .long_about(format!("{about}\n\n{LONG_HELP}"))
+            .long_about(format!("{about}\n\n{LONG_HELP}{TRACES_HELP}"))
             .about(about);
         if let Some(version) = self.version {
             command = command.version(version);
         }
         let matches = command.try_get_matches_from_mut(args)?;
-        Cli::<A, X>::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+        #[allow(unused_mut)]
+        let mut cli =
+            Cli::<A, X>::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+        #[cfg(feature = "opentelemetry")]
+        {
+            cli.otel.endpoint_from_env = matches.value_source("otlp_endpoint")
+                == Some(clap::parser::ValueSource::EnvVariable);
+        }
+        Ok(cli)
     }
 }

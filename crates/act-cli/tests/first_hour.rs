@@ -147,6 +147,18 @@ fn help_lists_every_scheme_and_url_option() {
             "`act --help` does not mention {needle}:\n{help}"
         );
     }
+    #[cfg(feature = "opentelemetry")]
+    for needle in [
+        "--otlp-endpoint",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "--service-name",
+        "ACT_TRACE",
+    ] {
+        assert!(
+            help.contains(needle),
+            "`act --help` does not mention {needle}:\n{help}"
+        );
+    }
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     for command in [

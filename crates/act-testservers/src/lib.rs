@@ -11,6 +11,8 @@
 //!   initdb refuses root); [`postgres::PrivatePostgres::start_tls`] for one
 //!   with `ssl = on`, given certificates and `pg_hba.conf` lines.
 //! - [`redis::PrivateRedis`]: `redis-server` on a free port.
+//! - `otlp::Receiver` (feature `otlp`): an OTLP/HTTP trace receiver on a
+//!   free port, keeping the spans an exporter sends.
 //!
 //! ## As root or as a normal user
 //!
@@ -29,6 +31,8 @@
 //!     env HOME=/home/actuser TMPDIR=/home/actuser/tmp target/debug/deps/tls-…
 //! ```
 
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod postgres;
 pub mod redis;
 

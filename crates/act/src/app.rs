@@ -165,8 +165,9 @@ impl ActBuilder {
         self
     }
 
-    /// Connects act's trace contexts to a tracer (OpenTelemetry); the
-    /// default derives them itself. See [`crate::trace`].
+    /// Connects act's trace contexts to a tracer (OpenTelemetry). Wins over
+    /// the process's default ([`crate::trace::set_default_propagator`]);
+    /// without either, act derives them itself. See [`crate::trace`].
     pub fn trace_propagator(mut self, propagator: Arc<dyn TracePropagator>) -> Self {
         self.propagator = propagator;
         self
@@ -244,7 +245,7 @@ impl Act {
             reactions: Vec::new(),
             retired: Vec::new(),
             cache: 10_000,
-            propagator: Arc::new(crate::trace::Derived),
+            propagator: crate::trace::default_propagator(),
         }
     }
 

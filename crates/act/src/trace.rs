@@ -33,16 +33,24 @@
 //! the store) starts a new trace at its handler.
 //!
 //! # OpenTelemetry
-//! A [`TracePropagator`] set with [`crate::ActBuilder::trace_propagator`]
-//! connects these contexts to a real tracer: `extract` is called on the
-//! `act.action` span of an action given a context and on every `act.handle`
-//! span of an event that carries one (set the OpenTelemetry parent there),
-//! and `inject` is called inside those spans to read back their real
-//! context, which is then stored and handed on instead of the one act
-//! derives. A ready-made `opentelemetry` feature is planned; until then the
-//! hook is a dozen lines over `tracing-opentelemetry`'s `OpenTelemetrySpanExt`.
+//! A [`TracePropagator`] connects these contexts to a real tracer: `extract`
+//! is called on the `act.action` span of an action given a context and on
+//! every `act.handle` span of an event that carries one (set the
+//! OpenTelemetry parent there), and `inject` is called inside those spans
+//! to read back their real context, which is then stored and handed on
+//! instead of the one act derives. Set one per application with
+//! [`crate::ActBuilder::trace_propagator`], or for every application the
+//! process builds with [`set_default_propagator`] (what a command line does
+//! when it turns tracing on, without the code that builds the application
+//! knowing).
+//!
+//! The `act-otel` crate is the ready-made one: its `OtelPropagator` over
+//! `tracing-opentelemetry`, and an OTLP/HTTP exporter to install beside the
+//! log subscriber. `act_cli` programs turn it on with `--otlp-endpoint`. This
+//! crate itself depends only on `tracing`.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -71,12 +79,18 @@ impl TraceContext {
     /// is this context's span).
     pub fn child(&self) -> Self {
         let trace = u128::from_str_radix(self.trace_id(), 16).unwrap_or(1);
-        let flags = u8::from_str_radix(&self.0[53..55], 16).unwrap_or(1);
-        TraceContext::from_ids(trace, nonzero_span(), flags)
+        TraceContext::from_ids(trace, nonzero_span(), self.flags())
     }
 
     fn from_ids(trace: u128, span: u64, flags: u8) -> Self {
         TraceContext(format!("00-{trace:032x}-{span:016x}-{flags:02x}"))
+    }
+
+    /// A context from a tracer's ids (e.g. an OpenTelemetry span context's
+    /// trace id, span id and trace flags). `None` when either id is zero
+    /// (an invalid context). Costs one small string allocation.
+    pub fn from_parts(trace_id: u128, span_id: u64, flags: u8) -> Option<Self> {
+        (trace_id != 0 && span_id != 0).then(|| TraceContext::from_ids(trace_id, span_id, flags))
     }
 
     /// Parses a `traceparent` header value (version `00`; upper case hex is
@@ -111,6 +125,11 @@ impl TraceContext {
     /// The span id: 16 lower-case hex digits.
     pub fn span_id(&self) -> &str {
         &self.0[36..52]
+    }
+
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        u8::from_str_radix(&self.0[53..55], 16).unwrap_or(1)
     }
 }
 
@@ -151,12 +170,13 @@ pub(crate) fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TraceCon
 }
 
 /// Connects act's trace contexts to a tracer (OpenTelemetry). Set one with
-/// [`crate::ActBuilder::trace_propagator`]; the default ([`Derived`])
-/// derives contexts as the module docs say. Both methods run on the hot path
+/// [`crate::ActBuilder::trace_propagator`] or [`set_default_propagator`];
+/// without either, [`Derived`] derives contexts as the module docs say. Both methods run on the hot path
 /// (once per action and per handler call): keep them cheap.
 pub trait TracePropagator: Send + Sync {
     /// The context of the current span (called inside `act.action` and
-    /// `act.handle` spans, after [`TracePropagator::extract`]), to store with
+    /// `act.handle` spans, after [`TracePropagator::extract`]; never for a
+    /// span no subscriber enabled), to store with
     /// the events an action appends and to hand to a handler. `None`: act
     /// derives one (a child of the parent context, or a new trace).
     fn inject(&self) -> Option<TraceContext>;
@@ -179,20 +199,44 @@ impl TracePropagator for Derived {
     fn extract(&self, _ctx: &TraceContext, _span: &tracing::Span) {}
 }
 
+static DEFAULT: OnceLock<Arc<dyn TracePropagator>> = OnceLock::new();
+
+/// Sets the propagator of every application built after this call without
+/// an explicit [`crate::ActBuilder::trace_propagator`] (which still wins):
+/// a command line that turns OpenTelemetry on calls it before it builds the
+/// application. Once per process: returns false (and changes nothing) when
+/// a default was already set. Applications built before keep theirs.
+pub fn set_default_propagator(propagator: Arc<dyn TracePropagator>) -> bool {
+    DEFAULT.set(propagator).is_ok()
+}
+
+/// The propagator an [`crate::ActBuilder`] starts with: the one given to
+/// [`set_default_propagator`], else [`Derived`]. An atomic load and an `Arc`
+/// clone.
+pub fn default_propagator() -> Arc<dyn TracePropagator> {
+    DEFAULT.get().cloned().unwrap_or_else(|| Arc::new(Derived))
+}
+
 /// Opens a span's context: extract the parent into it, then take the
 /// propagator's context or derive one. Records `trace_id`, `span_id` and
-/// `parent` on the span.
+/// `parent` on the span. A span no subscriber enabled is never asked
+/// (inside it, the current span would be its parent's): its context is
+/// derived.
 pub(crate) fn enter(
     propagator: &dyn TracePropagator,
     parent: Option<&TraceContext>,
     span: &tracing::Span,
 ) -> TraceContext {
-    if let Some(p) = parent {
-        propagator.extract(p, span);
-    }
-    let own = span
-        .in_scope(|| propagator.inject())
-        .unwrap_or_else(|| parent.map_or_else(TraceContext::root, TraceContext::child));
+    let injected = if span.is_disabled() {
+        None
+    } else {
+        if let Some(p) = parent {
+            propagator.extract(p, span);
+        }
+        span.in_scope(|| propagator.inject())
+    };
+    let own =
+        injected.unwrap_or_else(|| parent.map_or_else(TraceContext::root, TraceContext::child));
     span.record("trace_id", own.trace_id());
     span.record("span_id", own.span_id());
     if let Some(p) = parent {
@@ -226,5 +270,42 @@ mod tests {
         }
         let r = TraceContext::root();
         assert_eq!(TraceContext::parse(r.traceparent()), Some(r));
+    }
+
+    #[test]
+    fn a_context_from_parts_round_trips_and_zero_ids_are_refused() {
+        let t = TraceContext::from_parts(0x4bf9_2f35, 0xf067, 0).unwrap();
+        assert_eq!(
+            t.traceparent(),
+            "00-0000000000000000000000004bf92f35-000000000000f067-00"
+        );
+        assert_eq!(t.flags(), 0);
+        assert_eq!(t.child().flags(), 0, "a child keeps the flags");
+        assert_eq!(TraceContext::parse(t.traceparent()), Some(t));
+        assert!(TraceContext::from_parts(0, 1, 1).is_none());
+        assert!(TraceContext::from_parts(1, 0, 1).is_none());
+    }
+
+    /// Answers a fixed context, as a tracer would for the current span.
+    struct Fixed(TraceContext);
+
+    impl TracePropagator for Fixed {
+        fn inject(&self) -> Option<TraceContext> {
+            Some(self.0.clone())
+        }
+        fn extract(&self, _: &TraceContext, _: &tracing::Span) {}
+    }
+
+    #[test]
+    fn a_span_no_subscriber_enabled_gets_a_derived_context() {
+        // No subscriber in this thread: the span is disabled, and inside
+        // it the current span would be another's.
+        let fixed = Fixed(TraceContext::root());
+        let parent = TraceContext::root();
+        let span = tracing::info_span!("act.handle", trace_id = tracing::field::Empty);
+        assert!(span.is_disabled());
+        let own = enter(&fixed, Some(&parent), &span);
+        assert_eq!(own.trace_id(), parent.trace_id());
+        assert_ne!(own, fixed.0);
     }
 }

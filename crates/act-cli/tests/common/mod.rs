@@ -12,10 +12,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The `act` binary, with no store from the environment and quiet logs.
+/// The `act` binary, with no store or trace collector from the
+/// environment and quiet logs.
 pub fn act() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_act"));
     c.env_remove("ACT_STORE").env("ACT_LOG", "error");
+    for otel in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "ACT_TRACE",
+    ] {
+        c.env_remove(otel);
+    }
     c
 }
 
@@ -86,6 +95,19 @@ impl Worker {
         lease: &str,
         extra: &[&str],
     ) -> Worker {
+        Worker::start_env(store, name, log_path, lease, extra, &[])
+    }
+
+    /// Starts a worker with leases of `lease` seconds, `extra` flags and
+    /// `env` variables, logging to `log` (warnings included).
+    pub fn start_env(
+        store: &str,
+        name: &str,
+        log_path: &Path,
+        lease: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -106,6 +128,7 @@ impl Worker {
         args.extend_from_slice(extra);
         let child = act()
             .env("ACT_LOG", "warn")
+            .envs(env.iter().copied())
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(log)
