@@ -229,7 +229,7 @@ impl QueueStore for PgStore {
         if settlements.is_empty() {
             return Ok(Vec::new());
         }
-        // Blocks first, then acks and retries: the core's order.
+        // Blocks first, then acks, retries and deferrals: the core's order.
         let order = act::queue::settle_order(settlements);
         let ordered: Vec<&Settlement> = order.iter().map(|&i| &settlements[i]).collect();
         let streams: Vec<&str> = ordered.iter().map(|s| s.lease.stream.as_str()).collect();
@@ -243,12 +243,13 @@ impl QueueStore for PgStore {
                 Outcome::Ack => 0,
                 Outcome::Retry { .. } => 1,
                 Outcome::Block { .. } => 2,
+                Outcome::Defer { .. } => 3,
             })
             .collect();
         let delays: Vec<i64> = ordered
             .iter()
             .map(|s| match &s.outcome {
-                Outcome::Retry { delay, .. } => micros(*delay),
+                Outcome::Retry { delay, .. } | Outcome::Defer { delay } => micros(*delay),
                 _ => 0,
             })
             .collect();
@@ -256,7 +257,7 @@ impl QueueStore for PgStore {
             .iter()
             .map(|s| match &s.outcome {
                 Outcome::Retry { error, .. } | Outcome::Block { error } => Some(error.as_str()),
-                Outcome::Ack => None,
+                Outcome::Ack | Outcome::Defer { .. } => None,
             })
             .collect();
         let offset = self.offset_us();

@@ -16,7 +16,7 @@ use deadpool_postgres::Object;
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The migrations, in order. Never edit a released one; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         V2,
     ),
     (3, "an ack while walking a lapsed batch is progress", V3),
+    (4, "deferred attempts (a handler's \"not yet\")", V4),
 ];
 
 /// Version 2: see the file's own comments.
@@ -34,6 +35,9 @@ const V2: &str = include_str!("sql/v2.sql");
 
 /// Version 3: see the file's own comments.
 const V3: &str = include_str!("sql/v3.sql");
+
+/// Version 4: see the file's own comments.
+const V4: &str = include_str!("sql/v4.sql");
 
 /// The table that records applied migrations.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (

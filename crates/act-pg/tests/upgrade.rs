@@ -181,7 +181,7 @@ async fn a_version_1_store_is_upgraded_without_losing_work() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>());
     // Upgraded queues start with no lapsed batch; each claim since
     // recorded the last event it handed out.
     let walks: Vec<(String, i64, i64)> = c
@@ -231,8 +231,9 @@ async fn a_store_newer_than_the_code_is_refused_by_every_mode() {
 }
 
 /// A store at schema 2 (as released, with its act_settle) is upgraded to 3
-/// on open: the migration is recorded and act_settle is version 3's, where
-/// an ack while walking a lapsed batch clears the failed attempts.
+/// and on to the current version on open: the migrations are recorded and
+/// act_settle is no longer version 2's, where an ack while walking a lapsed
+/// batch kept the failed attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_2_store_is_upgraded_to_3() {
     let schema = fresh_schema("v2up");
@@ -255,7 +256,7 @@ async fn a_version_2_store_is_upgraded_to_3() {
     let c = raw(&server()).await;
     c.batch_execute(&released).await.unwrap();
     c.execute(
-        &format!("DELETE FROM {schema}.act_migrations WHERE version = 3"),
+        &format!("DELETE FROM {schema}.act_migrations WHERE version >= 3"),
         &[],
     )
     .await
@@ -266,7 +267,7 @@ async fn a_version_2_store_is_upgraded_to_3() {
             .contains("AND v_walking THEN x.retries"),
         "the test did not put back version 2's act_settle"
     );
-    let store = PgStore::open(&url).await.expect("the upgrade to 3");
+    let store = PgStore::open(&url).await.expect("the upgrade from 2");
     let versions: Vec<i32> = c
         .query(
             &format!("SELECT version FROM {schema}.act_migrations ORDER BY 1"),
@@ -277,12 +278,59 @@ async fn a_version_2_store_is_upgraded_to_3() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>());
     assert!(
         !settle_def(&c, &schema)
             .await
             .contains("AND v_walking THEN x.retries"),
         "act_settle is still version 2's after the upgrade"
+    );
+    drop(store);
+}
+
+/// A store at schema 3 (as released: act_settle knows ack, retry and block)
+/// is upgraded to 4 on open, whose act_settle also records deferrals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_store_is_upgraded_to_4() {
+    let schema = fresh_schema("v3up");
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::default(),
+    };
+    let url = with_params(&server(), &format!("schema={schema}"));
+    drop(PgStore::open(&url).await.expect("a fresh store"));
+    let v3 = include_str!("../src/sql/v3.sql");
+    let start = v3
+        .find("CREATE OR REPLACE FUNCTION {s}.act_settle(")
+        .expect("v3 defines act_settle");
+    let released = v3[start..].replace("{s}", &schema);
+    let c = raw(&server()).await;
+    c.batch_execute(&released).await.unwrap();
+    c.execute(
+        &format!("DELETE FROM {schema}.act_migrations WHERE version >= 4"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(
+        !settle_def(&c, &schema).await.contains("IN (1, 3)"),
+        "the test did not put back version 3's act_settle"
+    );
+    let store = PgStore::open(&url).await.expect("the upgrade to 4");
+    let versions: Vec<i32> = c
+        .query(
+            &format!("SELECT version FROM {schema}.act_migrations ORDER BY 1"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert!(
+        settle_def(&c, &schema).await.contains("IN (1, 3)"),
+        "act_settle does not record deferrals after the upgrade"
     );
     drop(store);
 }

@@ -164,6 +164,7 @@ pub(crate) async fn settle(
             Outcome::Ack => ("a", 0, ""),
             Outcome::Retry { delay, error } => ("r", micros(*delay), error.as_str()),
             Outcome::Block { error } => ("b", 0, error.as_str()),
+            Outcome::Defer { delay } => ("d", micros(*delay), ""),
         };
         inv.arg(&s.lease.stream)
             .arg(s.lease.token)

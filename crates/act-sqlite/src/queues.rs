@@ -331,6 +331,12 @@ pub(crate) fn settle(
                 let (r, l) = failed();
                 (r, l, None, true, Some(error.as_str()))
             }
+            Outcome::Defer { delay } => {
+                let r = act::queue::retries_after_deferral(progress, f.retries);
+                let l = if progress { 0 } else { f.lapses };
+                let at = now.saturating_add(micros(*delay));
+                (r, l, Some(at), false, None)
+            }
         };
         update.execute(params![
             s.lease.stream,

@@ -114,8 +114,8 @@ pub use queue::{
     Settlement, Work,
 };
 pub use reaction::{
-    Exhausted, Handler, HandlerError, HandlerFuture, Reaction, ReactionBuilder, ReactionOptions,
-    Resolver, DEFAULT_TIMEOUT,
+    Deferral, Exhausted, Handler, HandlerError, HandlerFuture, Reaction, ReactionBuilder,
+    ReactionOptions, Resolver, DEFAULT_TIMEOUT,
 };
 pub use state::{Action, Invariant, Snapshot, State};
 pub use store::{EventStore, OpenMode, QueueStore, Store};

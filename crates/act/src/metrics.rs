@@ -21,6 +21,7 @@
 //! | `act_retries_total` | counter | `reaction` | retries scheduled in the store after a failure of this reaction ([`crate::Stats::retries`]) |
 //! | `act_blocks_total` | counter | `reaction` | queues blocked at an event of this reaction ([`crate::Stats::blocked`]; `reaction` is empty for an undecodable event of a schema-1 item) |
 //! | `act_skips_total` | counter | `reaction` | events skipped after exhausting retries ([`crate::Stats::skipped`]) |
+//! | `act_deferrals_total` | counter | `reaction` | handler calls that deferred their event ("not yet", [`crate::HandlerError::defer_for`]); not failures ([`crate::Stats::deferred`]) |
 //! | `act_handler_timeouts_total` | counter | `reaction` | handler calls cancelled past their timeout ([`crate::Stats::timeouts`]) |
 //! | `act_backfilled_total` | counter | `reaction` | events read by backfill and replay steps of this reaction (a step of a group counts for each reaction of it; [`crate::Stats::backfilled`] counts it once) |
 //! | `act_events_acknowledged_total` | counter | — | events acknowledged ([`crate::Stats::events`]) |
@@ -58,6 +59,8 @@ pub const REACTIONS_DELIVERED: &str = "act_reactions_delivered_total";
 pub const HANDLER_FAILURES: &str = "act_handler_failures_total";
 /// Retries scheduled (counter; label `reaction`).
 pub const RETRIES: &str = "act_retries_total";
+/// Handler calls that deferred their event (counter; label `reaction`).
+pub const DEFERRALS: &str = "act_deferrals_total";
 /// Queues blocked (counter; label `reaction`).
 pub const BLOCKS: &str = "act_blocks_total";
 /// Events skipped after exhausting retries (counter; label `reaction`).
@@ -170,6 +173,13 @@ pub const ALL: &[Metric] = &[
         R,
         None,
         "Events skipped after exhausting retries.",
+    ),
+    m(
+        DEFERRALS,
+        Kind::Counter,
+        R,
+        None,
+        "Handler calls that deferred their event to a later time (not failures).",
     ),
     m(
         HANDLER_TIMEOUTS,
@@ -446,6 +456,7 @@ pub(crate) fn zero<'a>(reactions: impl IntoIterator<Item = &'a str>) {
             RETRIES,
             BLOCKS,
             SKIPS,
+            DEFERRALS,
             HANDLER_TIMEOUTS,
             BACKFILLED,
         ] {

@@ -156,6 +156,14 @@ pub enum Outcome {
         /// The failure, for operators.
         error: String,
     },
+    /// The event after `acked` is not due yet: its handler asked to be
+    /// called again after `delay` (store's clock). Not a failure: the retry
+    /// count stays as it was (restarts at 0 after progress) and no error is
+    /// recorded.
+    Defer {
+        /// Wait at least this long before the next attempt.
+        delay: Duration,
+    },
 }
 
 /// A broker's write-back for one claimed queue. When the store applies it,
@@ -203,6 +211,12 @@ impl Settlement {
     ) -> Self {
         let error = error.into();
         Settlement::new(lease, acked, Outcome::Retry { delay, error })
+    }
+
+    /// Keep progress up to `acked` and call the next event's handler again
+    /// after `delay`, without counting a failure.
+    pub fn defer(lease: &Lease, acked: Option<i64>, delay: Duration) -> Self {
+        Settlement::new(lease, acked, Outcome::Defer { delay })
     }
 
     /// Keep progress up to `acked` and block at the next event.
@@ -312,6 +326,17 @@ pub fn retries_after_failure(progress: bool, retries: u32) -> u32 {
         1
     } else {
         retries.saturating_add(1)
+    }
+}
+
+/// Retry bookkeeping of a deferral (shared by every backend): it is not a
+/// failure, so the count stays, except that progress (some event
+/// acknowledged) starts it again at 0 for the new event.
+pub fn retries_after_deferral(progress: bool, retries: u32) -> u32 {
+    if progress {
+        0
+    } else {
+        retries
     }
 }
 

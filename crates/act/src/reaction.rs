@@ -142,13 +142,67 @@ impl Default for ReactionOptions {
     }
 }
 
-/// A handler's failure. Transient by default (retried with backoff);
-/// [`HandlerError::permanent`] blocks the queue at once.
+/// What a handler returns instead of success: a failure, transient by
+/// default (retried with backoff), [`HandlerError::permanent`] (blocks the
+/// queue at once), or a *deferral*, [`HandlerError::defer_for`] /
+/// [`HandlerError::defer_until`]: "not yet, call me again then".
+///
+/// A deferral is not a failure. The queue keeps its position (the events
+/// before this one that succeeded in the batch are acknowledged), the next
+/// attempt time is stored in the queue on the store's clock, as a retry's
+/// is, so any broker picks the event up then and none before; the retry
+/// count is not used up and no error is recorded. Other queues are not
+/// affected; later events of the same queue wait behind the deferred one
+/// (order is kept). Every reaction of the event runs again at the next
+/// attempt, so one that succeeded beside a deferring one is called again,
+/// as after a failure (handlers are idempotent).
+///
+/// ```
+/// use std::time::Duration;
+/// use act::{HandlerError, Reaction};
+/// let reminder = Reaction::on("OrderPlaced").handle(|event, _ctx| async move {
+///     let placed = event.meta.created;
+///     let due = placed + chrono::Duration::hours(24);
+///     if chrono::Utc::now() < due {
+///         return Err(HandlerError::defer_until(due));
+///     }
+///     // … send the reminder
+///     Ok(())
+/// });
+/// # let _ = reminder;
+/// ```
 #[derive(Debug)]
 pub struct HandlerError {
     error: BoxError,
     permanent: bool,
+    defer: Option<Deferral>,
 }
+
+/// When a deferred event is to be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// After this long, on the store's clock.
+    For(Duration),
+    /// At this time. The broker turns it into a delay on its own clock
+    /// (`at − now`, zero when past) and the store adds that delay to its
+    /// clock, so a skew between the broker's and the store's clocks moves
+    /// the attempt by as much.
+    Until(chrono::DateTime<chrono::Utc>),
+}
+
+impl Deferral {
+    /// The delay from `now` (zero when the time is past).
+    pub fn delay(&self, now: chrono::DateTime<chrono::Utc>) -> Duration {
+        match self {
+            Deferral::For(d) => *d,
+            Deferral::Until(at) => (*at - now).to_std().unwrap_or(Duration::ZERO),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Deferred(String);
 
 impl HandlerError {
     /// A failure worth retrying.
@@ -156,6 +210,7 @@ impl HandlerError {
         HandlerError {
             error: error.into(),
             permanent: false,
+            defer: None,
         }
     }
 
@@ -164,12 +219,39 @@ impl HandlerError {
         HandlerError {
             error: error.into(),
             permanent: true,
+            defer: None,
+        }
+    }
+
+    /// Not a failure: call the handler again with this event after `delay`
+    /// (store's clock). See the type's documentation.
+    pub fn defer_for(delay: Duration) -> Self {
+        HandlerError {
+            error: Box::new(Deferred(format!("deferred for {delay:?}"))),
+            permanent: false,
+            defer: Some(Deferral::For(delay)),
+        }
+    }
+
+    /// Not a failure: call the handler again with this event at `at` (a
+    /// time already past means at once). See [`Deferral::Until`] for the
+    /// clocks involved.
+    pub fn defer_until(at: chrono::DateTime<chrono::Utc>) -> Self {
+        HandlerError {
+            error: Box::new(Deferred(format!("deferred until {}", at.to_rfc3339()))),
+            permanent: false,
+            defer: Some(Deferral::Until(at)),
         }
     }
 
     /// True when retrying cannot help.
     pub fn is_permanent(&self) -> bool {
         self.permanent
+    }
+
+    /// The deferral, when the handler asked to be called again later.
+    pub fn deferral(&self) -> Option<Deferral> {
+        self.defer
     }
 
     /// The underlying error.

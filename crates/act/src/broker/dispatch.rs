@@ -3,7 +3,8 @@
 //!
 //! The result is a [`Settlement`] the broker writes back: an ack up to the
 //! last event that succeeded, or a retry/block that keeps that partial
-//! progress. A handler runs for the reactions its queue's items name, never
+//! progress, or a deferral (a handler's "not yet") that keeps it too. A
+//! handler runs for the reactions its queue's items name, never
 //! for a reaction the item does not name (the resolver is not asked again),
 //! so a resolver that answers differently after a deploy cannot make an event
 //! skip its queue. Panics are caught, and calls that outlive their reaction's
@@ -46,7 +47,8 @@ pub(crate) struct Finished {
     pub timeouts: u64,
     /// The same per reaction, for the metrics (a handful of entries).
     pub tallies: Vec<Tally>,
-    /// Where the batch failed, when its settlement is a retry or a block.
+    /// Where the batch failed, when its settlement is a retry or a block,
+    /// or which event a handler deferred, when it is a deferral.
     pub failed: Option<FailedAt>,
 }
 
@@ -62,6 +64,8 @@ pub(crate) struct Tally {
     pub timeouts: u64,
     /// Events skipped after exhausting retries.
     pub skipped: u64,
+    /// Calls that deferred their event ("not yet").
+    pub deferrals: u64,
 }
 
 /// The event a batch stopped at, and the reaction that failed there (none
@@ -251,6 +255,17 @@ async fn run_batch(
                 done.tally(reaction.name()).delivered += 1;
                 continue;
             };
+            if let Some(deferral) = failure.defer {
+                done.tally(reaction.name()).deferrals += 1;
+                let delay = deferral.delay(chrono::Utc::now());
+                done.stop(
+                    Settlement::defer(&lease, acked, delay),
+                    Some(reaction.name()),
+                    event.id,
+                    attempt,
+                );
+                return done;
+            }
             let tally = done.tally(reaction.name());
             tally.failures += 1;
             if failure.timed_out {
@@ -371,6 +386,8 @@ fn invalid_target_error(act: &Act, reaction: &str, event: &Event) -> String {
 struct Failure {
     message: String,
     permanent: bool,
+    /// Not a failure: the handler asked to be called again later.
+    defer: Option<crate::reaction::Deferral>,
     /// The handler failed because the store was unavailable.
     store_unavailable: bool,
     timed_out: bool,
@@ -393,6 +410,7 @@ async fn call(reaction: &Reaction, event: Arc<Event>, ctx: Context) -> Result<()
                     return Err(Failure {
                         message: format!("timed out after {limit:?} and was cancelled"),
                         permanent: false,
+                        defer: None,
                         store_unavailable: false,
                         timed_out: true,
                     });
@@ -405,6 +423,7 @@ async fn call(reaction: &Reaction, event: Arc<Event>, ctx: Context) -> Result<()
         Ok(Err(e)) => Err(Failure {
             message: e.to_string(),
             permanent: e.is_permanent(),
+            defer: e.deferral(),
             store_unavailable: e
                 .error()
                 .downcast_ref::<crate::Error>()
@@ -414,6 +433,7 @@ async fn call(reaction: &Reaction, event: Arc<Event>, ctx: Context) -> Result<()
         Err(panic) => Err(Failure {
             message: format!("handler panicked: {}", panic_message(&*panic)),
             permanent: false,
+            defer: None,
             store_unavailable: false,
             timed_out: false,
         }),

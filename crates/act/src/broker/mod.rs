@@ -194,6 +194,8 @@ pub struct Stats {
     pub blocked: u64,
     /// Reactions skipped after exhausting retries.
     pub skipped: u64,
+    /// Events a handler deferred to a later time (not failures).
+    pub deferred: u64,
     /// Queues claimed.
     pub claims: u64,
     /// Events correlated live (read past the live checkpoint).
@@ -217,6 +219,7 @@ pub(crate) struct Counters {
     pub retries: AtomicU64,
     pub blocked: AtomicU64,
     pub skipped: AtomicU64,
+    pub deferred: AtomicU64,
     pub claims: AtomicU64,
     pub correlated: AtomicU64,
     pub backfilled: AtomicU64,
@@ -239,6 +242,7 @@ impl Counters {
             retries: r(&self.retries),
             blocked: r(&self.blocked),
             skipped: r(&self.skipped),
+            deferred: r(&self.deferred),
             claims: r(&self.claims),
             correlated: r(&self.correlated),
             backfilled: r(&self.backfilled),

@@ -46,6 +46,18 @@ pub enum BrokerEvent {
         /// The failure.
         error: String,
     },
+    /// A handler deferred its event ("not yet"); the store holds the next
+    /// attempt until its clock's now plus `delay`.
+    Deferred {
+        /// The queue.
+        queue: String,
+        /// The reaction that deferred.
+        reaction: Option<String>,
+        /// The event deferred.
+        event: i64,
+        /// How long until the next attempt.
+        delay: Duration,
+    },
     /// A running batch's lease could not be renewed: its handler was told
     /// to stop; another broker may take the queue over.
     LeaseLost {

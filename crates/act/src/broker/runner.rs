@@ -99,6 +99,11 @@ pub(crate) struct Runner {
     backfill: JoinSet<Result<Stepped>>,
     stepped: Option<Result<Stepped>>,
     pacer: Pacer,
+    /// The earliest next attempt this broker knows of (a retry or a
+    /// deferral it settled, the store's next due queue when it
+    /// registered): it claims then, not only at the next poll, so a
+    /// deferred event or a timer is taken up on time.
+    due_hint: Option<Instant>,
 }
 
 impl Runner {
@@ -128,6 +133,7 @@ impl Runner {
             backfill: JoinSet::new(),
             stepped: None,
             pacer,
+            due_hint: None,
         }
     }
 
@@ -230,6 +236,10 @@ impl Runner {
                         due_at = None;
                         want.claim = true;
                     }
+                    if self.due_hint.is_some_and(|t| now >= t) {
+                        self.due_hint = None;
+                        want.claim = true;
+                    }
                     if following.is_some_and(|t| now >= t) {
                         // A cursor left to another broker may be tried again.
                         want.correlate = true;
@@ -296,6 +306,13 @@ impl Runner {
             self.register().await.map_err(|e| ("register", e))?;
             want.correlate = true;
             want.claim = true;
+            let mine = self.progress.reactions();
+            if !mine.is_empty() {
+                let due = self.act.store().next_due(&mine).await;
+                if let Some(d) = due.map_err(|e| ("register", e))? {
+                    self.hint_due(d);
+                }
+            }
         }
         if let Some(stepped) = self.stepped.take() {
             let s = stepped.map_err(|e| ("backfill", e))?;
@@ -353,6 +370,7 @@ impl Runner {
             self.next_renewal(),
             grace_end,
             due_at,
+            self.due_hint,
             self.progress.follow_ends(),
             self.registered
                 .filter(|_| self.opts.heartbeat > Duration::ZERO)
@@ -665,15 +683,22 @@ impl Runner {
         Ok(())
     }
 
-    /// Counts what a settled batch did, and tells of blocks, retries and
-    /// rejections.
-    fn settled(&self, f: Finished, r: Result<(), crate::queue::Rejection>) {
+    /// Claims again after `delay` at the latest.
+    fn hint_due(&mut self, delay: Duration) {
+        let at = Instant::now() + delay;
+        self.due_hint = Some(self.due_hint.map_or(at, |t| t.min(at)));
+    }
+
+    /// Counts what a settled batch did, and tells of blocks, retries,
+    /// deferrals and rejections.
+    fn settled(&mut self, f: Finished, r: Result<(), crate::queue::Rejection>) {
         Counters::add(&self.counters.reactions, f.reactions);
         Counters::add(&self.counters.timeouts, f.timeouts);
         for t in &f.tallies {
             metrics::count_for(metrics::REACTIONS_DELIVERED, &t.reaction, t.delivered);
             metrics::count_for(metrics::HANDLER_FAILURES, &t.reaction, t.failures);
             metrics::count_for(metrics::HANDLER_TIMEOUTS, &t.reaction, t.timeouts);
+            metrics::count_for(metrics::DEFERRALS, &t.reaction, t.deferrals);
         }
         if let Some(rejection) = r.err() {
             Counters::add(&self.counters.rejected, 1);
@@ -697,6 +722,7 @@ impl Runner {
         let label = reaction.as_deref().unwrap_or("");
         match f.settlement.map(|s| s.outcome) {
             Some(Outcome::Retry { delay, error }) => {
+                self.hint_due(delay);
                 Counters::add(&self.counters.retries, 1);
                 metrics::count_for(metrics::RETRIES, label, 1);
                 tracing::debug!(queue = %f.lease.stream, ?delay, %error, "retry scheduled");
@@ -718,6 +744,17 @@ impl Runner {
                     reaction,
                     event: at.as_ref().map_or(0, |a| a.event),
                     error,
+                });
+            }
+            Some(Outcome::Defer { delay }) => {
+                self.hint_due(delay);
+                Counters::add(&self.counters.deferred, 1);
+                tracing::debug!(queue = %f.lease.stream, ?delay, "event deferred by its handler");
+                self.observer.send(BrokerEvent::Deferred {
+                    queue: f.lease.stream,
+                    reaction,
+                    event: at.as_ref().map_or(0, |a| a.event),
+                    delay,
                 });
             }
             _ => {}

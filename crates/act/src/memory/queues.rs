@@ -8,7 +8,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::queue::{
-    lapse_error, retries_after_failure, Lease, LeaseRef, Outcome, QueueState, Rejection, Settlement,
+    lapse_error, retries_after_deferral, retries_after_failure, Lease, LeaseRef, Outcome,
+    QueueState, Rejection, Settlement,
 };
 
 /// Claim order of a queue with deliverable work: priority (high first), then
@@ -317,6 +318,14 @@ impl Queue {
                 self.retry_at = None;
                 self.blocked = true;
                 self.error = Some(error.clone());
+            }
+            Outcome::Defer { delay } => {
+                self.retries = retries_after_deferral(progress, self.retries);
+                if progress {
+                    self.lapses = 0;
+                }
+                self.retry_at = Some(crate::clock::add(now, *delay));
+                self.error = None;
             }
         }
     }

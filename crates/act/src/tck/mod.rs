@@ -27,6 +27,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod queues;
 mod support;
+pub mod time;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,6 +235,12 @@ macro_rules! tck_suite {
             lifecycle::a_resolver_s_bad_answer_blocks_only_that_reaction_s_event,
             lifecycle::a_typed_event_that_does_not_decode_blocks_its_queue_with_the_decode_error,
             lifecycle::a_typed_resolver_routes_an_event_it_cannot_decode_to_a_blocked_queue,
+            time::a_deferred_queue_is_not_claimed_before_its_time,
+            time::a_deferral_does_not_use_up_retries,
+            time::a_deferred_queue_does_not_delay_others,
+            time::a_stale_lease_cannot_defer,
+            time::a_deferring_handler_is_called_again_after_its_time,
+            time::a_deferral_keeps_the_batch_prefix_and_the_order,
         }
         $crate::tck_props! { $backend;
             model::queue_store_matches_the_model,

@@ -93,6 +93,7 @@ enum Kind {
     Ack,
     Retry { delay: u8 },
     Block,
+    Defer { delay: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -106,6 +107,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (owner.clone(), any::<u8>(), any::<u8>()).prop_map(|(owner, pick, keep)| Op::Settle { owner, pick, keep, kind: Kind::Ack }),
         2 => (owner.clone(), any::<u8>(), any::<u8>(), 0..25u8).prop_map(|(owner, pick, keep, delay)| Op::Settle { owner, pick, keep, kind: Kind::Retry { delay } }),
         1 => (owner.clone(), any::<u8>(), any::<u8>()).prop_map(|(owner, pick, keep)| Op::Settle { owner, pick, keep, kind: Kind::Block }),
+        1 => (owner.clone(), any::<u8>(), any::<u8>(), 0..25u8).prop_map(|(owner, pick, keep, delay)| Op::Settle { owner, pick, keep, kind: Kind::Defer { delay } }),
         1 => owner.clone().prop_map(|owner| Op::Renew { owner }),
         1 => (owner.clone(), any::<u8>()).prop_map(|(owner, pick)| Op::Release { owner, pick }),
         2 => (1..40u8).prop_map(|secs| Op::Advance { secs }),
@@ -586,6 +588,7 @@ impl Model {
                 let acked = (k > 0).then(|| h.events[k - 1]);
                 let kind = match kind {
                     Kind::Retry { .. } if !self.manual => Kind::Retry { delay: 0 },
+                    Kind::Defer { .. } if !self.manual => Kind::Defer { delay: 0 },
                     Kind::Ack if acked.is_none() => Kind::Retry { delay: 0 },
                     other => other,
                 };
@@ -598,6 +601,9 @@ impl Model {
                         "retry",
                     ),
                     Kind::Block => Settlement::block(&h.lease, acked, "block"),
+                    Kind::Defer { delay } => {
+                        Settlement::defer(&h.lease, acked, Duration::from_secs(delay as u64))
+                    }
                 };
                 let name = h.lease.stream.clone();
                 let q = self.queues.get_mut(&name).expect("held queue exists");
@@ -646,6 +652,13 @@ impl Model {
                             failed(q);
                             q.retry_at = None;
                             q.blocked = true;
+                        }
+                        Outcome::Defer { delay } => {
+                            q.retries = crate::queue::retries_after_deferral(progress, q.retries);
+                            if progress {
+                                q.lapses = 0;
+                            }
+                            q.retry_at = Some(self.now + delay.as_secs());
                         }
                     }
                 }
