@@ -115,6 +115,7 @@ struct Inner {
     registry: Registry,
     cache: StateCache,
     propagator: Arc<dyn TracePropagator>,
+    timers: bool,
 }
 
 impl std::fmt::Debug for Act {
@@ -133,9 +134,19 @@ pub struct ActBuilder {
     retired: Vec<String>,
     cache: usize,
     propagator: Arc<dyn TracePropagator>,
+    timers: bool,
 }
 
 impl ActBuilder {
+    /// Turns durable timers on ([`crate::timer`]): registers the built-in
+    /// reaction `act.timers`, which fires them, and lets this application
+    /// schedule and cancel them. Every process that schedules timers, and
+    /// at least one that runs brokers, needs it.
+    pub fn timers(mut self) -> Self {
+        self.timers = true;
+        self
+    }
+
     /// Registers a reaction.
     pub fn reaction(mut self, reaction: Reaction) -> Self {
         self.reactions.push(reaction);
@@ -178,7 +189,21 @@ impl ActBuilder {
     /// would collide), a name breaks the limits ([`crate::limits`]), a
     /// reaction listens to the reserved snapshot event, or a reaction is
     /// both registered and retired.
-    pub fn build(self) -> Result<Act> {
+    pub fn build(mut self) -> Result<Act> {
+        if let Some(r) = self
+            .reactions
+            .iter()
+            .find(|r| r.name() == crate::timer::REACTION)
+        {
+            return Err(Error::InvalidInput(format!(
+                "reaction `{}`: the name is reserved for timers (turn them on with `.timers()`)",
+                r.name()
+            )));
+        }
+        if self.timers {
+            self.reactions.push(crate::timer::reaction());
+        }
+        let timers = self.timers;
         let mut registry = Registry::default();
         for name in &self.retired {
             crate::limits::check_name("a retired reaction's name", name)?;
@@ -232,6 +257,7 @@ impl ActBuilder {
                 registry,
                 cache: StateCache::new(self.cache),
                 propagator: self.propagator,
+                timers,
             }),
         })
     }
@@ -246,6 +272,42 @@ impl Act {
             retired: Vec::new(),
             cache: 10_000,
             propagator: crate::trace::default_propagator(),
+            timers: false,
+        }
+    }
+
+    /// Schedules `timer` ([`crate::timer`]): appends its schedule to the
+    /// timer's stream (replacing a pending time of the same key) and
+    /// returns that event. Refused for a key that already fired
+    /// ([`Error::Rejected`]), and when timers are off. Costs one query and
+    /// one append (more when another writer changes the same timer at
+    /// once).
+    pub async fn schedule(&self, timer: crate::timer::Timer) -> Result<Arc<Event>> {
+        self.timers_on()?;
+        crate::timer::schedule(crate::timer::Writer::App(&**self.store()), &timer).await
+    }
+
+    /// Cancels the timer `key`: true when a pending timer was cancelled,
+    /// false when there was none to cancel (never scheduled, cancelled,
+    /// fired). A cancelled timer never fires. Costs one query and one
+    /// append.
+    pub async fn cancel_timer(&self, key: &str) -> Result<bool> {
+        self.timers_on()?;
+        crate::timer::cancel(crate::timer::Writer::App(&**self.store()), key).await
+    }
+
+    /// Where the timer `key` is in its life. One query.
+    pub async fn timer(&self, key: &str) -> Result<crate::timer::TimerStatus> {
+        crate::timer::status(&**self.store(), key).await
+    }
+
+    pub(crate) fn timers_on(&self) -> Result<()> {
+        if self.inner.timers {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(
+                "timers are off: build the application with `.timers()`".into(),
+            ))
         }
     }
 

@@ -77,6 +77,14 @@ pub fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// `t - d`, saturating at the far past instead of overflowing.
+pub fn sub(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// How long from `now` until `t` (zero when `t` has passed).
 pub fn until(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
     (t - now).to_std().unwrap_or(Duration::ZERO)

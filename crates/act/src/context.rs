@@ -32,6 +32,25 @@ struct Inner {
     timed_out: CancellationToken,
     appends: AtomicU32,
     trace: TraceContext,
+    clock: StoreTime,
+}
+
+/// The store's clock as a broker knows it: the store's time when it claimed
+/// the batch (its lease's expiry minus the lease's length) plus the time
+/// passed, on this process's monotonic clock, since the claim returned (so
+/// it is behind the store's real clock by up to the claim's round trip,
+/// never ahead). Not the process's wall
+/// clock, so a skewed machine clock does not move deferrals and timers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreTime {
+    pub at_claim: chrono::DateTime<chrono::Utc>,
+    pub since: std::time::Instant,
+}
+
+impl StoreTime {
+    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        crate::clock::add(self.at_claim, self.since.elapsed())
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -57,6 +76,7 @@ impl Context {
         lease_lost: CancellationToken,
         shutdown: CancellationToken,
         trace: TraceContext,
+        clock: StoreTime,
     ) -> Self {
         Context {
             inner: Arc::new(Inner {
@@ -70,6 +90,7 @@ impl Context {
                 timed_out: CancellationToken::new(),
                 appends: AtomicU32::new(0),
                 trace,
+                clock,
             }),
         }
     }
@@ -147,6 +168,15 @@ impl Context {
         self.inner.timed_out.clone()
     }
 
+    /// Now on the store's clock, as this broker knows it: the store's time
+    /// at claim plus the time passed since (the clock leases, retries and
+    /// deferrals use; [`crate::HandlerError::defer_until`] is measured
+    /// against it). Behind the store's real clock by at most the claim's
+    /// round trip, never ahead.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.clock.now()
+    }
+
     /// The idempotency key of this call's next append:
     /// `{reaction}:{source event id}:{stream}:{n}` where `n` counts this
     /// call's appends. A redelivered, deterministic handler makes the same keys.
@@ -174,6 +204,20 @@ impl Context {
     pub async fn act<S: State>(&self, stream: &str, action: &S::Action) -> Result<Snapshot<S>> {
         let how = self.invocation(stream);
         self.inner.act.execute::<S>(stream, action, how).await
+    }
+
+    /// Schedules `timer` as this reaction ([`crate::Act::schedule`]): the
+    /// schedule carries the source event's correlation and an idempotency
+    /// key, so a redelivered handler does not schedule twice.
+    pub async fn schedule(&self, timer: crate::timer::Timer) -> Result<Arc<Event>> {
+        self.inner.act.timers_on()?;
+        crate::timer::schedule(crate::timer::Writer::Reaction(self), &timer).await
+    }
+
+    /// Cancels the timer `key` as this reaction ([`crate::Act::cancel_timer`]).
+    pub async fn cancel_timer(&self, key: &str) -> Result<bool> {
+        self.inner.act.timers_on()?;
+        crate::timer::cancel(crate::timer::Writer::Reaction(self), key).await
     }
 
     /// Appends raw messages as this reaction (correlation, causation, an

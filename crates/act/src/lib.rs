@@ -95,6 +95,7 @@ mod store;
 pub mod subscription;
 #[cfg(feature = "tck")]
 pub mod tck;
+pub mod timer;
 pub mod trace;
 pub mod typed;
 

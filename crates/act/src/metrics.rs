@@ -32,6 +32,7 @@
 //! | `act_store_errors_total` | counter | — | broker store calls that failed and were retried ([`crate::Stats::errors`]) |
 //! | `act_handler_duration_seconds` | histogram | `reaction` | how long a handler call took |
 //! | `act_commit_to_handler_seconds` | histogram | `reaction` | from the event's commit (`meta.created`, on the *store's* clock) to the handler's start (on the *broker's* clock): delivery latency, skewed by any difference between the two clocks, never negative |
+//! | `act_timer_lateness_seconds` | histogram | — | how late a timer fired: from its time to the append of its event, on the store's clock as the broker knows it ([`crate::timer`]) |
 //! | `act_leases_held` | gauge | — | leases the brokers of this process hold (claimed, not yet settled or released) |
 //!
 //! # Sampled by [`sample`]
@@ -86,6 +87,8 @@ pub const HANDLER_DURATION: &str = "act_handler_duration_seconds";
 /// Commit (store clock) to handler start (broker clock) in seconds
 /// (histogram; label `reaction`).
 pub const COMMIT_TO_HANDLER: &str = "act_commit_to_handler_seconds";
+/// How late timers fired, in seconds (histogram).
+pub const TIMER_LATENESS: &str = "act_timer_lateness_seconds";
 /// Leases held by this process's brokers (gauge).
 pub const LEASES_HELD: &str = "act_leases_held";
 /// A reaction's pending items over every queue (gauge; label `reaction`;
@@ -244,6 +247,13 @@ pub const ALL: &[Metric] = &[
         R,
         Some(::metrics::Unit::Seconds),
         "From an event's commit (store clock) to its handler's start (broker clock).",
+    ),
+    m(
+        TIMER_LATENESS,
+        Kind::Histogram,
+        &[],
+        Some(::metrics::Unit::Seconds),
+        "How late a timer fired: from its time to the append of its event (store clock).",
     ),
     m(
         LEASES_HELD,
@@ -525,6 +535,11 @@ fn histograms(reaction: &crate::reaction::Reaction) -> &ReactionHistograms {
 
 pub(crate) fn handler_duration(reaction: &crate::reaction::Reaction, took: Duration) {
     histograms(reaction).duration.record(took.as_secs_f64());
+}
+
+pub(crate) fn timer_fired(at: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) {
+    let late = (now - at).to_std().unwrap_or_default();
+    ::metrics::histogram!(TIMER_LATENESS).record(late.as_secs_f64());
 }
 
 pub(crate) fn commit_to_handler(reaction: &crate::reaction::Reaction, event: &Event) {

@@ -160,10 +160,10 @@ impl Default for ReactionOptions {
 /// ```
 /// use std::time::Duration;
 /// use act::{HandlerError, Reaction};
-/// let reminder = Reaction::on("OrderPlaced").handle(|event, _ctx| async move {
-///     let placed = event.meta.created;
-///     let due = placed + chrono::Duration::hours(24);
-///     if chrono::Utc::now() < due {
+/// let reminder = Reaction::on("OrderPlaced").handle(|event, ctx| async move {
+///     // `created` and `ctx.now()` are both on the store's clock.
+///     let due = event.meta.created + chrono::Duration::hours(24);
+///     if ctx.now() < due {
 ///         return Err(HandlerError::defer_until(due));
 ///     }
 ///     // … send the reminder
@@ -183,10 +183,10 @@ pub struct HandlerError {
 pub enum Deferral {
     /// After this long, on the store's clock.
     For(Duration),
-    /// At this time. The broker turns it into a delay on its own clock
-    /// (`at − now`, zero when past) and the store adds that delay to its
-    /// clock, so a skew between the broker's and the store's clocks moves
-    /// the attempt by as much.
+    /// At this time on the store's clock. The broker turns it into a delay
+    /// from the store's time as it knows it ([`crate::Context::now`]: the
+    /// store's time at claim plus the time passed since; zero when past),
+    /// and the store adds that delay to its clock.
     Until(chrono::DateTime<chrono::Utc>),
 }
 
@@ -233,9 +233,10 @@ impl HandlerError {
         }
     }
 
-    /// Not a failure: call the handler again with this event at `at` (a
-    /// time already past means at once). See [`Deferral::Until`] for the
-    /// clocks involved.
+    /// Not a failure: call the handler again with this event at `at` on
+    /// the store's clock (a time already past means at once). Compare with
+    /// [`crate::Context::now`], not the machine's clock. See
+    /// [`Deferral::Until`].
     pub fn defer_until(at: chrono::DateTime<chrono::Utc>) -> Self {
         HandlerError {
             error: Box::new(Deferred(format!("deferred until {}", at.to_rfc3339()))),

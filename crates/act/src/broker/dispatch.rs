@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::Act;
-use crate::context::Context;
+use crate::context::{Context, StoreTime};
 use crate::event::Event;
 use crate::metrics;
 use crate::queue::{retries_after_failure, Batch, Lease, Settlement};
@@ -108,6 +108,7 @@ impl Finished {
 pub(crate) async fn run(
     act: Act,
     batch: Batch,
+    clock: StoreTime,
     lease_lost: CancellationToken,
     shutdown: CancellationToken,
     gate: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -125,7 +126,7 @@ pub(crate) async fn run(
         reactions = %names.join(","),
         events = batch.events.len(),
     );
-    run_batch(act, batch, lease_lost, shutdown, gate)
+    run_batch(act, batch, clock, lease_lost, shutdown, gate)
         .instrument(span)
         .await
 }
@@ -133,6 +134,7 @@ pub(crate) async fn run(
 async fn run_batch(
     act: Act,
     batch: Batch,
+    clock: StoreTime,
     lease_lost: CancellationToken,
     shutdown: CancellationToken,
     gate: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -245,6 +247,7 @@ async fn run_batch(
                 lease_lost.clone(),
                 shutdown.clone(),
                 trace,
+                clock,
             );
             metrics::commit_to_handler(&reaction, event);
             let started = std::time::Instant::now();
@@ -257,7 +260,7 @@ async fn run_batch(
             };
             if let Some(deferral) = failure.defer {
                 done.tally(reaction.name()).deferrals += 1;
-                let delay = deferral.delay(chrono::Utc::now());
+                let delay = deferral.delay(clock.now());
                 done.stop(
                     Settlement::defer(&lease, acked, delay),
                     Some(reaction.name()),

@@ -623,9 +623,14 @@ impl Runner {
         {
             let lost = CancellationToken::new();
             let lease = b.lease.reference();
+            let clock = crate::context::StoreTime {
+                at_claim: crate::clock::sub(b.lease.expires, self.opts.lease),
+                since: std::time::Instant::now(),
+            };
             let task = dispatch::run(
                 self.act.clone(),
                 b,
+                clock,
                 lost.clone(),
                 self.shutdown.clone(),
                 gate,

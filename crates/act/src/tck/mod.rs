@@ -241,6 +241,11 @@ macro_rules! tck_suite {
             time::a_stale_lease_cannot_defer,
             time::a_deferring_handler_is_called_again_after_its_time,
             time::a_deferral_keeps_the_batch_prefix_and_the_order,
+            time::a_timer_fires_once_at_its_time_on_any_broker,
+            time::a_cancelled_timer_never_fires,
+            time::a_rescheduled_timer_fires_once_at_its_new_time,
+            time::a_timer_fires_once_after_a_broker_crash_and_a_replay,
+            time::timers_refuse_what_they_cannot_keep,
         }
         $crate::tck_props! { $backend;
             model::queue_store_matches_the_model,

@@ -278,3 +278,267 @@ pub async fn a_deferral_keeps_the_batch_prefix_and_the_order(b: &impl Backend) {
         vec![e1.id, e2.id, e2.id, e3.id, e3.id]
     );
 }
+
+fn timer_app(store: Arc<dyn Store>, probe: &super::support::Probe) -> Act {
+    Act::builder(store)
+        .timers()
+        .reaction(probe.reaction(Reaction::on("Due").to_stream("due")))
+        .build()
+        .expect("valid reactions")
+}
+
+/// The store's time now: the creation time of a fresh event.
+async fn store_now(s: &dyn Store) -> chrono::DateTime<chrono::Utc> {
+    ping(s, "clock", json!({})).await.meta.created
+}
+
+fn due(n: i64) -> crate::event::Message {
+    crate::event::Message::new("Due", json!({ "n": n }))
+}
+
+async fn timer_events(s: &dyn Store, key: &str) -> Vec<String> {
+    s.query(&crate::query::Query::new().stream(crate::timer::stream(key)))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// A timer is deferred until its time on the store's clock, then fired
+/// once, by any broker; its firing is an event in its stream, delivered to
+/// the application's reactions; a fired key cannot be scheduled again.
+pub async fn a_timer_fires_once_at_its_time_on_any_broker(b: &impl Backend) {
+    use crate::timer::{Timer, TimerStatus};
+    let f = b.open().await;
+    let probe = super::support::Probe::new();
+    let app_a = timer_app(f.store.clone(), &probe);
+    let app_b = timer_app(b.reopen(&f).await, &probe);
+    let t0 = store_now(&*f.store).await;
+    let at = t0 + chrono::Duration::seconds(30);
+    let sched = app_a.schedule(Timer::at("k", at, due(1))).await.unwrap();
+    app_a.broker(broker_options("A")).run_once().await.unwrap();
+    assert_eq!(
+        app_a.timer("k").await.unwrap(),
+        TimerStatus::Pending {
+            at,
+            scheduled: sched.id
+        }
+    );
+    app_b.broker(broker_options("B")).run_once().await.unwrap();
+    assert!(probe.calls().is_empty(), "fired before its time");
+    f.clock.advance(Duration::from_secs(31)).await;
+    for _ in 0..2 {
+        app_b.broker(broker_options("B")).run_once().await.unwrap();
+        app_a.broker(broker_options("A")).run_once().await.unwrap();
+    }
+    let calls = probe.calls();
+    assert_eq!(calls.len(), 1, "fired {} times: {calls:?}", calls.len());
+    assert_eq!(
+        timer_events(&*f.store, "k").await,
+        vec![crate::timer::SCHEDULED, "Due"]
+    );
+    let fired = f
+        .store
+        .query(&crate::query::Query::new().stream(crate::timer::stream("k")))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(fired.data, json!({"n": 1}));
+    assert_eq!(
+        fired.meta.causation.event.as_ref().map(|c| c.id),
+        Some(sched.id),
+        "the firing names its schedule as its cause"
+    );
+    assert!(
+        fired.meta.created >= at,
+        "fired at {} before its time {at}",
+        fired.meta.created
+    );
+    assert_eq!(
+        app_a.timer("k").await.unwrap(),
+        TimerStatus::Fired { event: fired.id }
+    );
+    match app_a.schedule(Timer::at("k", at, due(2))).await {
+        Err(crate::Error::Rejected { reason, .. }) => {
+            assert!(reason.contains("already fired"), "{reason}")
+        }
+        other => panic!("a fired key must not be scheduled again, got {other:?}"),
+    }
+}
+
+/// A cancelled timer never fires, whether it was cancelled before a broker
+/// saw it or while it waited; cancelling again, or an unknown key, is false.
+pub async fn a_cancelled_timer_never_fires(b: &impl Backend) {
+    use crate::timer::{Timer, TimerStatus};
+    let f = b.open().await;
+    let probe = super::support::Probe::new();
+    let app = timer_app(f.store.clone(), &probe);
+    let t0 = store_now(&*f.store).await;
+    let at = t0 + chrono::Duration::seconds(30);
+    app.schedule(Timer::at("waiting", at, due(1)))
+        .await
+        .unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
+    assert!(app.cancel_timer("waiting").await.unwrap());
+    app.schedule(Timer::at("unseen", at, due(2))).await.unwrap();
+    assert!(app.cancel_timer("unseen").await.unwrap());
+    assert!(
+        !app.cancel_timer("unseen").await.unwrap(),
+        "cancelled twice"
+    );
+    assert!(!app.cancel_timer("never").await.unwrap());
+    f.clock.advance(Duration::from_secs(31)).await;
+    for _ in 0..2 {
+        app.broker(broker_options("A")).run_once().await.unwrap();
+    }
+    assert!(probe.calls().is_empty(), "a cancelled timer fired");
+    assert!(matches!(
+        app.timer("waiting").await.unwrap(),
+        TimerStatus::Cancelled { .. }
+    ));
+    assert_eq!(
+        timer_events(&*f.store, "waiting").await,
+        vec![crate::timer::SCHEDULED, crate::timer::CANCELLED]
+    );
+    // A cancelled key may be scheduled again, and then fires.
+    let t1 = store_now(&*f.store).await;
+    app.schedule(Timer::at("waiting", t1, due(3)))
+        .await
+        .unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
+    assert_eq!(probe.calls().len(), 1);
+}
+
+/// Scheduling a pending key again replaces its time and event: it fires
+/// once, at the new time, with the new event, even when the new time is
+/// earlier than the old one.
+pub async fn a_rescheduled_timer_fires_once_at_its_new_time(b: &impl Backend) {
+    use crate::timer::Timer;
+    let f = b.open().await;
+    let probe = super::support::Probe::new();
+    let app = timer_app(f.store.clone(), &probe);
+    let t0 = store_now(&*f.store).await;
+    app.schedule(Timer::at("k", t0 + chrono::Duration::seconds(60), due(1)))
+        .await
+        .unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
+    app.schedule(Timer::at("k", t0 + chrono::Duration::seconds(10), due(2)))
+        .await
+        .unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
+    f.clock.advance(Duration::from_secs(11)).await;
+    for _ in 0..2 {
+        app.broker(broker_options("A")).run_once().await.unwrap();
+    }
+    assert_eq!(probe.calls().len(), 1, "the new time fires");
+    f.clock.advance(Duration::from_secs(60)).await;
+    for _ in 0..2 {
+        app.broker(broker_options("A")).run_once().await.unwrap();
+    }
+    assert_eq!(probe.calls().len(), 1, "the replaced schedule fired too");
+    let events = f
+        .store
+        .query(&crate::query::Query::new().stream(crate::timer::stream("k")))
+        .await
+        .unwrap();
+    let fired: Vec<_> = events.iter().filter(|e| e.name == "Due").collect();
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].data, json!({"n": 2}));
+}
+
+/// A broker that claimed a due timer and crashed (its lease lapses) leaves
+/// it to another broker, which fires it once; a redelivered schedule (a
+/// reset replays it) appends nothing more.
+pub async fn a_timer_fires_once_after_a_broker_crash_and_a_replay(b: &impl Backend) {
+    use crate::timer::Timer;
+    let f = b.open().await;
+    let probe = super::support::Probe::new();
+    let app = timer_app(f.store.clone(), &probe);
+    let t0 = store_now(&*f.store).await;
+    let sched = app
+        .schedule(Timer::at("k", t0 + chrono::Duration::seconds(5), due(1)))
+        .await
+        .unwrap();
+    app.broker(broker_options("A")).run_once().await.unwrap();
+    f.clock.advance(Duration::from_secs(6)).await;
+    // Broker "crashed" claims the due timer and dies without settling.
+    let claim = crate::queue::Claim {
+        owner: "crashed".into(),
+        queues: 10,
+        events: 10,
+        lease: LEASE,
+        reactions: vec![crate::timer::REACTION.to_string()],
+    };
+    let taken = f.store.claim(&claim).await.unwrap();
+    assert_eq!(taken.len(), 1, "the due timer is claimable");
+    assert!(probe.calls().is_empty());
+    f.clock.advance(LEASE + Duration::from_secs(1)).await;
+    for _ in 0..2 {
+        app.broker(broker_options("B")).run_once().await.unwrap();
+    }
+    assert_eq!(probe.calls().len(), 1, "{:?}", probe.calls());
+    // Replay the schedule's queue: the timer has fired, nothing is appended.
+    let queue_name = format!("{}#{}", crate::timer::stream("k"), sched.id);
+    f.store.reset(&queue_name, 0).await.unwrap();
+    for _ in 0..2 {
+        app.broker(broker_options("B")).run_once().await.unwrap();
+    }
+    assert_eq!(
+        timer_events(&*f.store, "k").await,
+        vec![crate::timer::SCHEDULED, "Due"]
+    );
+    assert_eq!(probe.calls().len(), 1);
+}
+
+/// Timers must be turned on; their reaction's name is reserved; bad keys
+/// and reserved event names are refused with a clear error.
+pub async fn timers_refuse_what_they_cannot_keep(b: &impl Backend) {
+    use crate::timer::Timer;
+    let f = b.open().await;
+    let off = Act::builder(f.store.clone()).build().unwrap();
+    let t = Timer::after("k", Duration::from_secs(1), due(1));
+    match off.schedule(t.clone()).await {
+        Err(crate::Error::InvalidInput(m)) => assert!(m.contains(".timers()"), "{m}"),
+        other => panic!("timers are off, got {other:?}"),
+    }
+    let clash = Act::builder(f.store.clone())
+        .reaction(
+            Reaction::on("X")
+                .named(crate::timer::REACTION)
+                .handle(|_, _| async { Ok(()) }),
+        )
+        .build();
+    assert!(matches!(clash, Err(crate::Error::InvalidInput(_))));
+    let probe = super::support::Probe::new();
+    let app = timer_app(f.store.clone(), &probe);
+    for bad in [
+        Timer::after("", Duration::ZERO, due(1)),
+        Timer::after(
+            "k".repeat(crate::timer::MAX_KEY_BYTES + 1),
+            Duration::ZERO,
+            due(1),
+        ),
+        Timer::after(
+            "k",
+            Duration::ZERO,
+            crate::event::Message::new(crate::timer::CANCELLED, json!({})),
+        ),
+        Timer::after(
+            "k",
+            Duration::ZERO,
+            crate::event::Message::new("", json!({})),
+        ),
+    ] {
+        assert!(
+            matches!(
+                app.schedule(bad.clone()).await,
+                Err(crate::Error::InvalidInput(_))
+            ),
+            "{bad:?} must be refused"
+        );
+    }
+    assert!(timer_events(&*f.store, "k").await.is_empty());
+}
