@@ -239,6 +239,34 @@ impl<'de> de::Deserializer<'de> for Variants<'_> {
 /// Registers a typed reaction on some variants of an event enum, checked at
 /// compile time: `act::on!(BankEvent { Deposited, Withdrawn })`. A variant
 /// that does not exist is a compile error. Returns a [`TypedReactionBuilder`].
+///
+/// ```
+/// use serde::Deserialize;
+/// #[derive(Deserialize)]
+/// #[serde(tag = "name", content = "data")]
+/// enum BankEvent {
+///     Deposited { amount: u64 },
+///     Withdrawn { amount: u64 },
+/// }
+/// let _ = act::on!(BankEvent { Deposited, Withdrawn })
+///     .handle(|_event: BankEvent, _raw, _ctx| async { Ok(()) });
+/// ```
+///
+/// A misspelled variant does not compile (E0599: no variant named
+/// `Withdrawnn` found for enum `BankEvent`, with the compiler's suggestion
+/// of `Withdrawn`):
+///
+/// ```compile_fail,E0599
+/// use serde::Deserialize;
+/// #[derive(Deserialize)]
+/// #[serde(tag = "name", content = "data")]
+/// enum BankEvent {
+///     Deposited { amount: u64 },
+///     Withdrawn { amount: u64 },
+/// }
+/// let _ = act::on!(BankEvent { Deposited, Withdrawnn })
+///     .handle(|_event: BankEvent, _raw, _ctx| async { Ok(()) });
+/// ```
 #[macro_export]
 macro_rules! on {
     ($ty:path { $($variant:ident),+ $(,)? }) => {{
