@@ -38,6 +38,9 @@ pub type HandlerFuture = BoxFuture<'static, Result<(), HandlerError>>;
 /// A type-erased handler.
 pub type Handler = Arc<dyn Fn(Arc<Event>, Context) -> HandlerFuture + Send + Sync>;
 
+/// A type-erased batch handler ([`ReactionBuilder::handle_batch`]).
+pub type BatchHandler = Arc<dyn Fn(Vec<Arc<Event>>, Context) -> HandlerFuture + Send + Sync>;
+
 /// A dynamic resolver function: the target stream (`None` skips the event),
 /// or why the event cannot be routed (a typed resolver whose event does not
 /// decode), which sends it to the reaction's invalid-target queue.
@@ -288,6 +291,8 @@ pub struct Reaction {
     options: ReactionOptions,
     start: Option<Start>,
     handler: Handler,
+    /// Takes a whole window of its queue in one call, when set.
+    batch: Option<BatchHandler>,
     /// Why the reaction cannot be registered (a typed reaction whose event
     /// names serde could not give); [`crate::ActBuilder::build`] refuses it.
     invalid: Option<String>,
@@ -351,6 +356,29 @@ impl Reaction {
     /// Calls the handler.
     pub fn call(&self, event: Arc<Event>, ctx: Context) -> HandlerFuture {
         (self.handler)(event, ctx)
+    }
+
+    /// True when the reaction takes windows of its queue in one call
+    /// ([`ReactionBuilder::handle_batch`]).
+    pub fn is_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Calls the batch handler with `events` (the per-event handler, one
+    /// event at a time, for a reaction that has none).
+    pub fn call_batch(&self, events: Vec<Arc<Event>>, ctx: Context) -> HandlerFuture {
+        match &self.batch {
+            Some(b) => b(events, ctx),
+            None => {
+                let handler = self.handler.clone();
+                Box::pin(async move {
+                    for e in events {
+                        handler(e, ctx.clone()).await?;
+                    }
+                    Ok(())
+                })
+            }
+        }
     }
 
     /// Why this reaction cannot be registered, if it cannot.
@@ -492,8 +520,50 @@ impl ReactionBuilder {
             options: self.options,
             start: self.start,
             handler: Arc::new(move |e, ctx| Box::pin(handler(e, ctx))),
+            batch: None,
             invalid: None,
             histograms: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Finishes the reaction with a *batch* handler: it gets the queue's
+    /// pending events in id order, as many as the broker claimed (up to
+    /// [`crate::BrokerOptions::batch`]) that are for this reaction alone,
+    /// in one call: what a projection needs to write a whole window in one
+    /// transaction, or one multi-row statement, instead of one per event.
+    ///
+    /// Failures land on the exact event, as for a per-event handler: when a
+    /// batch call fails (error, panic, timeout, deferral), the broker calls
+    /// the handler again with one event at a time from the start of the
+    /// window, so the events before the first failing one are acknowledged
+    /// and the retry, block or deferral is recorded for that event. So a
+    /// batch handler must be idempotent per event (its writes an upsert, or
+    /// undone when it fails: a transaction). A queue that is retrying, or
+    /// walking a lapsed batch, is handled one event at a time. Appends from
+    /// a batch call ([`Context::append`]) are keyed by the window's last
+    /// event: prefer a per-event reaction for what emits events.
+    ///
+    /// ```
+    /// use act::Reaction;
+    /// let totals = Reaction::on("Deposited")
+    ///     .to_stream("totals")
+    ///     .handle_batch(|events, _ctx| async move {
+    ///         let sum: u64 = events.iter().filter_map(|e| e.data["amount"].as_u64()).sum();
+    ///         // one write of `sum` and the last id, in one transaction
+    ///         let _ = sum;
+    ///         Ok(())
+    ///     });
+    /// assert!(totals.is_batch());
+    /// ```
+    pub fn handle_batch<F, Fut>(self, handler: F) -> Reaction
+    where
+        F: Fn(Vec<Arc<Event>>, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let handler: BatchHandler = Arc::new(move |events, ctx| Box::pin(handler(events, ctx)));
+        let single = handler.clone();
+        let mut r = self.handle(move |e, ctx| single(vec![e], ctx));
+        r.batch = Some(handler);
+        r
     }
 }

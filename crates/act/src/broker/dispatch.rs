@@ -159,9 +159,75 @@ async fn run_batch(
     };
     let mut acked: Option<i64> = None;
     let invalid_target = lease.stream.strip_prefix(INVALID_TARGET_PREFIX);
+    // Events before `skip` were handled by a batch call; events before
+    // `single` go one at a time (a batch call over them failed).
+    let (mut skip, mut single) = (0, 0);
     for (i, pending) in events.iter().enumerate() {
         if lease_lost.is_cancelled() || shutdown.is_cancelled() {
             break;
+        }
+        if i < skip {
+            continue;
+        }
+        // A retrying queue (its first event failed before) and a lapsed
+        // batch's walk go one event at a time: blame lands on one event.
+        let batchable = i >= single
+            && invalid_target.is_none()
+            && !lease.suspect
+            && !(i == 0 && lease.retries > 0);
+        if let Some((reaction, end)) = batchable.then(|| window(&act, &events, i)).flatten() {
+            let window: Vec<Arc<Event>> = events[i..end].iter().map(|p| p.event.clone()).collect();
+            let n = window.len() as u64;
+            let last = window[window.len() - 1].clone();
+            let span = tracing::debug_span!(
+                "act.handle",
+                queue = %lease.stream,
+                reaction = reaction.name(),
+                event = last.id,
+                events = n,
+                attempt = 1,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                parent = tracing::field::Empty,
+            );
+            let trace = crate::trace::enter(&**act.trace_propagator(), last.meta.trace(), &span);
+            let ctx = Context::new(
+                act.clone(),
+                &lease.stream,
+                reaction.name(),
+                last.clone(),
+                1,
+                lease_lost.clone(),
+                shutdown.clone(),
+                trace,
+                clock,
+            );
+            metrics::commit_to_handler(&reaction, &window[0]);
+            let started = std::time::Instant::now();
+            let result = guarded(
+                &reaction,
+                ctx.timeout_token(),
+                reaction.call_batch(window, ctx),
+            )
+            .instrument(span)
+            .await;
+            metrics::handler_duration(&reaction, started.elapsed());
+            match result {
+                Ok(()) => {
+                    done.reactions += n;
+                    done.tally(reaction.name()).delivered += n;
+                    done.events += n;
+                    acked = Some(last.id);
+                    done.settlement = Some(Settlement::ack(&lease, last.id));
+                    skip = end;
+                    continue;
+                }
+                Err(f) => {
+                    tracing::debug!(queue = %lease.stream, reaction = reaction.name(), events = n,
+                        error = %f.message, "a batch call failed: handling its events one at a time");
+                    single = end;
+                }
+            }
         }
         let event = &pending.event;
         if let Some(reaction) = invalid_target {
@@ -396,10 +462,36 @@ struct Failure {
     timed_out: bool,
 }
 
+/// The window of a batch reaction that starts at `i`: the events from `i`
+/// on whose items name that one reaction only (at least two), and the index
+/// past the last of them.
+fn window(act: &Act, events: &[crate::queue::Pending], i: usize) -> Option<(Arc<Reaction>, usize)> {
+    let only = |p: &crate::queue::Pending| match p.reactions.as_slice() {
+        [name] if p.event.undecodable_error().is_none() => Some(name.clone()),
+        _ => None,
+    };
+    let name = only(&events[i])?;
+    let reaction = act.registry().get(&name).filter(|r| r.is_batch())?.clone();
+    let end = i + events[i..]
+        .iter()
+        .take_while(|p| only(p).as_deref() == Some(name.as_str()))
+        .count();
+    (end - i >= 2).then_some((reaction, end))
+}
+
 async fn call(reaction: &Reaction, event: Arc<Event>, ctx: Context) -> Result<(), Failure> {
-    let timeout = reaction.options().timeout;
     let cancel = ctx.timeout_token();
-    let mut fut = AssertUnwindSafe(reaction.call(event, ctx)).catch_unwind();
+    guarded(reaction, cancel, reaction.call(event, ctx)).await
+}
+
+/// Runs a handler future under its reaction's timeout, catching panics.
+async fn guarded(
+    reaction: &Reaction,
+    cancel: CancellationToken,
+    fut: crate::reaction::HandlerFuture,
+) -> Result<(), Failure> {
+    let timeout = reaction.options().timeout;
+    let mut fut = AssertUnwindSafe(fut).catch_unwind();
     let outcome = match timeout {
         None => fut.await,
         Some(limit) => {

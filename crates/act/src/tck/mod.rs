@@ -21,6 +21,7 @@
 //! property tests ([`model`]) drive random interleavings of appends, claims,
 //! failures, lease expiries and crashed brokers against a reference model.
 
+pub mod batch;
 pub mod broker;
 pub mod events;
 pub mod lifecycle;
@@ -235,6 +236,9 @@ macro_rules! tck_suite {
             lifecycle::a_resolver_s_bad_answer_blocks_only_that_reaction_s_event,
             lifecycle::a_typed_event_that_does_not_decode_blocks_its_queue_with_the_decode_error,
             lifecycle::a_typed_resolver_routes_an_event_it_cannot_decode_to_a_blocked_queue,
+            batch::a_batch_handler_takes_the_claimed_window_in_one_call,
+            batch::a_failing_event_inside_a_batch_blocks_and_the_prefix_is_acked,
+            batch::a_batch_window_stops_at_an_event_another_reaction_shares,
             time::a_deferred_queue_is_not_claimed_before_its_time,
             time::a_deferral_does_not_use_up_retries,
             time::a_deferred_queue_does_not_delay_others,
