@@ -19,6 +19,7 @@ mod counting;
 mod limits;
 mod namespace;
 mod rss;
+mod time;
 mod workloads;
 
 use std::sync::atomic::AtomicU64;
@@ -55,6 +56,11 @@ pub enum Workload {
     Backlog,
     /// A reaction added to a log of 1,000,000 events, beside live traffic.
     Backfill,
+    /// Timer lateness under a steady load.
+    Timers,
+    /// A SQL read model replayed over 1,000,000 events: per-event versus
+    /// batch handler (SQLite and PostgreSQL).
+    Projection,
 }
 
 /// What the workloads share.
@@ -141,9 +147,9 @@ pub async fn run(cli: &Globals, args: &BenchArgs) -> Result<(), Error> {
     };
     let all = Workload::value_variants().to_vec();
     let chosen: Vec<Workload> = if args.workloads.is_empty() {
-        // The backfill of a million events runs only when asked for.
+        // The million-event workloads run only when asked for.
         all.into_iter()
-            .filter(|w| *w != Workload::Backfill)
+            .filter(|w| !matches!(w, Workload::Backfill | Workload::Projection))
             .collect()
     } else {
         all.into_iter()
@@ -176,6 +182,8 @@ pub async fn run(cli: &Globals, args: &BenchArgs) -> Result<(), Error> {
                 workloads::fanout(&s, s.scaled(10_000)).await?,
                 workloads::fanout(&s, s.scaled(100_000)).await?,
             ],
+            Workload::Timers => vec![time::timers(&s).await?],
+            Workload::Projection => time::projection(&s).await?,
             Workload::Backlog => vec![
                 workloads::backlog(&s, s.scaled(20_000)).await?,
                 workloads::backlog(&s, s.scaled(200_000)).await?,

@@ -48,6 +48,10 @@ pub(crate) enum Mode {
 /// Consecutive failed passes a one-shot run tolerates before it gives up.
 const ONE_SHOT_FAILURES: u32 = 12;
 
+/// Most next-attempt times a broker keeps to claim at (see
+/// `Runner::due_hints`).
+const DUE_HINTS: usize = 100_000;
+
 /// How soon a one-shot run looks again for committed events the store does
 /// not show followers yet.
 const HIDDEN_RECHECK: Duration = Duration::from_millis(5);
@@ -99,11 +103,12 @@ pub(crate) struct Runner {
     backfill: JoinSet<Result<Stepped>>,
     stepped: Option<Result<Stepped>>,
     pacer: Pacer,
-    /// The earliest next attempt this broker knows of (a retry or a
-    /// deferral it settled, the store's next due queue when it
-    /// registered): it claims then, not only at the next poll, so a
-    /// deferred event or a timer is taken up on time.
-    due_hint: Option<Instant>,
+    /// Next attempts this broker knows of (retries and deferrals it
+    /// settled, the store's next due queue when it registered), earliest
+    /// first: it claims at each, not only at the next poll, so deferred
+    /// events and timers are taken up on time. Bounded: past
+    /// [`DUE_HINTS`] new ones are not kept (the poll finds them).
+    due_hints: std::collections::BinaryHeap<std::cmp::Reverse<Instant>>,
 }
 
 impl Runner {
@@ -133,7 +138,7 @@ impl Runner {
             backfill: JoinSet::new(),
             stepped: None,
             pacer,
-            due_hint: None,
+            due_hints: std::collections::BinaryHeap::new(),
         }
     }
 
@@ -236,8 +241,8 @@ impl Runner {
                         due_at = None;
                         want.claim = true;
                     }
-                    if self.due_hint.is_some_and(|t| now >= t) {
-                        self.due_hint = None;
+                    while self.due_hints.peek().is_some_and(|t| now >= t.0) {
+                        self.due_hints.pop();
                         want.claim = true;
                     }
                     if following.is_some_and(|t| now >= t) {
@@ -370,7 +375,7 @@ impl Runner {
             self.next_renewal(),
             grace_end,
             due_at,
-            self.due_hint,
+            self.due_hints.peek().map(|t| t.0),
             self.progress.follow_ends(),
             self.registered
                 .filter(|_| self.opts.heartbeat > Duration::ZERO)
@@ -688,10 +693,13 @@ impl Runner {
         Ok(())
     }
 
-    /// Claims again after `delay` at the latest.
+    /// Claims again after `delay` (unless [`DUE_HINTS`] are already kept:
+    /// the poll finds that one).
     fn hint_due(&mut self, delay: Duration) {
-        let at = Instant::now() + delay;
-        self.due_hint = Some(self.due_hint.map_or(at, |t| t.min(at)));
+        if self.due_hints.len() < DUE_HINTS {
+            self.due_hints
+                .push(std::cmp::Reverse(Instant::now() + delay));
+        }
     }
 
     /// Counts what a settled batch did, and tells of blocks, retries,
