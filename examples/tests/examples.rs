@@ -52,3 +52,13 @@ fn order_saga_confirms_one_order_and_compensates_the_other() {
         "{ok}"
     );
 }
+
+#[test]
+fn reminder_fires_once_for_the_unpaid_order_and_never_for_the_paid_one() {
+    let ok = run(env!("CARGO_BIN_EXE_reminder"));
+    assert!(ok.contains("order-1 reminded once"), "{ok}");
+    assert!(
+        ok.contains("order-2 was paid and its reminder cancelled"),
+        "{ok}"
+    );
+}
