@@ -70,6 +70,7 @@ mod error;
 mod events;
 mod notify;
 mod options;
+mod project;
 mod queues;
 mod schema;
 mod subscriptions;

@@ -36,7 +36,7 @@ fn count(n: usize) -> i32 {
 }
 
 /// Turns a fence code from the SQL functions into a rejection.
-fn rejection(
+pub(crate) fn rejection(
     stream: &str,
     token: i64,
     code: i32,

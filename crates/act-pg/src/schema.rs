@@ -27,7 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         V2,
     ),
     (3, "an ack while walking a lapsed batch is progress", V3),
-    (4, "deferred attempts (a handler's \"not yet\")", V4),
+    (
+        4,
+        "deferred attempts, acknowledgements inside a projection's transaction",
+        V4,
+    ),
 ];
 
 /// Version 2: see the file's own comments.

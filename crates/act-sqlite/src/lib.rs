@@ -53,6 +53,7 @@ mod error;
 mod events;
 mod lanes;
 mod open;
+mod project;
 mod queues;
 mod schema;
 mod subscriptions;

@@ -570,6 +570,40 @@ pub(crate) fn next_due(
     Ok(at.map(|t| Duration::from_micros(u64::try_from(t.saturating_sub(now)).unwrap_or(0))))
 }
 
+/// Acknowledges a queue's events up to `acked` inside the caller's
+/// transaction (a transactional projection), under the fencing rule of a
+/// settlement; keeps the lease (the broker settles it afterwards).
+pub(crate) fn ack_within(
+    tx: &Transaction,
+    fenced: &act::Fenced,
+    acked: i64,
+    now: i64,
+) -> Result<Result<(), Rejection>, Failure> {
+    let f = fence(tx, &fenced.lease.stream)?;
+    if let Err(r) = check(f.as_ref(), &fenced.lease, now, Some(fenced.from)) {
+        return Ok(Err(r));
+    }
+    let Some(f) = f else {
+        return Ok(Err(Rejection::Unknown(fenced.lease.stream.clone())));
+    };
+    tx.prepare_cached(ACKED)?
+        .execute(params![fenced.lease.stream, acked, fenced.mark])?;
+    let suspect_to = if acked >= f.suspect_to {
+        0
+    } else {
+        f.suspect_to
+    };
+    tx.prepare_cached(
+        "UPDATE queues SET position = max(position, ?2), retries = 0, lapses = 0, retry_at = NULL,
+             error = NULL, suspect_to = ?3,
+             next = (SELECT min(event) FROM items WHERE items.stream = ?1)
+         WHERE stream = ?1",
+    )?
+    .execute(params![fenced.lease.stream, acked, suspect_to])?;
+    Ok(Ok(()))
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

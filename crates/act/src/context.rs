@@ -2,7 +2,7 @@
 //! number, a way to run actions that carry correlation, causation and an
 //! idempotency key, and a signal that its lease was lost or shutdown began.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::app::{Act, Invocation};
 use crate::error::Result;
 use crate::event::{Actor, Append, Event};
+use crate::queue::{Fenced, LeaseRef};
 use crate::state::{Snapshot, State};
 use crate::store::Store;
 use crate::trace::TraceContext;
@@ -33,6 +34,11 @@ struct Inner {
     appends: AtomicU32,
     trace: TraceContext,
     clock: StoreTime,
+    lease: LeaseRef,
+    mark: i64,
+    /// The queue's position as this batch left it: moved by handlers that
+    /// acknowledged their events in their own transaction.
+    position: Arc<AtomicI64>,
 }
 
 /// The store's clock as a broker knows it: the store's time when it claimed
@@ -77,7 +83,9 @@ impl Context {
         shutdown: CancellationToken,
         trace: TraceContext,
         clock: StoreTime,
+        fence: (&crate::queue::Lease, Arc<AtomicI64>),
     ) -> Self {
+        let (lease, position) = fence;
         Context {
             inner: Arc::new(Inner {
                 act,
@@ -91,6 +99,9 @@ impl Context {
                 appends: AtomicU32::new(0),
                 trace,
                 clock,
+                lease: lease.reference(),
+                mark: lease.mark,
+                position,
             }),
         }
     }
@@ -175,6 +186,26 @@ impl Context {
     /// round trip, never ahead.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.inner.clock.now()
+    }
+
+    /// The lease this call runs under, for a store that acknowledges the
+    /// handler's events inside the handler's own transaction (transactional
+    /// projections: `act_pg::PgStore::project`,
+    /// `act_sqlite::SqliteStore::project`).
+    pub fn fenced(&self) -> Fenced {
+        Fenced {
+            lease: self.inner.lease.clone(),
+            from: self.inner.position.load(Ordering::SeqCst),
+            mark: self.inner.mark,
+        }
+    }
+
+    /// Tells the broker that the store acknowledged this queue's events up
+    /// to `through` inside the handler's transaction, which committed: the
+    /// broker's own settlement then expects that position. Called by the
+    /// stores' `project`, not by handlers.
+    pub fn acknowledged(&self, through: i64) {
+        self.inner.position.fetch_max(through, Ordering::SeqCst);
     }
 
     /// The idempotency key of this call's next append:

@@ -111,7 +111,7 @@ pub use event::{
 pub use memory::MemoryStore;
 pub use query::{Query, StreamFilter};
 pub use queue::{
-    Batch, Claim, Lease, LeaseRef, Outcome, Pending, QueueFilter, QueueState, Rejection,
+    Batch, Claim, Fenced, Lease, LeaseRef, Outcome, Pending, QueueFilter, QueueState, Rejection,
     Settlement, Work,
 };
 pub use reaction::{

@@ -139,6 +139,23 @@ pub struct LeaseRef {
     pub token: i64,
 }
 
+/// What a handler presents to acknowledge its events inside its own
+/// transaction of the store (a transactional projection:
+/// `act_pg::PgStore::project`, `act_sqlite::SqliteStore::project`): the
+/// lease it runs under, the queue's position as this batch left it so far
+/// (the compare-and-set value), and the enqueue mark read at claim. A store
+/// applies such an acknowledgement under the same fencing rule as a
+/// settlement ([`Rejection`]), and keeps the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fenced {
+    /// The lease the handler runs under.
+    pub lease: LeaseRef,
+    /// The position the acknowledgement expects (compare-and-set).
+    pub from: i64,
+    /// The enqueue mark read at claim.
+    pub mark: i64,
+}
+
 /// What happened to a claimed batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

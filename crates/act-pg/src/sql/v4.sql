@@ -3,7 +3,8 @@
 -- the attempt is not a failure: the retry count stays as it was (0 after
 -- progress, as for any ack), no error is recorded and the lapses count is
 -- kept. Released version 3 knew kinds 0-2 only; it is never edited in
--- place, so this migration replaces the function.
+-- place, so this migration replaces the function. Version 4 also adds
+-- act_ack_within (at the end), for transactional projections.
 
 -- Settle a batch, in the order given (the caller puts blocks first): each
 -- settlement that passes the fence removes the queue's items up to p_acked
@@ -65,4 +66,40 @@ BEGIN
         v_more[i] := v_left;
     END LOOP;
     RETURN QUERY SELECT * FROM unnest(v_codes, v_current, v_more);
+END $$;
+
+-- Acknowledge a queue's events inside the caller's own transaction (a
+-- transactional projection: the caller's writes to its tables and this
+-- acknowledgement commit together). The fencing rule of a settlement
+-- (act_fence: the token, a live lease, the position read), then what an
+-- ack of a settlement does: remove the items up to p_acked enqueued up to
+-- p_mark, move the position up to it, clear retries, lapses, the retry time
+-- and the error, end a lapsed batch's walk past suspect_to. The lease is
+-- kept: the broker settles (and releases) it afterwards. The queue row
+-- stays locked until the caller's transaction ends, so no other broker can
+-- claim the queue in between. Returns the fence code and the value it
+-- refers to (current token or position).
+CREATE FUNCTION {s}.act_ack_within(
+    p_stream text, p_token bigint, p_from bigint, p_mark bigint, p_acked bigint, p_offset_us bigint
+) RETURNS TABLE (code int, current bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := now() + p_offset_us * interval '1 microsecond';
+    q {s}.queues;
+    v_code int;
+BEGIN
+    SELECT * INTO q FROM {s}.queues x WHERE x.stream = p_stream FOR UPDATE;
+    v_code := {s}.act_fence(q, p_token, p_from, v_now);
+    IF v_code <> 0 THEN
+        RETURN QUERY SELECT v_code, CASE v_code WHEN 2 THEN q.token WHEN 4 THEN q.position END;
+        RETURN;
+    END IF;
+    DELETE FROM {s}.items it
+    WHERE it.stream = p_stream AND it.event <= p_acked AND it.seq <= p_mark;
+    UPDATE {s}.queues x SET
+        position = greatest(x.position, p_acked),
+        suspect_to = CASE WHEN p_acked >= x.suspect_to THEN 0 ELSE x.suspect_to END,
+        retries = 0, lapses = 0, retry_at = NULL, error = NULL,
+        next = (SELECT min(it.event) FROM {s}.items it WHERE it.stream = p_stream)
+    WHERE x.stream = p_stream;
+    RETURN QUERY SELECT 0, NULL::bigint;
 END $$;

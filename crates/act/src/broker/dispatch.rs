@@ -146,7 +146,9 @@ async fn run_batch(
             _ = shutdown.cancelled() => {}
         }
     }
-    let Batch { lease, events } = batch;
+    let Batch { mut lease, events } = batch;
+    // Moved by handlers that acknowledge inside their own transaction.
+    let committed = Arc::new(std::sync::atomic::AtomicI64::new(lease.position));
     let mut done = Finished {
         settlement: None,
         lease: lease.clone(),
@@ -201,6 +203,7 @@ async fn run_batch(
                 shutdown.clone(),
                 trace,
                 clock,
+                (&lease, committed.clone()),
             );
             metrics::commit_to_handler(&reaction, &window[0]);
             let started = std::time::Instant::now();
@@ -212,6 +215,9 @@ async fn run_batch(
             .instrument(span)
             .await;
             metrics::handler_duration(&reaction, started.elapsed());
+            lease.position = lease
+                .position
+                .max(committed.load(std::sync::atomic::Ordering::SeqCst));
             match result {
                 Ok(()) => {
                     done.reactions += n;
@@ -314,11 +320,15 @@ async fn run_batch(
                 shutdown.clone(),
                 trace,
                 clock,
+                (&lease, committed.clone()),
             );
             metrics::commit_to_handler(&reaction, event);
             let started = std::time::Instant::now();
             let result = call(&reaction, event.clone(), ctx).instrument(span).await;
             metrics::handler_duration(&reaction, started.elapsed());
+            lease.position = lease
+                .position
+                .max(committed.load(std::sync::atomic::Ordering::SeqCst));
             let Err(failure) = result else {
                 done.reactions += 1;
                 done.tally(reaction.name()).delivered += 1;

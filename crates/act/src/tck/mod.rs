@@ -26,6 +26,7 @@ pub mod broker;
 pub mod events;
 pub mod lifecycle;
 pub mod model;
+pub mod projection;
 pub mod queues;
 mod support;
 pub mod time;
