@@ -139,11 +139,13 @@ pub(crate) async fn timers(s: &Settings) -> Result<Row, Error> {
     Ok(row)
 }
 
-/// How a projection writes: one commit per event, or one per window.
+/// How a projection writes: one commit per event, one per window, or one
+/// per window in the store's own transaction with the acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Style {
     PerEvent,
     Batch,
+    Transactional,
 }
 
 impl Style {
@@ -151,9 +153,116 @@ impl Style {
         match self {
             Style::PerEvent => "per_event",
             Style::Batch => "batch",
+            Style::Transactional => "transactional_batch",
         }
     }
 }
+
+/// The store of a namespace as its concrete type, for `project`.
+enum Concrete {
+    Sqlite(Arc<act_sqlite::SqliteStore>, std::path::PathBuf),
+    Postgres(Arc<act_pg::PgStore>, String, String),
+}
+
+impl Concrete {
+    async fn open(ns: &Namespace) -> Result<Concrete, Error> {
+        if let Some(file) = ns.sqlite_file() {
+            let store = Arc::new(act_sqlite::SqliteStore::open(file).await?);
+            let c = rusqlite::Connection::open(file).map_err(|e| failed("open", e))?;
+            c.busy_timeout(Duration::from_secs(60))
+                .map_err(|e| failed("busy_timeout", e))?;
+            c.execute_batch(
+                "CREATE TABLE projection_tx (stream TEXT PRIMARY KEY, total INTEGER NOT NULL, last INTEGER NOT NULL)",
+            )
+            .map_err(|e| failed("create the projection table", e))?;
+            return Ok(Concrete::Sqlite(store, file.clone()));
+        }
+        let store = Arc::new(act_pg::PgStore::open(&ns.url).await?);
+        let (config, options) = act_pg::parse_url(&ns.url)?;
+        let table = format!("{}.projection_tx", options.schema);
+        let (client, conn) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| failed("connect for the projection", e))?;
+        let driver = tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (stream text PRIMARY KEY, total bigint NOT NULL, last bigint NOT NULL)"
+            ))
+            .await
+            .map_err(|e| failed("create the projection table", e))?;
+        drop(client);
+        let _ = driver.await;
+        Ok(Concrete::Postgres(store, table, ns.url.clone()))
+    }
+
+    /// Applies `events` and acknowledges them in one transaction.
+    async fn apply(&self, ctx: &act::Context, events: Vec<Arc<Event>>) -> Result<(), HandlerError> {
+        let rows: Vec<(String, i64, i64)> = events
+            .iter()
+            .map(|e| (e.stream.clone(), e.data["i"].as_i64().unwrap_or(0), e.id))
+            .collect();
+        match self {
+            Concrete::Sqlite(store, _) => {
+                store
+                    .project(ctx, &events, move |tx| {
+                        let mut up = tx.prepare_cached(&UPSERT_SQLITE.replace("projection", "projection_tx"))?;
+                        for (stream, i, id) in &rows {
+                            up.execute(rusqlite::params![stream, i, id])?;
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+            Concrete::Postgres(store, table, _) => {
+                let sql = format!(
+                    "INSERT INTO {table} (stream, total, last) VALUES ($1, $2, $3)
+                     ON CONFLICT (stream) DO UPDATE SET total = {table}.total + excluded.total, last = excluded.last"
+                );
+                store
+                    .project(ctx, &events, async |tx| {
+                        let up = tx.prepare(&sql).await?;
+                        for (stream, i, id) in &rows {
+                            tx.execute(&up, &[stream, i, id]).await?;
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+        }
+    }
+
+    async fn total(&self) -> Result<i64, Error> {
+        match self {
+            Concrete::Sqlite(_, file) => {
+                let c = rusqlite::Connection::open(file).map_err(|e| failed("open", e))?;
+                c.query_row("SELECT coalesce(sum(total), 0) FROM projection_tx", [], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| failed("read the projection", e))
+            }
+            Concrete::Postgres(_, table, url) => {
+                let (config, _) = act_pg::parse_url(url)?;
+                let (client, conn) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| failed("connect for the projection", e))?;
+                let driver = tokio::spawn(conn);
+                let row = client
+                    .query_one(
+                        &format!("SELECT coalesce(sum(total), 0)::bigint FROM {table}"),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| failed("read the projection", e))?;
+                drop(client);
+                let _ = driver.await;
+                Ok(row.get(0))
+            }
+        }
+    }
+}
+
 
 /// A SQL table the projection writes, in the user's own database (SQLite:
 /// a file beside the store; PostgreSQL: the namespace's schema), through
@@ -300,10 +409,11 @@ impl Sink {
 }
 
 /// `projection`: a read model over a log of `n` events (100 streams)
-/// replayed from the beginning into a SQL table, once with a per-event
-/// handler (one transaction per event) and once with a batch handler (one
-/// per claimed window), in one run on the same log. SQLite and PostgreSQL
-/// only.
+/// replayed from the beginning into a SQL table, with a per-event handler
+/// (one transaction per event, in a database of its own), a batch handler
+/// (one per claimed window) and a transactional batch handler (one per
+/// window, in the store's own database with the acknowledgement:
+/// `project`), in one run on the same log. SQLite and PostgreSQL only.
 pub(crate) async fn projection(s: &Settings) -> Result<Vec<Row>, Error> {
     let ns = Namespace::fresh(&s.store, "projection").await?;
     if !matches!(ns.backend(), "sqlite" | "postgres") {
@@ -322,23 +432,40 @@ pub(crate) async fn projection(s: &Settings) -> Result<Vec<Row>, Error> {
     }
     let expected: i64 = (0..n as i64).sum();
     let mut rows = Vec::new();
-    for style in [Style::PerEvent, Style::Batch] {
-        let sink = Sink::open(&ns, s, &format!("projection_{}", style.name())).await?;
+    for style in [Style::PerEvent, Style::Batch, Style::Transactional] {
         let builder = Reaction::on("Ping")
             .named(format!("projection-{}", style.name()))
             .to(|e| Some(format!("p-{}", e.stream)))
             .from_beginning();
-        let reaction = {
-            let sink = sink.clone();
-            match style {
-                Style::PerEvent => builder.handle(move |e, ctx| {
+        let (reaction, sink) = match style {
+            Style::Transactional => {
+                let c = Arc::new(Concrete::open(&ns).await?);
+                let r = {
+                    let c = c.clone();
+                    builder.handle_batch(move |events, ctx| {
+                        let c = c.clone();
+                        async move { c.apply(&ctx, events).await }
+                    })
+                };
+                (r, Err(c))
+            }
+            _ => {
+                let sink = Sink::open(&ns, s, &format!("projection_{}", style.name())).await?;
+                let r = {
                     let sink = sink.clone();
-                    async move { sink.apply(ctx.stream(), vec![e]).await }
-                }),
-                Style::Batch => builder.handle_batch(move |events, ctx| {
-                    let sink = sink.clone();
-                    async move { sink.apply(ctx.stream(), events).await }
-                }),
+                    if style == Style::PerEvent {
+                        builder.handle(move |e, ctx| {
+                            let sink = sink.clone();
+                            async move { sink.apply(ctx.stream(), vec![e]).await }
+                        })
+                    } else {
+                        builder.handle_batch(move |events, ctx| {
+                            let sink = sink.clone();
+                            async move { sink.apply(ctx.stream(), events).await }
+                        })
+                    }
+                };
+                (r, Ok(sink))
             }
         };
         let app = Act::builder(ns.store.clone()).reaction(reaction).build()?;
@@ -347,8 +474,14 @@ pub(crate) async fn projection(s: &Settings) -> Result<Vec<Row>, Error> {
         let started = Instant::now();
         let stats = app.broker(options(s)).settle().await?;
         let secs = started.elapsed().as_secs_f64();
-        let total = sink.total().await?;
-        sink.remove();
+        let total = match &sink {
+            Ok(sink) => {
+                let t = sink.total().await?;
+                sink.remove();
+                t
+            }
+            Err(c) => c.total().await?,
+        };
         if total != expected {
             return Err(Error::Check(vec![format!(
                 "the {} projection holds {total}, expected {expected}",
@@ -360,11 +493,12 @@ pub(crate) async fn projection(s: &Settings) -> Result<Vec<Row>, Error> {
         row.extra.insert("batch".into(), json!(s.batch));
         rows.push(row);
     }
-    if let [each, batch] = rows.as_mut_slice() {
-        let ratio = batch.events_per_s / each.events_per_s.max(f64::MIN_POSITIVE);
-        batch
-            .extra
-            .insert("x_per_event".into(), json!((ratio * 100.0).round() / 100.0));
+    if let [each, rest @ ..] = rows.as_mut_slice() {
+        for row in rest {
+            let ratio = row.events_per_s / each.events_per_s.max(f64::MIN_POSITIVE);
+            row.extra
+                .insert("x_per_event".into(), json!((ratio * 100.0).round() / 100.0));
+        }
     }
     ns.destroy().await?;
     Ok(rows)
