@@ -37,6 +37,12 @@ pub struct BankArgs {
     /// a settlement (a killed worker) counts as a failed attempt.
     #[arg(long)]
     pub max_retries: Option<u32>,
+    /// Also run the `entries` projection: every deposit and withdrawal as a
+    /// row of the table `act_bank_entries` in the store's own database,
+    /// written in one transaction with its acknowledgement (SQLite and
+    /// PostgreSQL).
+    #[arg(long)]
+    pub entries: bool,
 }
 
 impl BankArgs {

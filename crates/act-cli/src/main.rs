@@ -8,6 +8,7 @@
 mod bank;
 mod bench;
 mod demo;
+mod entries;
 
 use std::process::ExitCode;
 
@@ -21,7 +22,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     Program::with_args("act", |store, bank: &BankArgs| {
-        act_bank::app_with(store, bank.options())
+        let mut reactions = act_bank::reactions::reactions(bank.options());
+        if bank.entries {
+            reactions.push(entries::reaction(store.clone())?);
+        }
+        act::Act::builder(store).reactions(reactions).build()
     })
     .about("act: event sourcing with an event-driven queue store and broker.")
     .version(env!("CARGO_PKG_VERSION"))

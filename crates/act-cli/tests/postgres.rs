@@ -31,6 +31,7 @@ fn workers_killed_with_sigkill_while_four_demos_append_lose_and_reorder_nothing(
         &[1, 2, 3, 4],
         5_000,
         &dir.path().join("workers.log"),
+        true,
     );
 }
 

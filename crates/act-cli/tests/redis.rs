@@ -66,6 +66,7 @@ fn workers_killed_with_sigkill_while_four_demos_append_lose_and_reorder_nothing(
         &[5, 6, 7, 8],
         5_000,
         &dir.path().join("workers.log"),
+        false,
     );
 }
 

@@ -27,6 +27,7 @@ fn workers_killed_with_sigkill_mid_run_lose_and_reorder_nothing() {
         &[42],
         20_000,
         &dir.path().join("workers.log"),
+        true,
     );
 }
 

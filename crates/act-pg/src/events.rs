@@ -280,6 +280,10 @@ const VISIBILITY_WAIT: Duration = Duration::from_millis(50);
 
 #[async_trait]
 impl EventStore for PgStore {
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        Some(self)
+    }
+
     async fn append(&self, a: Append) -> act::Result<Vec<Arc<Event>>> {
         act::limits::check_append(&a)?;
         self.writable()?;

@@ -299,6 +299,10 @@ fn thread_error(name: &str, e: std::io::Error) -> Error {
 
 #[async_trait]
 impl EventStore for SqliteStore {
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + std::marker::Sync)> {
+        Some(self)
+    }
+
     async fn append(&self, append: Append) -> act::Result<Vec<Arc<Event>>> {
         act::limits::check_append(&append)?;
         let writer = self.writer("append")?;

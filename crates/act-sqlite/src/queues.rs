@@ -603,7 +603,6 @@ pub(crate) fn ack_within(
     Ok(Ok(()))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,13 @@ pub trait EventStore: Send + Sync {
     /// reset). Backends that can push across processes do so here; brokers
     /// also poll, so a missed signal delays but never loses work.
     fn wake(&self) -> watch::Receiver<u64>;
+
+    /// The backend's own type, for what only it offers (the transactional
+    /// projections of SQLite and PostgreSQL: downcast to `SqliteStore` or
+    /// `PgStore` and call `project`). `None` by default (and for wrappers).
+    fn as_any(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        None
+    }
 }
 
 /// Queues: subscriptions and their correlation, the work index, leases,

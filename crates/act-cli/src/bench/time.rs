@@ -206,7 +206,9 @@ impl Concrete {
             Concrete::Sqlite(store, _) => {
                 store
                     .project(ctx, &events, move |tx| {
-                        let mut up = tx.prepare_cached(&UPSERT_SQLITE.replace("projection", "projection_tx"))?;
+                        let mut up = tx.prepare_cached(
+                            &UPSERT_SQLITE.replace("projection", "projection_tx"),
+                        )?;
                         for (stream, i, id) in &rows {
                             up.execute(rusqlite::params![stream, i, id])?;
                         }
@@ -236,9 +238,11 @@ impl Concrete {
         match self {
             Concrete::Sqlite(_, file) => {
                 let c = rusqlite::Connection::open(file).map_err(|e| failed("open", e))?;
-                c.query_row("SELECT coalesce(sum(total), 0) FROM projection_tx", [], |r| {
-                    r.get(0)
-                })
+                c.query_row(
+                    "SELECT coalesce(sum(total), 0) FROM projection_tx",
+                    [],
+                    |r| r.get(0),
+                )
                 .map_err(|e| failed("read the projection", e))
             }
             Concrete::Postgres(_, table, url) => {
@@ -262,7 +266,6 @@ impl Concrete {
         }
     }
 }
-
 
 /// A SQL table the projection writes, in the user's own database (SQLite:
 /// a file beside the store; PostgreSQL: the namespace's schema), through

@@ -262,7 +262,17 @@ pub fn lease_owners(store: &str) -> Vec<String> {
 /// survivors stop on SIGTERM (exit 0); `act settle` finishes. Then the log
 /// must show one receipt per source event per queue, in source order, and
 /// only the poisoned queues blocked.
-pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &Path) {
+///
+/// With `entries` (SQLite and PostgreSQL), the workers also run the
+/// transactional `entries` projection, and its table must hold each deposit
+/// and withdrawal exactly once (checked by a query of the table).
+pub fn workers_killed_mid_run(
+    store: &str,
+    seeds: &[u64],
+    events: usize,
+    log: &Path,
+    entries: bool,
+) {
     create(store);
     // Each SIGKILL ends the leases of the queues in flight without a
     // settlement, and each counts as a failed attempt (promise 6): with the
@@ -270,9 +280,13 @@ pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &P
     // at two kills rightly blocks its queue. This test kills a worker every
     // 200-700 ms, far more often than any fleet loses a process, so its
     // workers allow 10 retries; the poisoned deposits still block.
-    let chaos = ["--max-retries", "10"];
+    let chaos: &[&str] = if entries {
+        &["--max-retries", "10", "--entries"]
+    } else {
+        &["--max-retries", "10"]
+    };
     let mut workers: Vec<Worker> = (0..3)
-        .map(|i| Worker::start_with(store, &format!("w{i}"), log, &chaos))
+        .map(|i| Worker::start_with(store, &format!("w{i}"), log, chaos))
         .collect();
     let mut demos: Vec<Child> = seeds.iter().map(|&s| demo(store, s, events)).collect();
     let mut rng = fastrand::Rng::with_seed(seeds[0]);
@@ -283,7 +297,7 @@ pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &P
         let i = kills % workers.len();
         let w = std::mem::replace(
             &mut workers[i],
-            Worker::start_with(store, &format!("w{i}-{kills}"), log, &chaos),
+            Worker::start_with(store, &format!("w{i}-{kills}"), log, chaos),
         );
         w.kill();
         kills += 1;
@@ -308,15 +322,9 @@ pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &P
         before.totaled > 0,
         "the workers delivered before the final settle"
     );
-    run(&[
-        "settle",
-        "--store",
-        store,
-        "--lease",
-        "2",
-        "--max-retries",
-        "10",
-    ]);
+    let mut settle = vec!["settle", "--store", store, "--lease", "2"];
+    settle.extend_from_slice(chaos);
+    run(&settle);
     let v = verify(store);
     let total = (seeds.len() * events) as u64;
     assert!(v.ok(), "{:#?}", v.problems);
@@ -329,6 +337,75 @@ pub fn workers_killed_mid_run(store: &str, seeds: &[u64], events: usize, log: &P
     );
     let errors = std::fs::read_to_string(log).unwrap_or_default();
     assert!(!errors.contains("panicked"), "a worker panicked:\n{errors}");
+    if entries {
+        let e = entries_table(store);
+        assert!(e.source > 0, "no deposits or withdrawals in the log");
+        assert_eq!(
+            (e.rows, e.distinct),
+            (e.source, e.source),
+            "the entries table must hold each of the {} deposits and withdrawals exactly once",
+            e.source
+        );
+    }
+}
+
+/// What the `entries` projection's table holds, against the log.
+pub struct Entries {
+    /// Rows in the table.
+    pub rows: u64,
+    /// Distinct event ids in the table.
+    pub distinct: u64,
+    /// Deposits and withdrawals in the log.
+    pub source: u64,
+}
+
+/// Reads `act_bank_entries` with a query of its own (not the handler's
+/// counters), and counts the deposits and withdrawals of the log.
+pub fn entries_table(url: &str) -> Entries {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = open(url).await;
+        let source = store
+            .query(&act::Query::new().names(["Deposited", "Withdrawn"]))
+            .await
+            .unwrap()
+            .len() as u64;
+        let (rows, distinct) = if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or(path);
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.query_row(
+                "SELECT count(*), count(DISTINCT event) FROM act_bank_entries",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .unwrap()
+        } else {
+            let (base, query) = url.split_once('?').unwrap_or((url, ""));
+            let schema = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("schema="))
+                .unwrap_or("act");
+            let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*), count(DISTINCT event) FROM {schema}.act_bank_entries"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
+        };
+        Entries {
+            rows,
+            distinct,
+            source,
+        }
+    })
 }
 
 /// A worker frozen with SIGSTOP while it holds leases, past their expiry;
