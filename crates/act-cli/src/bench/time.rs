@@ -198,10 +198,7 @@ impl Concrete {
 
     /// Applies `events` and acknowledges them in one transaction.
     async fn apply(&self, ctx: &act::Context, events: Vec<Arc<Event>>) -> Result<(), HandlerError> {
-        let rows: Vec<(String, i64, i64)> = events
-            .iter()
-            .map(|e| (e.stream.clone(), e.data["i"].as_i64().unwrap_or(0), e.id))
-            .collect();
+        let rows = totals(&events);
         match self {
             Concrete::Sqlite(store, _) => {
                 store
@@ -276,6 +273,24 @@ enum Sink {
     Postgres(Vec<Arc<Mutex<tokio_postgres::Client>>>, String),
 }
 
+/// What a window adds to the read model: per stream, the sum of the
+/// events' `i` and the last event id (one row per stream: a window is one
+/// queue, so one stream, and a per-event call one event).
+fn totals(events: &[Arc<Event>]) -> Vec<(String, i64, i64)> {
+    let mut out: Vec<(String, i64, i64)> = Vec::new();
+    for e in events {
+        let i = e.data["i"].as_i64().unwrap_or(0);
+        match out.iter_mut().find(|(s, _, _)| *s == e.stream) {
+            Some(row) => {
+                row.1 += i;
+                row.2 = row.2.max(e.id);
+            }
+            None => out.push((e.stream.clone(), i, e.id)),
+        }
+    }
+    out
+}
+
 const UPSERT_SQLITE: &str = "INSERT INTO projection (stream, total, last) VALUES (?1, ?2, ?3)
      ON CONFLICT (stream) DO UPDATE SET total = total + excluded.total, last = excluded.last";
 
@@ -338,9 +353,8 @@ impl Sink {
                         c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                     {
                         let mut up = tx.prepare_cached(UPSERT_SQLITE)?;
-                        for e in &events {
-                            let i = e.data["i"].as_i64().unwrap_or(0);
-                            up.execute(rusqlite::params![e.stream, i, e.id])?;
+                        for (stream, sum, last) in totals(&events) {
+                            up.execute(rusqlite::params![stream, sum, last])?;
                         }
                     }
                     tx.commit()
@@ -360,9 +374,8 @@ impl Sink {
                     ))
                     .await
                     .map_err(HandlerError::transient)?;
-                for e in &events {
-                    let i = e.data["i"].as_i64().unwrap_or(0);
-                    tx.execute(&up, &[&e.stream, &i, &e.id])
+                for (stream, sum, last) in totals(&events) {
+                    tx.execute(&up, &[&stream, &sum, &last])
                         .await
                         .map_err(HandlerError::transient)?;
                 }
@@ -411,12 +424,13 @@ impl Sink {
     }
 }
 
-/// `projection`: a read model over a log of `n` events (100 streams)
-/// replayed from the beginning into a SQL table, with a per-event handler
-/// (one transaction per event, in a database of its own), a batch handler
-/// (one per claimed window) and a transactional batch handler (one per
-/// window, in the store's own database with the acknowledgement:
-/// `project`), in one run on the same log. SQLite and PostgreSQL only.
+/// `projection`: a read model (a running total per stream) over a log of
+/// `n` events (100 streams) replayed from the beginning into a SQL table,
+/// with a per-event handler (one upsert and one transaction per event, in a
+/// database of its own), a batch handler (one upsert and one transaction per
+/// claimed window) and a transactional batch handler (the same, in the
+/// store's own database with the acknowledgement: `project`), in one run on
+/// the same log. SQLite and PostgreSQL only.
 pub(crate) async fn projection(s: &Settings) -> Result<Vec<Row>, Error> {
     let ns = Namespace::fresh(&s.store, "projection").await?;
     if !matches!(ns.backend(), "sqlite" | "postgres") {

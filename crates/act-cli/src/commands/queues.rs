@@ -130,9 +130,15 @@ pub async fn status(cli: &Globals, args: &StatusArgs) -> Result<(), Error> {
     let correlated = active.iter().map(|s| s.checkpoint).min().unwrap_or(head);
     let lag: u64 = queues.iter().map(|q| q.lag).sum();
     let blocked = queues.iter().filter(|q| q.blocked).count();
+    // A retry records its error; a deferral (a handler's "not yet", a
+    // timer waiting for its time) records none.
     let retrying = queues
         .iter()
-        .filter(|q| q.retry_at.is_some() && !q.blocked)
+        .filter(|q| q.retry_at.is_some() && !q.blocked && q.error.is_some())
+        .count();
+    let deferred = queues
+        .iter()
+        .filter(|q| q.retry_at.is_some() && !q.blocked && q.error.is_none())
         .count();
     let waiting = queues.iter().filter(|q| q.waiting.is_some()).count();
     let now = Utc::now();
@@ -141,7 +147,8 @@ pub async fn status(cli: &Globals, args: &StatusArgs) -> Result<(), Error> {
         .filter(|q| q.lease_expires.is_some_and(|e| e > now))
         .count();
     let totals = json!({
-        "queues": queues.len(), "lag": lag, "blocked": blocked, "retrying": retrying, "leased": leased,
+        "queues": queues.len(), "lag": lag, "blocked": blocked, "retrying": retrying,
+        "deferred": deferred, "leased": leased,
         "waiting": waiting, "head": head, "correlated_to": correlated, "correlated": correlated >= head,
         "reactions": active.len(),
     });
@@ -165,7 +172,7 @@ pub async fn status(cli: &Globals, args: &StatusArgs) -> Result<(), Error> {
         format!("reactions correlated up to {correlated}")
     };
     line(format!(
-        "{}, lag {lag}, {retrying} retrying, {blocked} blocked, {waiting} waiting, {leased} leased; log head {head}, {behind}",
+        "{}, lag {lag}, {retrying} retrying, {deferred} deferred, {blocked} blocked, {waiting} waiting, {leased} leased; log head {head}, {behind}",
         count(queues.len(), "queue", "queues")
     ))?;
     Ok(())
