@@ -62,3 +62,10 @@ fn reminder_fires_once_for_the_unpaid_order_and_never_for_the_paid_one() {
         "{ok}"
     );
 }
+
+#[test]
+fn projection_is_applied_once_in_the_store_s_transaction_and_rebuilt_identical() {
+    let ok = run(env!("CARGO_BIN_EXE_projection"));
+    assert!(ok.contains("2 balances from 5 events"), "{ok}");
+    assert!(ok.contains("rebuilt identical"), "{ok}");
+}

@@ -1,5 +1,5 @@
 //! The `act` binary on PostgreSQL, as operators run it on several machines:
-//! three workers while four demo processes append 20,000 events, one worker
+//! three workers while four demo processes append 10,000 events, one worker
 //! SIGKILLed again and again; a worker frozen past its lease while another
 //! takes over. Each test uses its own schema on the server at 127.0.0.1:5432
 //! (override with ACT_TEST_POSTGRES), dropped at the end.
@@ -29,7 +29,7 @@ fn workers_killed_with_sigkill_while_four_demos_append_lose_and_reorder_nothing(
     workers_killed_mid_run(
         &store,
         &[1, 2, 3, 4],
-        5_000,
+        2_500,
         &dir.path().join("workers.log"),
         true,
     );

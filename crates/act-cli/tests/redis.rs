@@ -64,7 +64,7 @@ fn workers_killed_with_sigkill_while_four_demos_append_lose_and_reorder_nothing(
     workers_killed_mid_run(
         &store,
         &[5, 6, 7, 8],
-        5_000,
+        2_500,
         &dir.path().join("workers.log"),
         false,
     );

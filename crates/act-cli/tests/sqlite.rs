@@ -25,7 +25,7 @@ fn workers_killed_with_sigkill_mid_run_lose_and_reorder_nothing() {
     workers_killed_mid_run(
         &url(dir.path()),
         &[42],
-        20_000,
+        10_000,
         &dir.path().join("workers.log"),
         true,
     );

@@ -261,6 +261,7 @@ async fn a_version_2_store_is_upgraded_to_3() {
     )
     .await
     .unwrap();
+    drop_v4_functions(&c, &schema).await;
     assert!(
         settle_def(&c, &schema)
             .await
@@ -312,6 +313,7 @@ async fn a_version_3_store_is_upgraded_to_4() {
     )
     .await
     .unwrap();
+    drop_v4_functions(&c, &schema).await;
     assert!(
         !settle_def(&c, &schema).await.contains("IN (1, 3)"),
         "the test did not put back version 3's act_settle"
@@ -332,7 +334,29 @@ async fn a_version_3_store_is_upgraded_to_4() {
         settle_def(&c, &schema).await.contains("IN (1, 3)"),
         "act_settle does not record deferrals after the upgrade"
     );
+    let ack_within: i64 = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE n.nspname = '{schema}' AND p.proname = 'act_ack_within'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ack_within, 1, "the upgrade adds act_ack_within");
     drop(store);
+}
+
+/// Removes what migration 4 added besides its new act_settle, so the
+/// schema is as a release before 4 left it.
+async fn drop_v4_functions(c: &tokio_postgres::Client, schema: &str) {
+    c.batch_execute(&format!(
+        "DROP FUNCTION {schema}.act_ack_within(text, bigint, bigint, bigint, bigint, bigint)"
+    ))
+    .await
+    .unwrap();
 }
 
 /// The definition of `schema`'s act_settle.
