@@ -323,6 +323,10 @@ impl Broker {
 
     /// Runs in the background until shut down.
     pub fn start(&self) -> BrokerHandle {
+        // Every counter series exists (at 0) once this returns, not only
+        // once the spawned loop first runs: a scrape right after a worker
+        // says it started shows them all.
+        crate::metrics::zero(self.act.registry().reactions().iter().map(|r| r.name()));
         let shutdown = CancellationToken::new();
         let me = self.clone();
         let token = shutdown.clone();

@@ -696,9 +696,12 @@ impl Runner {
     /// Claims again after `delay` (unless [`DUE_HINTS`] are already kept:
     /// the poll finds that one).
     fn hint_due(&mut self, delay: Duration) {
-        if self.due_hints.len() < DUE_HINTS {
-            self.due_hints
-                .push(std::cmp::Reverse(Instant::now() + delay));
+        // A time past what the clock can hold (a deferral to the far
+        // future) is left to the poll.
+        if let Some(at) = Instant::now().checked_add(delay) {
+            if self.due_hints.len() < DUE_HINTS {
+                self.due_hints.push(std::cmp::Reverse(at));
+            }
         }
     }
 
