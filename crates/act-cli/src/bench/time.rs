@@ -7,28 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use act::timer::Timer;
-use act::{Act, Append, BrokerOptions, Event, HandlerError, Message, Query, Reaction};
+use act::{Act, Append, Event, HandlerError, Message, Query, Reaction};
 use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::namespace::Namespace;
+use super::workloads::{broker_options, percentile};
 use super::{rss, Row, Settings};
 use act_cli::Error;
-
-fn options(s: &Settings) -> BrokerOptions {
-    BrokerOptions::default()
-        .concurrency(s.concurrency)
-        .batch(s.batch)
-        .poll(Duration::from_millis(s.poll_ms.max(1)))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn failed(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Check(vec![format!("{what}: {e}")])
@@ -61,7 +47,7 @@ pub(crate) async fn timers(s: &Settings) -> Result<Row, Error> {
             .build()?
     };
     app.register().await?;
-    let handle = app.broker(options(s)).start();
+    let handle = app.broker(broker_options(s)).start();
     // The steady load: 200 events/s over 20 streams, until the timers fired.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -489,7 +475,7 @@ pub(crate) async fn projection(s: &Settings) -> Result<Vec<Row>, Error> {
         app.register().await?;
         rss::reset_peak();
         let started = Instant::now();
-        let stats = app.broker(options(s)).settle().await?;
+        let stats = app.broker(broker_options(s)).settle().await?;
         let secs = started.elapsed().as_secs_f64();
         let total = match &sink {
             Ok(sink) => {

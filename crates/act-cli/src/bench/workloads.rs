@@ -103,7 +103,7 @@ pub(crate) fn drain_app(store: Arc<dyn Store>, counter: &Arc<AtomicU64>) -> act:
         .build()
 }
 
-fn broker_options(s: &Settings) -> BrokerOptions {
+pub(super) fn broker_options(s: &Settings) -> BrokerOptions {
     BrokerOptions::default()
         .concurrency(s.concurrency)
         .batch(s.batch)
@@ -118,7 +118,7 @@ fn rate(n: u64, secs: f64) -> f64 {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

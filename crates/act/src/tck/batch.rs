@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::support::{broker_options, fixed_backoff, ping, queue};
+use super::support::{app, broker_options, fixed_backoff, ping, queue};
 use super::Backend;
-use crate::app::Act;
 use crate::event::{Append, Message};
 use crate::reaction::{HandlerError, Reaction, ReactionBuilder};
 use crate::store::Store;
@@ -35,13 +34,6 @@ fn recorder(builder: ReactionBuilder, calls: &Calls) -> Reaction {
             Ok(())
         }
     })
-}
-
-fn app(store: Arc<dyn Store>, reactions: Vec<Reaction>) -> Act {
-    Act::builder(store)
-        .reactions(reactions)
-        .build()
-        .expect("valid reactions")
 }
 
 async fn append_n(s: &dyn Store, n: usize) -> Vec<i64> {

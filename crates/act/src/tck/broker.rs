@@ -9,22 +9,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::support::{broker_options, fixed_backoff, ping, pings, queue, Probe, PATIENCE};
+use super::support::{app, broker_options, fixed_backoff, ping, pings, queue, Probe, PATIENCE};
 use super::Backend;
-use crate::app::Act;
 use crate::error::Error;
 use crate::event::{Actor, Append, Message};
 use crate::query::Query;
 use crate::reaction::{HandlerError, Reaction, ReactionBuilder};
 use crate::state::{Action, Invariant, State, SNAPSHOT};
-use crate::store::Store;
-
-fn app(store: Arc<dyn Store>, reactions: Vec<Reaction>) -> Act {
-    Act::builder(store)
-        .reactions(reactions)
-        .build()
-        .expect("valid reactions")
-}
 
 fn per_stream(builder: ReactionBuilder) -> ReactionBuilder {
     builder.to(|e| Some(format!("q-{}", e.stream)))

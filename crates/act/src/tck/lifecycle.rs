@@ -11,19 +11,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::support::{broker_options, fixed_backoff, ping, pings, queue, Probe, PATIENCE};
+use super::support::{app, broker_options, fixed_backoff, ping, pings, queue, Probe, PATIENCE};
 use super::Backend;
 use crate::app::Act;
 use crate::error::Error;
 use crate::reaction::{HandlerError, Reaction};
 use crate::store::Store;
-
-fn app(store: Arc<dyn Store>, reactions: Vec<Reaction>) -> Act {
-    Act::builder(store)
-        .reactions(reactions)
-        .build()
-        .expect("valid reactions")
-}
 
 /// A reaction added to an application that already has events receives
 /// every event of the log from its declared start, once and in order, while

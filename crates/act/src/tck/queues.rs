@@ -404,7 +404,9 @@ async fn taken_over(
     (f, a, bb)
 }
 
-async fn assert_stale(b: &impl Backend, outcome: Outcome) {
+/// A settlement with `outcome` from a lease another broker took over is
+/// rejected and changes nothing; the live owner's ack works.
+pub(super) async fn assert_stale(b: &impl Backend, outcome: Outcome) {
     let (f, a, bb) = taken_over(b).await;
     let s = &*f.store;
     let before = queue(s, "q").await;

@@ -329,6 +329,17 @@ pub(crate) fn claim(
     }
 }
 
+/// An application on `store` with `reactions` (panics on invalid ones).
+pub(crate) fn app(
+    store: Arc<dyn Store>,
+    reactions: Vec<crate::reaction::Reaction>,
+) -> crate::app::Act {
+    crate::app::Act::builder(store)
+        .reactions(reactions)
+        .build()
+        .expect("valid reactions")
+}
+
 /// Event ids of a batch.
 pub(crate) fn ids(batch: &crate::queue::Batch) -> Vec<i64> {
     batch.events.iter().map(|p| p.event.id).collect()

@@ -6,21 +6,14 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::support::{broker_options, claim, enqueue, fixed_backoff, ping, pings, queue};
+use super::support::{app, broker_options, claim, enqueue, fixed_backoff, ping, pings, queue};
 use super::Backend;
 use crate::app::Act;
-use crate::queue::{Outcome, Rejection, Settlement};
+use crate::queue::{Outcome, Settlement};
 use crate::reaction::{HandlerError, Reaction};
 use crate::store::Store;
 
 const LEASE: Duration = Duration::from_secs(30);
-
-fn app(store: Arc<dyn Store>, reactions: Vec<Reaction>) -> Act {
-    Act::builder(store)
-        .reactions(reactions)
-        .build()
-        .expect("valid reactions")
-}
 
 /// A deferred queue keeps its position and is claimed by no broker before
 /// its time on the store's clock, then by any; the deferral records no
@@ -61,13 +54,13 @@ pub async fn a_deferred_queue_is_not_claimed_before_its_time(b: &impl Backend) {
     f.clock.advance(Duration::from_secs(11)).await;
     let bb = s.claim(&claim("B", 1, 10, LEASE)).await.unwrap().remove(0);
     assert_eq!(
-        (bb.lease.retries, bb.lease.position, ids_of(&bb)),
+        (
+            bb.lease.retries,
+            bb.lease.position,
+            super::support::ids(&bb)
+        ),
         (0, 0, vec![ids[0], ids[1]])
     );
-}
-
-fn ids_of(b: &crate::queue::Batch) -> Vec<i64> {
-    b.events.iter().map(|p| p.event.id).collect()
 }
 
 /// A deferral keeps the failed attempts counted so far (it adds none), and
@@ -146,31 +139,13 @@ pub async fn a_deferred_queue_does_not_delay_others(b: &impl Backend) {
 
 /// Fencing: a deferral with a stale token changes nothing.
 pub async fn a_stale_lease_cannot_defer(b: &impl Backend) {
-    let f = b.open().await;
-    let s = &*f.store;
-    let ids = pings(s, "a", 1).await;
-    enqueue(s, &[("q", ids[0])]).await;
-    let a = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
-    f.clock.advance(LEASE + Duration::from_secs(1)).await;
-    let bb = s.claim(&claim("B", 1, 10, LEASE)).await.unwrap().remove(0);
-    let before = queue(s, "q").await;
-    let stale = Settlement::defer(&a.lease, None, Duration::from_secs(5));
-    assert!(matches!(stale.outcome, Outcome::Defer { .. }));
-    let r = s.settle(&[stale]).await.unwrap();
-    assert!(
-        matches!(r[0], Err(Rejection::Stale { .. })),
-        "a stale lease must be rejected, got {r:?}"
-    );
-    assert_eq!(
-        queue(s, "q").await,
-        before,
-        "a rejected write changes nothing"
-    );
-    let r = s
-        .settle(&[Settlement::ack(&bb.lease, ids[0])])
-        .await
-        .unwrap();
-    assert_eq!(r, vec![Ok(())]);
+    super::queues::assert_stale(
+        b,
+        Outcome::Defer {
+            delay: Duration::from_secs(5),
+        },
+    )
+    .await;
 }
 
 /// A handler that answers "not yet" is called again after its delay on the
