@@ -11,8 +11,9 @@ use act::{Event, HandlerError, Reaction, Store};
 /// The table the projection writes (in the store's schema on PostgreSQL).
 pub const TABLE: &str = "act_bank_entries";
 
-/// The `entries` reaction: a batch per account queue.
-pub fn reaction(store: Arc<dyn Store>) -> act::Result<Reaction> {
+/// The `entries` reaction: a batch per account queue, blocking after
+/// `max_retries` failed attempts (the bank's `--max-retries`, default 3).
+pub fn reaction(store: Arc<dyn Store>, max_retries: Option<u32>) -> act::Result<Reaction> {
     let supported = store
         .as_any()
         .is_some_and(|a| a.is::<act_sqlite::SqliteStore>() || a.is::<act_pg::PgStore>());
@@ -24,6 +25,7 @@ pub fn reaction(store: Arc<dyn Store>) -> act::Result<Reaction> {
     Ok(Reaction::on("Deposited")
         .also("Withdrawn")
         .named("entries")
+        .max_retries(max_retries.unwrap_or(act_bank::reactions::MAX_RETRIES))
         .to(|e| Some(format!("entries-{}", e.stream)))
         .from_beginning()
         .handle_batch(move |events, ctx| {

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     Program::with_args("act", |store, bank: &BankArgs| {
         let mut reactions = act_bank::reactions::reactions(bank.options());
         if bank.entries {
-            reactions.push(entries::reaction(store.clone())?);
+            reactions.push(entries::reaction(store.clone(), bank.max_retries)?);
         }
         act::Act::builder(store).reactions(reactions).build()
     })
