@@ -112,6 +112,11 @@ pub struct BenchArgs {
     /// span too.
     #[arg(long)]
     pub observe: bool,
+    /// `scale` on PostgreSQL or Redis: the workers reach the server through
+    /// a TCP proxy that holds every chunk this many milliseconds in each
+    /// direction (a round trip costs twice it), as brokers on other machines.
+    #[arg(long)]
+    pub delay_ms: Option<f64>,
 }
 
 /// Arguments of `act bench-worker`.

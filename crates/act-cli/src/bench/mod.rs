@@ -3,7 +3,8 @@
 //!
 //! Workloads (`--workload`, repeatable; all by default):
 //! `limit`, `commit` (1 and 8 writers), `drain`, `demo`, `latency`, `scale`
-//! (1, 2 and 4 brokers), `fanout` (10,000 and 100,000 queues), `backlog`
+//! (1, 2, 4 and 8 brokers; `--delay-ms` puts a network delay between them
+//! and the server), `fanout` (10,000 and 100,000 queues), `backlog`
 //! (20,000 and 200,000 events in one queue), and, only when asked for,
 //! `backfill` (a reaction added to a log of 1,000,000 events while a
 //! caught-up one takes live events).
@@ -18,7 +19,9 @@
 mod counting;
 mod limits;
 mod namespace;
+mod proxy;
 mod rss;
+mod scale;
 mod time;
 mod workloads;
 
@@ -48,7 +51,7 @@ pub enum Workload {
     Demo,
     /// Commit → handler latency of an idle broker.
     Latency,
-    /// Drain with 1, 2 and 4 brokers.
+    /// Drain with 1, 2, 4 and 8 brokers (`--delay-ms`: across a network delay).
     Scale,
     /// Many queues with one event each.
     Fanout,
@@ -71,6 +74,9 @@ pub(crate) struct Settings {
     pub concurrency: usize,
     pub batch: usize,
     pub poll_ms: u64,
+    /// `--delay-ms`: `scale`'s workers reach the server through a proxy
+    /// that holds every chunk this long in each direction.
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -139,6 +145,10 @@ pub async fn run(cli: &Globals, args: &BenchArgs) -> Result<(), Error> {
         concurrency: args.concurrency.max(1),
         batch: args.batch.max(1),
         poll_ms: args.poll_ms,
+        delay: args
+            .delay_ms
+            .filter(|ms| *ms > 0.0)
+            .map(|ms| std::time::Duration::from_secs_f64(ms.min(10_000.0) / 1000.0)),
     };
     let recorder = if args.observe {
         Some(act_cli::observe::install_recorder()?)
@@ -173,8 +183,8 @@ pub async fn run(cli: &Globals, args: &BenchArgs) -> Result<(), Error> {
             Workload::Latency => vec![workloads::latency(&s).await?],
             Workload::Scale => {
                 let mut r = Vec::new();
-                for n in [1, 2, 4] {
-                    r.push(workloads::scale(&s, n).await?);
+                for n in scale::BROKERS {
+                    r.push(scale::scale(&s, n).await?);
                 }
                 r
             }
@@ -277,12 +287,20 @@ fn print_table(rows: &[Row]) -> Result<(), Error> {
 /// starts several.
 pub async fn worker(cli: &Globals, args: &BenchWorkerArgs) -> Result<(), Error> {
     let store = act_cli::stores::open(&cli.store).await?;
+    let counting = Arc::new(counting::Counting::new(store));
     let counter = Arc::new(AtomicU64::new(0));
-    let app = workloads::drain_app(store, &counter)?;
+    let app = workloads::drain_app(counting.clone(), &counter)?;
     let options = act::BrokerOptions::default()
         .concurrency(args.concurrency)
         .batch(args.batch)
         .poll(std::time::Duration::from_millis(args.poll_ms.max(1)));
     let stats = app.broker(options).settle().await?;
-    json_line(&json!({ "reactions": stats.reactions, "stats": stats }))
+    let (calls, claims) = counting.counts();
+    json_line(&json!({
+        "reactions": stats.reactions,
+        "store_calls": calls,
+        "claims": claims,
+        "cpu_s": scale::own_cpu(),
+        "stats": stats,
+    }))
 }

@@ -56,7 +56,7 @@ impl State for Tick {
 /// Appends `n` events named `name` (data from `data(i)`) in appends of
 /// `chunk` events, to streams chosen by `stream(i)` (consecutive events of
 /// one stream share an append). Setup: not timed.
-async fn fill(
+pub(super) async fn fill(
     store: &dyn Store,
     n: usize,
     chunk: usize,
@@ -306,82 +306,6 @@ pub(crate) async fn latency(s: &Settings) -> Result<Row, Error> {
         row.extra
             .insert("undelivered_within_60s".into(), json!(missing));
     }
-    ns.destroy().await?;
-    Ok(row)
-}
-
-/// `scale`: `drain` with `workers` brokers at once: separate `act
-/// bench-worker` processes on durable stores, tasks in one process on memory.
-pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
-    let ns = Namespace::fresh(&s.store, &format!("scale{workers}")).await?;
-    let n = s.scaled(20_000);
-    fill(
-        &*ns.store,
-        n,
-        100,
-        "Ping",
-        |i| format!("s{}", i % 100),
-        |i| json!({ "i": i }),
-    )
-    .await?;
-    rss::reset_peak();
-    let started = Instant::now();
-    let reactions = if ns.shared() {
-        let exe = std::env::current_exe().map_err(Error::Output)?;
-        let mut children = Vec::new();
-        for _ in 0..workers {
-            children.push(
-                tokio::process::Command::new(&exe)
-                    .args([
-                        "bench-worker",
-                        "--store",
-                        &ns.url,
-                        "--concurrency",
-                        &s.concurrency.to_string(),
-                    ])
-                    .args([
-                        "--batch",
-                        &s.batch.to_string(),
-                        "--poll-ms",
-                        &s.poll_ms.to_string(),
-                    ])
-                    .env("ACT_LOG", "error")
-                    .stdout(std::process::Stdio::piped())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(Error::Output)?,
-            );
-        }
-        let mut total = 0;
-        for c in children {
-            let out = c.wait_with_output().await.map_err(Error::Output)?;
-            if !out.status.success() {
-                return Err(Error::Check(vec![format!(
-                    "a bench worker failed: {:?}",
-                    out.status
-                )]));
-            }
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            total += v["reactions"].as_u64().unwrap_or(0);
-        }
-        total
-    } else {
-        let counter = Arc::new(AtomicU64::new(0));
-        let app = drain_app(ns.store.clone(), &counter)?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..workers {
-            let broker = app.broker(broker_options(s).owner(format!("bench-{w}")));
-            tasks.spawn(async move { broker.settle().await });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| Error::Check(vec![format!("a broker task failed: {e}")]))??;
-        }
-        counter.load(Ordering::Relaxed)
-    };
-    let secs = started.elapsed().as_secs_f64();
-    let mut row = Row::new("scale", ns.backend(), reactions, 101, workers as u64, secs);
-    row.extra.insert("source_events".into(), json!(n));
-    row.extra.insert("processes".into(), json!(ns.shared()));
     ns.destroy().await?;
     Ok(row)
 }

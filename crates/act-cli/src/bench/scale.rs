@@ -1,0 +1,322 @@
+//! The `scale` workload: `drain` with 1, 2, 4 and 8 brokers at once, as
+//! separate `act bench-worker` processes on durable stores (tasks in one
+//! process on memory). With `--delay-ms`, the workers reach the server
+//! through a delaying TCP proxy ([`super::proxy`]), so every round trip
+//! costs what it costs between machines.
+//!
+//! Besides reactions per second, each row reports what the delivery cost:
+//! store calls (round trips) per reaction, counted by every worker; CPU per
+//! reaction of the workers and, on a local PostgreSQL, of the server (its
+//! processes' times from `/proc`); and the share of the server's active
+//! sessions waiting on a lock, sampled from `pg_stat_activity` every 10 ms.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::namespace::Namespace;
+use super::proxy::Proxy;
+use super::workloads::{broker_options, drain_app, fill};
+use super::{rss, Row, Settings};
+use act_cli::Error;
+
+/// The broker counts the workload runs.
+pub(crate) const BROKERS: [usize; 4] = [1, 2, 4, 8];
+
+/// `scale` with `workers` brokers.
+pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
+    let ns = Namespace::fresh(&s.store, &format!("scale{workers}")).await?;
+    let n = s.scaled(20_000);
+    fill(
+        &*ns.store,
+        n,
+        100,
+        "Ping",
+        |i| format!("s{}", i % 100),
+        |i| json!({ "i": i }),
+    )
+    .await?;
+    rss::reset_peak();
+    let mut extra = serde_json::Map::new();
+    let started;
+    let reactions = if ns.shared() {
+        let proxy = match s.delay {
+            Some(d) => Some(proxy_for(&ns.url, d)?),
+            None => None,
+        };
+        let url = match &proxy {
+            Some(p) => through(&ns.url, p.addr())?,
+            None => ns.url.clone(),
+        };
+        let sampler = Sampler::start(&ns).await;
+        let server_before = server_cpu();
+        started = Instant::now();
+        let mut children = Vec::new();
+        for _ in 0..workers {
+            children.push(worker(s, &url)?);
+        }
+        let mut total = 0;
+        let (mut calls, mut cpu) = (0u64, 0.0f64);
+        for c in children {
+            let out = c.wait_with_output().await.map_err(Error::Output)?;
+            if !out.status.success() {
+                return Err(Error::Check(vec![format!(
+                    "a bench worker failed: {:?}",
+                    out.status
+                )]));
+            }
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            total += v["reactions"].as_u64().unwrap_or(0);
+            calls += v["store_calls"].as_u64().unwrap_or(0);
+            cpu += v["cpu_s"].as_f64().unwrap_or(0.0);
+        }
+        let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
+        let waits = match sampler {
+            Some(s) => Some(s.stop().await),
+            None => None,
+        };
+        if total > 0 {
+            let per = |x: f64| x * 1e6 / total as f64;
+            extra.insert(
+                "store_calls_per_reaction".into(),
+                json!(calls as f64 / total as f64),
+            );
+            extra.insert("broker_cpu_us_per_reaction".into(), json!(per(cpu)));
+            if let Some(server) = server {
+                extra.insert("server_cpu_us_per_reaction".into(), json!(per(server)));
+            }
+        }
+        if let Some(w) = waits {
+            extra.insert("lock_wait_share".into(), json!(w.share()));
+            extra.insert("waits".into(), json!(w.events));
+            extra.insert("samples".into(), json!(w.samples));
+        }
+        if let (Some(d), Some(p)) = (s.delay, &proxy) {
+            extra.insert("delay_ms".into(), json!(d.as_secs_f64() * 1000.0));
+            extra.insert("proxied_chunks".into(), json!(p.chunks()));
+        }
+        total
+    } else {
+        let counter = Arc::new(AtomicU64::new(0));
+        let app = drain_app(ns.store.clone(), &counter)?;
+        started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..workers {
+            let broker = app.broker(broker_options(s).owner(format!("bench-{w}")));
+            tasks.spawn(async move { broker.settle().await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| Error::Check(vec![format!("a broker task failed: {e}")]))??;
+        }
+        counter.load(Ordering::Relaxed)
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let mut row = Row::new("scale", ns.backend(), reactions, 101, workers as u64, secs);
+    row.extra = extra;
+    row.extra.insert("source_events".into(), json!(n));
+    row.extra.insert("processes".into(), json!(ns.shared()));
+    ns.destroy().await?;
+    Ok(row)
+}
+
+fn worker(s: &Settings, url: &str) -> Result<tokio::process::Child, Error> {
+    let exe = std::env::current_exe().map_err(Error::Output)?;
+    tokio::process::Command::new(&exe)
+        .args(["bench-worker", "--store", url])
+        .args(["--concurrency", &s.concurrency.to_string()])
+        .args(["--batch", &s.batch.to_string()])
+        .args(["--poll-ms", &s.poll_ms.to_string()])
+        .env("ACT_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(Error::Output)
+}
+
+/// The host and port a PostgreSQL or Redis URL names.
+fn server_of(url: &str) -> Result<SocketAddr, Error> {
+    let u = url::Url::parse(url)
+        .map_err(|e| Error::Check(vec![format!("--delay-ms: cannot read the URL: {e}")]))?;
+    let default = match u.scheme() {
+        "postgres" | "postgresql" => 5432,
+        "redis" | "rediss" => 6379,
+        other => {
+            return Err(Error::Check(vec![format!(
+                "--delay-ms needs a PostgreSQL or Redis store, not `{other}:`"
+            )]))
+        }
+    };
+    let host = u.host_str().unwrap_or("127.0.0.1");
+    (host, u.port().unwrap_or(default))
+        .to_socket_addrs()
+        .map_err(Error::Output)?
+        .next()
+        .ok_or_else(|| Error::Check(vec![format!("--delay-ms: `{host}` has no address")]))
+}
+
+fn proxy_for(url: &str, delay: Duration) -> Result<Proxy, Error> {
+    Proxy::start(server_of(url)?, delay).map_err(Error::Output)
+}
+
+/// `url` with its host and port replaced by the proxy's. The host stays a
+/// name for TLS (`rediss://localhost`): only the port changes then.
+fn through(url: &str, proxy: SocketAddr) -> Result<String, Error> {
+    let mut u = url::Url::parse(url)
+        .map_err(|e| Error::Check(vec![format!("--delay-ms: cannot read the URL: {e}")]))?;
+    let named = u.host_str().is_some_and(|h| h == "localhost");
+    if !named {
+        u.set_host(Some(&proxy.ip().to_string()))
+            .map_err(|e| Error::Check(vec![format!("--delay-ms: {e}")]))?;
+    }
+    u.set_port(Some(proxy.port()))
+        .map_err(|()| Error::Check(vec!["--delay-ms: the URL takes no port".into()]))?;
+    Ok(u.to_string())
+}
+
+/// CPU seconds of every PostgreSQL server process on this machine (with
+/// the times of the backends that exited, which the postmaster collects),
+/// or `None` where there is no `/proc` or no local server.
+fn server_cpu() -> Option<f64> {
+    // Linux reports these times in clock ticks of 1/100 s (USER_HZ).
+    const TICKS: f64 = 100.0;
+    let mut total = 0u64;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        if !name.ends_with("(postgres") {
+            continue;
+        }
+        // Fields after the name: state is the 3rd field of the line, utime
+        // the 14th, stime, cutime, cstime the next three.
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let t = |i: usize| f.get(i - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        total += t(14) + t(15) + t(16) + t(17);
+        found = true;
+    }
+    found.then(|| total as f64 / TICKS)
+}
+
+/// This process's CPU seconds (user and system), from `/proc/self/stat`.
+pub(crate) fn own_cpu() -> f64 {
+    const TICKS: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    (t(14) + t(15)) as f64 / TICKS
+}
+
+/// Samples of the server's sessions in the workload's database.
+struct Waits {
+    /// Active sessions seen, summed over samples.
+    active: u64,
+    /// Of those, waiting on a lock, by wait event.
+    events: BTreeMap<String, u64>,
+    samples: u64,
+}
+
+impl Waits {
+    fn share(&self) -> f64 {
+        if self.active == 0 {
+            return 0.0;
+        }
+        self.events.values().sum::<u64>() as f64 / self.active as f64
+    }
+}
+
+/// Samples `pg_stat_activity` every 10 ms on a connection of its own.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Waits>,
+}
+
+impl Sampler {
+    async fn start(ns: &Namespace) -> Option<Sampler> {
+        if ns.backend() != "postgres" {
+            return None;
+        }
+        let (config, _) = act_pg::parse_url(&ns.url).ok()?;
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.ok()?;
+        tokio::spawn(conn);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut w = Waits {
+                active: 0,
+                events: BTreeMap::new(),
+                samples: 0,
+            };
+            let sql = "SELECT wait_event_type, wait_event FROM pg_stat_activity
+                       WHERE datname = current_database() AND state = 'active'
+                         AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(rows) = client.query(sql, &[]).await {
+                    w.samples += 1;
+                    for r in rows {
+                        w.active += 1;
+                        let kind: Option<String> = r.get(0);
+                        if kind.as_deref() == Some("Lock") {
+                            let e: Option<String> = r.get(1);
+                            *w.events
+                                .entry(format!("Lock:{}", e.unwrap_or_default()))
+                                .or_default() += 1;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            w
+        });
+        Some(Sampler { stop, task })
+    }
+
+    async fn stop(self) -> Waits {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or(Waits {
+            active: 0,
+            events: BTreeMap::new(),
+            samples: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_url_keeps_everything_but_the_address() {
+        let proxy: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        assert_eq!(
+            through("postgres://postgres@127.0.0.1:5432/test?schema=a", proxy).unwrap(),
+            "postgres://postgres@127.0.0.1:40000/test?schema=a"
+        );
+        assert_eq!(
+            through("rediss://localhost:6390?prefix=b", proxy).unwrap(),
+            "rediss://localhost:40000?prefix=b"
+        );
+        assert!(server_of("sqlite:///tmp/x.db").is_err());
+    }
+
+    #[test]
+    fn this_process_has_used_cpu() {
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0 && own_cpu() > 0.0);
+    }
+}
