@@ -62,6 +62,40 @@ impl Conn {
         self.watch(r)
     }
 
+    /// Runs `first` (no parameters) and then `sql`, pipelined: both are sent
+    /// at once, so the pair costs one round trip, and each runs in a
+    /// transaction of its own, `first`'s committed before `sql` starts.
+    /// Returns `sql`'s rows and, beside them, `first`'s error if it failed:
+    /// `sql` ran whatever `first` did, and what it wrote (a claim's leases)
+    /// must reach the caller.
+    pub(crate) async fn query_after(
+        &self,
+        first: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Vec<Row>, Option<Error>), Error> {
+        let r = async {
+            let (a, b) = tokio::join!(
+                self.client().prepare_cached(first),
+                self.client().prepare_cached(sql)
+            );
+            let (a, b) = (a?, b?);
+            let (before, rows) = tokio::join!(
+                self.client().query(&a, &[]),
+                self.client().query(&b, params)
+            );
+            Ok((rows?, before.err()))
+        }
+        .await;
+        match self.watch(r) {
+            Ok((rows, Some(e))) => {
+                let e = self.watch(Err::<(), _>(e)).err();
+                Ok((rows, e))
+            }
+            other => other,
+        }
+    }
+
     /// Runs statements without parameters (not prepared).
     pub(crate) async fn batch(&self, sql: &str) -> Result<(), Error> {
         let r = self.client().batch_execute(sql).await;

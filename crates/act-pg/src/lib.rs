@@ -103,7 +103,7 @@ pub(crate) type Connector = tokio_postgres::NoTls;
 /// Test-only helpers (feature `test-hooks`): never use in an application.
 #[cfg(feature = "test-hooks")]
 pub mod testing {
-    pub use crate::schema::v1_store_sql;
+    pub use crate::schema::{store_sql_at, v1_store_sql};
 }
 
 /// Both ports on PostgreSQL. Share it behind an `Arc`; dropping the last
@@ -325,6 +325,53 @@ impl PgStore {
                 other => return other.map_err(Failure::Driver),
             }
         }
+    }
+
+    /// [`PgStore::try_rows`] after folding correlation's news into the
+    /// queue rows no one holds (`act_fold_news`, in a transaction of its own,
+    /// pipelined: no extra round trip), for the calls that read queue rows
+    /// as claims see them: claim, next-due, listings. A store opened
+    /// read-only writes nothing and skips the fold. A failed fold is logged
+    /// and the rows returned: a later fold does the same work, and the
+    /// statement's own writes (a claim's leases) must reach the caller.
+    pub(crate) async fn try_rows_folded(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Failure> {
+        if self.read_only {
+            return self.try_rows(sql, params).await;
+        }
+        let fold = format!("SELECT {}.act_fold_news()", self.schema);
+        let mut attempt = 0;
+        loop {
+            let client = self.conn().await.map_err(Failure::Mapped)?;
+            match client.query_after(&fold, sql, params).await {
+                Err(e) if error::is_retryable(&e) && attempt < 5 => {
+                    drop(client);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..10 * attempt))).await;
+                }
+                Err(e) => return Err(Failure::Driver(e)),
+                Ok((rows, folded)) => {
+                    if let Some(e) = folded {
+                        tracing::warn!(store = %self.name, error = %e, "folding correlation's news into the queue rows failed; a later call folds them");
+                    }
+                    return Ok(rows);
+                }
+            }
+        }
+    }
+
+    /// [`PgStore::try_rows_folded`] with the error mapped.
+    pub(crate) async fn rows_folded(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> act::Result<Vec<Row>> {
+        self.try_rows_folded(sql, params)
+            .await
+            .map_err(|f| self.fail(f))
     }
 
     /// Runs an event query.

@@ -179,7 +179,7 @@ impl QueueStore for PgStore {
         let (prefix, suffix) = lapse_parts();
         let offset = self.offset_us();
         let rows = self
-            .rows(
+            .rows_folded(
                 &sql,
                 &[
                     &claim.owner,
@@ -392,7 +392,7 @@ impl QueueStore for PgStore {
             .limit
             .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
         let (sql, params) = listing(&self.schema, f, &limit);
-        let rows = self.rows(&sql, &params).await?;
+        let rows = self.rows_folded(&sql, &params).await?;
         Ok(rows.iter().map(state).collect())
     }
 
@@ -423,7 +423,9 @@ impl QueueStore for PgStore {
                AND (q.waiting IS NULL OR q.waiting = ANY ($2))",
             self.schema
         );
-        let rows = self.rows(&sql, &[&self.offset_us(), &reactions]).await?;
+        let rows = self
+            .rows_folded(&sql, &[&self.offset_us(), &reactions])
+            .await?;
         let us: Option<i64> = rows.first().and_then(|r| r.get(0));
         Ok(us.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }

@@ -16,7 +16,7 @@ use deadpool_postgres::Object;
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The migrations, in order. Never edit a released one; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "deferred attempts, acknowledgements inside a projection's transaction",
         V4,
     ),
+    (
+        5,
+        "correlation writes marks and news, not the queue rows claims and settles hold",
+        V5,
+    ),
 ];
 
 /// Version 2: see the file's own comments.
@@ -42,6 +47,9 @@ const V3: &str = include_str!("sql/v3.sql");
 
 /// Version 4: see the file's own comments.
 const V4: &str = include_str!("sql/v4.sql");
+
+/// Version 5: see the file's own comments.
+const V5: &str = include_str!("sql/v5.sql");
 
 /// The table that records applied migrations.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (
@@ -471,6 +479,23 @@ async fn migrate(
     }
     tx.commit().await.map_err(err)?;
     Ok(())
+}
+
+/// Test-only: the SQL that creates a store at schema `version` (1 ..= the
+/// current one) in `schema`: the schema, the migrations record and migrations 1 to `version`
+/// as released, each recorded, so upgrade tests start from what that
+/// release left.
+#[cfg(feature = "test-hooks")]
+pub fn store_sql_at(schema: &str, version: i32) -> String {
+    let mut sql = v1_store_sql(schema);
+    for (v, name, body) in MIGRATIONS.iter().filter(|m| m.0 > 1 && m.0 <= version) {
+        sql.push_str(&format!(
+            "\n{}\nINSERT INTO {schema}.act_migrations (version, name) VALUES ({v}, '{}');",
+            body.replace("{s}", schema),
+            name.replace('\'', "''")
+        ));
+    }
+    sql
 }
 
 /// Test-only: the SQL that builds a store of schema version 1 in `schema`

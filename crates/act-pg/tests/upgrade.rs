@@ -230,10 +230,23 @@ async fn a_store_newer_than_the_code_is_refused_by_every_mode() {
     }
 }
 
-/// A store at schema 2 (as released, with its act_settle) is upgraded to 3
-/// and on to the current version on open: the migrations are recorded and
-/// act_settle is no longer version 2's, where an ack while walking a lapsed
-/// batch kept the failed attempts.
+/// The versions a schema's act_migrations records.
+async fn versions(c: &tokio_postgres::Client, schema: &str) -> Vec<i32> {
+    c.query(
+        &format!("SELECT version FROM {schema}.act_migrations ORDER BY 1"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// A store at schema 2 (migrations 1 and 2 as released) is upgraded to the
+/// current version on open: the migrations are recorded and act_settle is
+/// no longer version 2's, where an ack while walking a lapsed batch kept
+/// the failed attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_2_store_is_upgraded_to_3() {
     let schema = fresh_schema("v2up");
@@ -242,44 +255,21 @@ async fn a_version_2_store_is_upgraded_to_3() {
         offset: Arc::default(),
     };
     let url = with_params(&server(), &format!("schema={schema}"));
-    drop(PgStore::open(&url).await.expect("a fresh store"));
-    // Put the schema back at version 2: the released act_settle, no row 3.
-    let v2 = include_str!("../src/sql/v2.sql");
-    let start = v2
-        .find("CREATE FUNCTION {s}.act_settle(")
-        .expect("v2 defines act_settle");
-    let body = &v2[start..];
-    let end = body.find("END $$;").expect("the function's end") + "END $$;".len();
-    let released = body[..end]
-        .replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
-        .replace("{s}", &schema);
     let c = raw(&server()).await;
-    c.batch_execute(&released).await.unwrap();
-    c.execute(
-        &format!("DELETE FROM {schema}.act_migrations WHERE version >= 3"),
-        &[],
-    )
-    .await
-    .unwrap();
-    drop_v4_functions(&c, &schema).await;
+    c.batch_execute(&act_pg::testing::store_sql_at(&schema, 2))
+        .await
+        .unwrap();
     assert!(
         settle_def(&c, &schema)
             .await
             .contains("AND v_walking THEN x.retries"),
-        "the test did not put back version 2's act_settle"
+        "the test did not build version 2's act_settle"
     );
     let store = PgStore::open(&url).await.expect("the upgrade from 2");
-    let versions: Vec<i32> = c
-        .query(
-            &format!("SELECT version FROM {schema}.act_migrations ORDER BY 1"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(versions, (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>());
+    assert_eq!(
+        versions(&c, &schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
     assert!(
         !settle_def(&c, &schema)
             .await
@@ -290,7 +280,8 @@ async fn a_version_2_store_is_upgraded_to_3() {
 }
 
 /// A store at schema 3 (as released: act_settle knows ack, retry and block)
-/// is upgraded to 4 on open, whose act_settle also records deferrals.
+/// is upgraded on open: its act_settle also records deferrals, and
+/// act_ack_within exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_3_store_is_upgraded_to_4() {
     let schema = fresh_schema("v3up");
@@ -299,37 +290,19 @@ async fn a_version_3_store_is_upgraded_to_4() {
         offset: Arc::default(),
     };
     let url = with_params(&server(), &format!("schema={schema}"));
-    drop(PgStore::open(&url).await.expect("a fresh store"));
-    let v3 = include_str!("../src/sql/v3.sql");
-    let start = v3
-        .find("CREATE OR REPLACE FUNCTION {s}.act_settle(")
-        .expect("v3 defines act_settle");
-    let released = v3[start..].replace("{s}", &schema);
     let c = raw(&server()).await;
-    c.batch_execute(&released).await.unwrap();
-    c.execute(
-        &format!("DELETE FROM {schema}.act_migrations WHERE version >= 4"),
-        &[],
-    )
-    .await
-    .unwrap();
-    drop_v4_functions(&c, &schema).await;
+    c.batch_execute(&act_pg::testing::store_sql_at(&schema, 3))
+        .await
+        .unwrap();
     assert!(
         !settle_def(&c, &schema).await.contains("IN (1, 3)"),
-        "the test did not put back version 3's act_settle"
+        "the test did not build version 3's act_settle"
     );
-    let store = PgStore::open(&url).await.expect("the upgrade to 4");
-    let versions: Vec<i32> = c
-        .query(
-            &format!("SELECT version FROM {schema}.act_migrations ORDER BY 1"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    let store = PgStore::open(&url).await.expect("the upgrade from 3");
+    assert_eq!(
+        versions(&c, &schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
     assert!(
         settle_def(&c, &schema).await.contains("IN (1, 3)"),
         "act_settle does not record deferrals after the upgrade"
@@ -349,14 +322,122 @@ async fn a_version_3_store_is_upgraded_to_4() {
     drop(store);
 }
 
-/// Removes what migration 4 added besides its new act_settle, so the
-/// schema is as a release before 4 left it.
-async fn drop_v4_functions(c: &tokio_postgres::Client, schema: &str) {
+/// A store at schema 4 with work in flight (queue rows holding correlation's
+/// marks) is upgraded to 5, where those marks live in their own table: the
+/// queues read as before (head, next, lag, priority), a claim's mark counts
+/// the items enqueued before the upgrade, an ack removes them, and work
+/// enqueued after the upgrade is numbered on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_store_with_pending_work_is_upgraded_to_5() {
+    let schema = fresh_schema("v4up");
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::default(),
+    };
+    let url = with_params(&server(), &format!("schema={schema}&listen=false"));
+    let c = raw(&server()).await;
+    c.batch_execute(&act_pg::testing::store_sql_at(&schema, 4))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT id FROM {schema}.act_append('a', NULL, ARRAY['Ping'], ARRAY['{{}}'::jsonb], 'c', NULL, NULL, NULL, 0, false, 0)"
+                ),
+                &[],
+            )
+            .await
+            .expect("a version 4 append");
+        ids.push(row.get::<_, i64>(0));
+    }
     c.batch_execute(&format!(
-        "DROP FUNCTION {schema}.act_ack_within(text, bigint, bigint, bigint, bigint, bigint)"
+        "SELECT * FROM {schema}.act_subscribe(ARRAY['r'], '[[\"Ping\"]]'::jsonb, ARRAY['q'], ARRAY[0::bigint], 0)"
     ))
     .await
-    .unwrap();
+    .expect("a version 4 subscription");
+    // Version 4's enqueue of the first two events, at priority 2.
+    c.execute(
+        &format!(
+            "SELECT * FROM {schema}.act_enqueue(ARRAY['r'], NULL::text, 0::bigint, $1::bigint, ARRAY['q','q'], ARRAY[$2::bigint, $1::bigint], ARRAY['r','r'], ARRAY[2, 2])"
+        ),
+        &[&ids[1], &ids[0]],
+    )
+    .await
+    .expect("a version 4 enqueue");
+
+    let store = PgStore::open(&url).await.expect("the upgrade from 4");
+    assert_eq!(
+        versions(&c, &schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    let q = store
+        .queues(&QueueFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.stream == "q")
+        .expect("queue q after the upgrade");
+    assert_eq!(
+        (q.head, q.next, q.lag, q.priority),
+        (ids[1], Some(ids[0]), 2, 2),
+        "{q:?}"
+    );
+    let claim = |owner: &str| Claim {
+        owner: owner.into(),
+        queues: 1,
+        events: 10,
+        lease: Duration::from_secs(60),
+        reactions: vec!["r".into()],
+    };
+    let got = store.claim(&claim("b1")).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].lease.mark, 2, "the mark counts version 4's items");
+    assert_eq!(got[0].events.len(), 2);
+    // The third event is enqueued after the upgrade, while the lease runs:
+    // numbered 3, past the lease's mark, so the ack leaves it pending.
+    let step = act::Correlation {
+        reactions: vec!["r".into()],
+        replay: None,
+        from: ids[1],
+        to: ids[2],
+        work: vec![act::Work {
+            stream: "q".into(),
+            event: ids[2],
+            reaction: "r".into(),
+            priority: 2,
+        }],
+    };
+    store.enqueue(&step).await.unwrap();
+    let lease = got[0].lease.clone();
+    let done = store
+        .settle(&[Settlement {
+            lease: lease.reference(),
+            from: lease.position,
+            mark: lease.mark,
+            acked: Some(ids[1]),
+            outcome: act::Outcome::Ack,
+        }])
+        .await
+        .unwrap();
+    assert!(done[0].is_ok(), "{done:?}");
+    let again = store.claim(&claim("b2")).await.unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "the event enqueued after the upgrade is claimable"
+    );
+    assert_eq!(again[0].lease.mark, 3);
+    assert_eq!(
+        again[0]
+            .events
+            .iter()
+            .map(|p| p.event.id)
+            .collect::<Vec<_>>(),
+        vec![ids[2]]
+    );
+    drop(store);
 }
 
 /// The definition of `schema`'s act_settle.
