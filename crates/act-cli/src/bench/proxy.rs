@@ -81,7 +81,12 @@ fn connect(
 ) -> io::Result<()> {
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
-    pipe(client.try_clone()?, server.try_clone()?, delay, chunks.clone())?;
+    pipe(
+        client.try_clone()?,
+        server.try_clone()?,
+        delay,
+        chunks.clone(),
+    )?;
     pipe(server, client, delay, chunks)
 }
 
@@ -103,7 +108,10 @@ fn pipe(
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         chunks.fetch_add(1, Ordering::Relaxed);
-                        if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                        if tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                        {
                             break;
                         }
                     }

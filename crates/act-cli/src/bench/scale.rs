@@ -61,6 +61,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
         }
         let mut total = 0;
         let (mut calls, mut cpu) = (0u64, 0.0f64);
+        let mut each = Vec::new();
         for c in children {
             let out = c.wait_with_output().await.map_err(Error::Output)?;
             if !out.status.success() {
@@ -73,7 +74,9 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
             total += v["reactions"].as_u64().unwrap_or(0);
             calls += v["store_calls"].as_u64().unwrap_or(0);
             cpu += v["cpu_s"].as_f64().unwrap_or(0.0);
+            each.push(v);
         }
+        extra.insert("each_worker".into(), Value::Array(each));
         let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
         let waits = match sampler {
             Some(s) => Some(s.stop().await),
@@ -198,7 +201,11 @@ fn server_cpu() -> Option<f64> {
         // Fields after the name: state is the 3rd field of the line, utime
         // the 14th, stime, cutime, cstime the next three.
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let t = |i: usize| f.get(i - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let t = |i: usize| {
+            f.get(i - 3)
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         total += t(14) + t(15) + t(16) + t(17);
         found = true;
     }
@@ -215,7 +222,11 @@ pub(crate) fn own_cpu() -> f64 {
         return 0.0;
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let t = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     (t(14) + t(15)) as f64 / TICKS
 }
 
