@@ -312,7 +312,9 @@ impl Append {
 
 /// A fresh random correlation id (128 bits, hex).
 pub fn new_correlation_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    let mut id = String::with_capacity(32);
+    crate::trace::push_hex(&mut id, fastrand::u128(..), 32);
+    id
 }
 
 #[cfg(test)]

@@ -67,32 +67,54 @@ fn prefix(s: &str) -> &str {
 
 /// Checks a JSON value: nesting depth and U+0000 in strings and keys.
 pub fn check_json(what: &str, value: &Value) -> Result<()> {
+    check_json_with(|| what.to_string(), value)
+}
+
+/// [`check_json`], naming the value (`what`) only when it is refused.
+fn check_json_with(what: impl Fn() -> String, value: &Value) -> Result<()> {
     // Iterative, so a hostile payload cannot overflow the stack here either.
-    let mut stack: Vec<(&Value, usize)> = vec![(value, 1)];
-    while let Some((v, depth)) = stack.pop() {
+    // The root is not pushed: a scalar payload allocates nothing.
+    let mut stack: Vec<(&Value, usize)> = Vec::new();
+    let mut next = Some((value, 1));
+    while let Some((v, depth)) = next.take().or_else(|| stack.pop()) {
         match v {
             Value::Array(items) => {
                 if depth > MAX_DEPTH {
-                    return Err(too_deep(what));
+                    return Err(too_deep(&what()));
                 }
                 stack.extend(items.iter().map(|i| (i, depth + 1)));
             }
             Value::Object(map) => {
                 if depth > MAX_DEPTH {
-                    return Err(too_deep(what));
+                    return Err(too_deep(&what()));
                 }
                 for (k, i) in map {
                     if k.contains('\0') {
-                        return Err(nul(what));
+                        return Err(nul(&what()));
                     }
                     stack.push((i, depth + 1));
                 }
             }
-            Value::String(s) if s.contains('\0') => return Err(nul(what)),
+            Value::String(s) if s.contains('\0') => return Err(nul(&what())),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Counts the bytes written to it: the size of a payload's JSON text
+/// without keeping the text.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn too_deep(what: &str) -> Error {
@@ -133,14 +155,16 @@ pub fn check_append(a: &Append) -> Result<()> {
     }
     for m in &a.messages {
         check_name("the event name", &m.name)?;
-        let what = format!("the data of event `{}`", m.name);
-        check_json(&what, &m.data)?;
-        let size = serde_json::to_vec(&m.data)
-            .map_err(|e| Error::decode(what.clone(), e))?
-            .len();
+        // Named only in an error: no string is built for an accepted event.
+        let what = || format!("the data of event `{}`", m.name);
+        check_json_with(what, &m.data)?;
+        let mut size = ByteCount(0);
+        serde_json::to_writer(&mut size, &m.data).map_err(|e| Error::decode(what(), e))?;
+        let size = size.0;
         if size > MAX_DATA_BYTES {
             return Err(Error::InvalidInput(format!(
-                "{what} is {size} bytes of JSON: the limit is {MAX_DATA_BYTES}"
+                "{} is {size} bytes of JSON: the limit is {MAX_DATA_BYTES}",
+                what()
             )));
         }
     }

@@ -83,7 +83,16 @@ impl TraceContext {
     }
 
     fn from_ids(trace: u128, span: u64, flags: u8) -> Self {
-        TraceContext(format!("00-{trace:032x}-{span:016x}-{flags:02x}"))
+        // `00-{trace:032x}-{span:016x}-{flags:02x}`, without the formatting
+        // machinery (a third of a one-event action's cost in memory).
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, trace, 32);
+        s.push('-');
+        push_hex(&mut s, u128::from(span), 16);
+        s.push('-');
+        push_hex(&mut s, u128::from(flags), 2);
+        TraceContext(s)
     }
 
     /// A context from a tracer's ids (e.g. an OpenTelemetry span context's
@@ -130,6 +139,23 @@ impl TraceContext {
     /// The trace flags (bit 0: sampled).
     pub fn flags(&self) -> u8 {
         u8::from_str_radix(&self.0[53..55], 16).unwrap_or(1)
+    }
+}
+
+/// Appends the low `digits` hex digits of `value`, lower case, zero padded
+/// (`{value:0digits$x}` for a value that fits).
+pub(crate) fn push_hex(out: &mut String, value: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [b'0'; 32];
+    let digits = (digits as usize).min(buf.len());
+    let mut rest = value;
+    for b in buf[..digits].iter_mut().rev() {
+        *b = HEX[(rest & 0xf) as usize];
+        rest >>= 4;
+    }
+    // Always ASCII: the check never fails.
+    if let Ok(hex) = std::str::from_utf8(&buf[..digits]) {
+        out.push_str(hex);
     }
 }
 
@@ -248,6 +274,32 @@ pub(crate) fn enter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_are_formatted_as_fmt_does() {
+        for v in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0xdead_beef,
+            u128::from(u64::MAX),
+            u128::MAX,
+        ] {
+            for digits in [2, 16, 32] {
+                let mut s = String::new();
+                push_hex(&mut s, v, digits);
+                let width = digits as usize;
+                let full = format!("{v:0width$x}");
+                assert_eq!(s, full[full.len() - width..], "{v} in {digits}");
+            }
+        }
+        let r = TraceContext::from_parts(0x4bf9_2f35, u64::MAX, 1).unwrap();
+        assert_eq!(
+            r.traceparent(),
+            format!("00-{:032x}-{:016x}-{:02x}", 0x4bf9_2f35, u64::MAX, 1)
+        );
+    }
 
     #[test]
     fn a_traceparent_round_trips_and_bad_ones_are_refused() {
