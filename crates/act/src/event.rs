@@ -312,9 +312,7 @@ impl Append {
 
 /// A fresh random correlation id (128 bits, hex).
 pub fn new_correlation_id() -> String {
-    let mut id = String::with_capacity(32);
-    crate::trace::push_hex(&mut id, fastrand::u128(..), 32);
-    id
+    crate::trace::hex_string(fastrand::u128(..))
 }
 
 #[cfg(test)]
