@@ -104,6 +104,15 @@ impl Invocation {
     }
 }
 
+/// An [`Invocation`] borrowed for one action: [`Act::act`] runs one without
+/// copying its actor first (the append copies what its events keep).
+struct Call<'a> {
+    actor: &'a Actor,
+    correlation: Option<&'a String>,
+    causation_event: Option<&'a EventRef>,
+    idempotency_key: Option<&'a String>,
+}
+
 /// An application: a store and its reactions. Cheap to clone.
 #[derive(Clone)]
 pub struct Act {
@@ -432,8 +441,13 @@ impl Act {
         action: &S::Action,
         actor: &Actor,
     ) -> Result<Snapshot<S>> {
-        self.execute::<S>(stream, action, Invocation::by(actor.clone()))
-            .await
+        let call = Call {
+            actor,
+            correlation: None,
+            causation_event: None,
+            idempotency_key: None,
+        };
+        self.run::<S>(stream, action, call, None).await
     }
 
     /// Runs `action` with full control over correlation, causation,
@@ -449,7 +463,25 @@ impl Act {
         &self,
         stream: &str,
         action: &S::Action,
-        mut how: Invocation,
+        how: Invocation,
+    ) -> Result<Snapshot<S>> {
+        let call = Call {
+            actor: &how.actor,
+            correlation: how.correlation.as_ref(),
+            causation_event: how.causation_event.as_ref(),
+            idempotency_key: how.idempotency_key.as_ref(),
+        };
+        self.run::<S>(stream, action, call, how.trace.as_ref())
+            .await
+    }
+
+    /// [`Act::execute`] of a borrowed invocation whose trace is `parent`.
+    async fn run<S: State>(
+        &self,
+        stream: &str,
+        action: &S::Action,
+        how: Call<'_>,
+        parent: Option<&TraceContext>,
     ) -> Result<Snapshot<S>> {
         let span = tracing::info_span!(
             "act.action",
@@ -459,9 +491,8 @@ impl Act {
             span_id = tracing::field::Empty,
             parent = tracing::field::Empty,
         );
-        let trace = crate::trace::enter(&**self.trace_propagator(), how.trace.as_ref(), &span);
-        how.trace = Some(trace);
-        self.decide_and_append::<S>(stream, action, how)
+        let trace = crate::trace::enter(&**self.trace_propagator(), parent, &span);
+        self.decide_and_append::<S>(stream, action, &how, &trace)
             .instrument(span)
             .await
     }
@@ -470,7 +501,8 @@ impl Act {
         &self,
         stream: &str,
         action: &S::Action,
-        how: Invocation,
+        how: &Call<'_>,
+        trace: &TraceContext,
     ) -> Result<Snapshot<S>> {
         // Optimistic: a cached state is used without reading the stream. If
         // it is stale, the append's version check refuses it and we reload;
@@ -498,7 +530,7 @@ impl Act {
             let events = match decided {
                 Ok(events) => events,
                 Err(invariant) => {
-                    if let Some(key) = &how.idempotency_key {
+                    if let Some(key) = how.idempotency_key {
                         // An empty append with a key only looks the key up.
                         let lookup = Append::new(stream, Vec::new()).idempotent(key.clone());
                         let first = self.store().append(lookup).await?;
@@ -518,7 +550,7 @@ impl Act {
                 return Ok(snap);
             }
             match self
-                .append_decided(stream, action, &how, &mut snap, events)
+                .append_decided(stream, action, how, trace, &mut snap, events)
                 .await
             {
                 Err(Error::Concurrency { .. }) if !confirmed => {
@@ -536,7 +568,8 @@ impl Act {
         &self,
         stream: &str,
         action: &S::Action,
-        how: &Invocation,
+        how: &Call<'_>,
+        trace: &TraceContext,
         snap: &mut Snapshot<S>,
         events: Vec<S::Event>,
     ) -> Result<()> {
@@ -557,24 +590,22 @@ impl Act {
             stream: stream.to_string(),
             messages,
             expected: ExpectedVersion::after(snap.version),
-            correlation: how.correlation.clone(),
+            correlation: how.correlation.cloned(),
             causation: Causation {
                 action: Some(ActionRef {
                     name: action.name().to_string(),
                     stream: stream.to_string(),
                 }),
-                event: how.causation_event.clone(),
-                trace: how.trace.clone(),
+                event: how.causation_event.cloned(),
+                trace: Some(trace.clone()),
             },
             actor: how.actor.clone(),
-            idempotency_key: how.idempotency_key.clone(),
+            idempotency_key: how.idempotency_key.cloned(),
         };
         // With a key, the store may answer with the events of an earlier
         // append: keep what we sent to tell them apart.
-        let sent: Option<Vec<crate::event::Message>> = how
-            .idempotency_key
-            .as_ref()
-            .map(|_| append.messages.clone());
+        let sent: Option<Vec<crate::event::Message>> =
+            how.idempotency_key.map(|_| append.messages.clone());
         let first_version = snap.version.map_or(0, |v| v + 1);
         let committed = {
             let span = tracing::debug_span!("act.append", stream, events = append.messages.len());

@@ -312,7 +312,7 @@ impl Append {
 
 /// A fresh random correlation id (128 bits, hex).
 pub fn new_correlation_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    crate::trace::hex_string(fastrand::u128(..))
 }
 
 #[cfg(test)]

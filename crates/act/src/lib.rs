@@ -93,6 +93,7 @@ mod reaction;
 pub mod state;
 mod store;
 pub mod subscription;
+mod tagged;
 #[cfg(feature = "tck")]
 pub mod tck;
 pub mod timer;

@@ -67,32 +67,74 @@ fn prefix(s: &str) -> &str {
 
 /// Checks a JSON value: nesting depth and U+0000 in strings and keys.
 pub fn check_json(what: &str, value: &Value) -> Result<()> {
-    // Iterative, so a hostile payload cannot overflow the stack here either.
-    let mut stack: Vec<(&Value, usize)> = vec![(value, 1)];
-    while let Some((v, depth)) = stack.pop() {
-        match v {
-            Value::Array(items) => {
-                if depth > MAX_DEPTH {
-                    return Err(too_deep(what));
-                }
-                stack.extend(items.iter().map(|i| (i, depth + 1)));
+    walk(value, 1, &|| what.to_string()).map(|_| ())
+}
+
+/// The most bytes of JSON text a number can take (`-1.7976931348623157e308`
+/// is 23).
+const MAX_NUMBER_BYTES: usize = 32;
+
+/// Checks `v` at nesting level `depth` as [`check_json`] does (naming the
+/// value, `what`, only when it is refused) and returns an upper bound of its
+/// size as JSON text: a string counts six bytes per byte (`\u00XX`).
+///
+/// Recursive, but never deeper than [`MAX_DEPTH`] + 1 calls: a deeper array
+/// or object is refused before its items are looked at, so a hostile payload
+/// cannot overflow the stack. Items are checked last to first, keys of an
+/// object before its values: the first problem found, and so the error, is
+/// the one an explicit stack (popping the last item pushed) finds.
+fn walk(v: &Value, depth: usize, what: &dyn Fn() -> String) -> Result<usize> {
+    match v {
+        Value::Null | Value::Bool(_) => Ok(5),
+        Value::Number(_) => Ok(MAX_NUMBER_BYTES),
+        Value::String(s) => {
+            if s.contains('\0') {
+                return Err(nul(&what()));
             }
-            Value::Object(map) => {
-                if depth > MAX_DEPTH {
-                    return Err(too_deep(what));
-                }
-                for (k, i) in map {
-                    if k.contains('\0') {
-                        return Err(nul(what));
-                    }
-                    stack.push((i, depth + 1));
-                }
+            Ok(2 + 6 * s.len())
+        }
+        Value::Array(items) => {
+            if depth > MAX_DEPTH {
+                return Err(too_deep(&what()));
             }
-            Value::String(s) if s.contains('\0') => return Err(nul(what)),
-            _ => {}
+            let mut size = 2 + items.len();
+            for i in items.iter().rev() {
+                size = size.saturating_add(walk(i, depth + 1, what)?);
+            }
+            Ok(size)
+        }
+        Value::Object(map) => {
+            if depth > MAX_DEPTH {
+                return Err(too_deep(&what()));
+            }
+            let mut size = 2usize;
+            for k in map.keys() {
+                if k.contains('\0') {
+                    return Err(nul(&what()));
+                }
+                size = size.saturating_add(4 + 6 * k.len());
+            }
+            for i in map.values().rev() {
+                size = size.saturating_add(walk(i, depth + 1, what)?);
+            }
+            Ok(size)
         }
     }
-    Ok(())
+}
+
+/// Counts the bytes written to it: the size of a payload's JSON text
+/// without keeping the text.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn too_deep(what: &str) -> Error {
@@ -133,14 +175,20 @@ pub fn check_append(a: &Append) -> Result<()> {
     }
     for m in &a.messages {
         check_name("the event name", &m.name)?;
-        let what = format!("the data of event `{}`", m.name);
-        check_json(&what, &m.data)?;
-        let size = serde_json::to_vec(&m.data)
-            .map_err(|e| Error::decode(what.clone(), e))?
-            .len();
+        // Named only in an error: no string is built for an accepted event.
+        let what = || format!("the data of event `{}`", m.name);
+        let bound = walk(&m.data, 1, &what)?;
+        if bound <= MAX_DATA_BYTES {
+            continue;
+        }
+        // Possibly too large: measure the text itself.
+        let mut size = ByteCount(0);
+        serde_json::to_writer(&mut size, &m.data).map_err(|e| Error::decode(what(), e))?;
+        let size = size.0;
         if size > MAX_DATA_BYTES {
             return Err(Error::InvalidInput(format!(
-                "{what} is {size} bytes of JSON: the limit is {MAX_DATA_BYTES}"
+                "{} is {size} bytes of JSON: the limit is {MAX_DATA_BYTES}",
+                what()
             )));
         }
     }
@@ -201,6 +249,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("1024 bytes"), "{e}");
+    }
+
+    #[test]
+    fn the_size_bound_is_never_below_the_text() {
+        let s: String = (0u8..128).map(char::from).filter(|c| *c != '\0').collect();
+        for v in [
+            json!(null),
+            json!(true),
+            json!(-1.797_693_134_862_315_7e308),
+            json!(-2.225_073_858_507_201_4e-308),
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(s),
+            json!({ "k\u{1}\"": [s, 1, {"": null}], "é": [] }),
+            json!([[], {}, [[1, 2, 3]]]),
+        ] {
+            let text = serde_json::to_vec(&v).unwrap().len();
+            let bound = walk(&v, 1, &String::new).unwrap();
+            assert!(bound >= text, "{v}: {bound} < {text}");
+        }
+    }
+
+    #[test]
+    fn payloads_past_the_size_limit_are_refused() {
+        let big = "\u{1}".repeat(MAX_DATA_BYTES / 6 + 1);
+        let escaped = Append::new("s", vec![Message::new("E", json!(big))]);
+        assert!(check_append(&escaped)
+            .unwrap_err()
+            .to_string()
+            .contains("bytes of JSON"));
+        let near = "a".repeat(MAX_DATA_BYTES - 2);
+        let fits = Append::new("s", vec![Message::new("E", json!(near))]);
+        assert!(check_append(&fits).is_ok());
+        let over = "a".repeat(MAX_DATA_BYTES - 1);
+        let over = Append::new("s", vec![Message::new("E", json!(over))]);
+        assert!(check_append(&over).is_err());
+    }
+
+    #[test]
+    fn the_first_problem_found_is_the_last_one_written() {
+        let v = json!([{"a": "x\u{0}"}, nested(MAX_DEPTH + 1)]);
+        let e = check_json("x", &v).unwrap_err().to_string();
+        assert!(e.contains("levels"), "{e}");
+        let v = json!([nested(MAX_DEPTH + 1), {"a": "x\u{0}"}]);
+        let e = check_json("x", &v).unwrap_err().to_string();
+        assert!(e.contains("U+0000"), "{e}");
     }
 
     #[test]

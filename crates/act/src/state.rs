@@ -91,6 +91,9 @@ pub struct Snapshot<S> {
 
 /// Encodes a typed event as a stored message (`{"name","data"}` layout).
 pub fn encode<E: Serialize>(event: &E) -> Result<Message> {
+    if let Ok(message) = crate::tagged::encode(event) {
+        return Ok(message);
+    }
     let value = serde_json::to_value(event).map_err(|e| Error::decode("an event to append", e))?;
     let Value::Object(mut map) = value else {
         return Err(Error::decode(

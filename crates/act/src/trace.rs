@@ -83,7 +83,15 @@ impl TraceContext {
     }
 
     fn from_ids(trace: u128, span: u64, flags: u8) -> Self {
-        TraceContext(format!("00-{trace:032x}-{span:016x}-{flags:02x}"))
+        // `00-{trace:032x}-{span:016x}-{flags:02x}`, without the formatting
+        // machinery (a third of a one-event action's cost in memory).
+        let mut buf = [b'-'; 55];
+        buf[..2].copy_from_slice(b"00");
+        buf[3..19].copy_from_slice(&hex_digits((trace >> 64) as u64));
+        buf[19..35].copy_from_slice(&hex_digits(trace as u64));
+        buf[36..52].copy_from_slice(&hex_digits(span));
+        buf[53..].copy_from_slice(&hex_digits(u64::from(flags))[14..]);
+        TraceContext(ascii(&buf))
     }
 
     /// A context from a tracer's ids (e.g. an OpenTelemetry span context's
@@ -131,6 +139,33 @@ impl TraceContext {
     pub fn flags(&self) -> u8 {
         u8::from_str_radix(&self.0[53..55], 16).unwrap_or(1)
     }
+}
+
+/// The 16 lower-case hex digits of `x`, zero padded (`{x:016x}`).
+fn hex_digits(x: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = HEX[((x >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+/// The 32 lower-case hex digits of `x`, zero padded (`{x:032x}`), as a
+/// string: a correlation id.
+pub(crate) fn hex_string(x: u128) -> String {
+    let mut buf = [0u8; 32];
+    buf[..16].copy_from_slice(&hex_digits((x >> 64) as u64));
+    buf[16..].copy_from_slice(&hex_digits(x as u64));
+    ascii(&buf)
+}
+
+/// Hex digits and dashes as a string (they are ASCII: the check never
+/// fails).
+fn ascii(bytes: &[u8]) -> String {
+    std::str::from_utf8(bytes)
+        .map(String::from)
+        .unwrap_or_default()
 }
 
 fn nonzero_span() -> u64 {
@@ -248,6 +283,28 @@ pub(crate) fn enter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_are_formatted_as_fmt_does() {
+        for v in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0xdead_beef,
+            u128::from(u64::MAX),
+            u128::MAX,
+        ] {
+            assert_eq!(hex_string(v), format!("{v:032x}"));
+        }
+        for (trace, span, flags) in [(0x4bf9_2f35, u64::MAX, 1), (u128::MAX, 1, 0xab)] {
+            let r = TraceContext::from_ids(trace, span, flags);
+            assert_eq!(
+                r.traceparent(),
+                format!("00-{trace:032x}-{span:016x}-{flags:02x}")
+            );
+        }
+    }
 
     #[test]
     fn a_traceparent_round_trips_and_bad_ones_are_refused() {

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::event::{Append, Event, Meta};
+use crate::event::{new_correlation_id, Append, Event, Message, Meta};
 use crate::query::{Query, StreamFilter};
 use crate::queue::{
     Batch, Claim, LeaseRef, Pending, QueueFilter, QueueState, Rejection, Settlement,
@@ -97,8 +97,15 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Signals a change to every [`EventStore::wake`] receiver; free when
+    /// there is none (an application writing without a broker). Called
+    /// after the change was made under the store's lock, and receivers
+    /// subscribe before they read the store: one subscribing too late to be
+    /// counted here reads the change itself, so none misses it.
     fn notify(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        if self.wake.receiver_count() > 0 {
+            self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -117,16 +124,24 @@ impl EventStore for MemoryStore {
         crate::limits::check_append(&append)?;
         let committed = {
             let mut inner = self.lock();
+            let Inner {
+                events,
+                streams,
+                keys,
+                ..
+            } = &mut *inner;
             if let Some(key) = &append.idempotency_key {
-                if let Some(&(start, end)) = inner.keys.get(key) {
-                    return Ok(inner.events[start..end].to_vec());
+                if let Some(&(start, end)) = keys.get(key) {
+                    return Ok(events[start..end].to_vec());
                 }
             }
-            let actual = inner
-                .streams
-                .get(&append.stream)
+            // One lookup of the stream's index serves the version check and
+            // the update (a new stream is inserted once, below).
+            let index = streams.get_mut(append.stream.as_str());
+            let actual = index
+                .as_ref()
                 .and_then(|s| s.last())
-                .map(|&i| inner.events[i as usize].version);
+                .map(|&i| events[i as usize].version);
             if !append.expected.matches(actual) {
                 return Err(Error::Concurrency {
                     stream: append.stream,
@@ -134,44 +149,55 @@ impl EventStore for MemoryStore {
                     actual: actual.into(),
                 });
             }
-            if append.messages.is_empty() {
+            let start = events.len();
+            let mut messages = append.messages;
+            let Some(last) = messages.pop() else {
                 return Ok(Vec::new());
-            }
-            let start = inner.events.len();
-            if start + append.messages.len() > u32::MAX as usize {
+            };
+            if start + messages.len() + 1 > u32::MAX as usize {
                 return Err(Error::InvalidInput(
                     "the in-memory store holds at most 4,294,967,295 events".into(),
                 ));
             }
+            let end = start + messages.len() + 1;
+            match index {
+                Some(index) => index.extend((start..end).map(|i| i as u32)),
+                None => {
+                    streams.insert(
+                        append.stream.clone(),
+                        (start..end).map(|i| i as u32).collect(),
+                    );
+                }
+            }
             let meta = Meta {
                 created: self.now(),
-                correlation: append.correlation_or_new(),
-                causation: append.causation.clone(),
-                actor: append.actor.clone(),
+                correlation: append.correlation.unwrap_or_else(new_correlation_id),
+                causation: append.causation,
+                actor: append.actor,
             };
             let first_version = actual.map_or(0, |v| v + 1);
-            let mut out = Vec::with_capacity(append.messages.len());
-            for (i, m) in append.messages.into_iter().enumerate() {
-                let idx = start + i;
+            let mut out = Vec::with_capacity(end - start);
+            let mut push = |m: Message, stream: String, meta: Meta| {
+                let i = events.len() - start;
                 let e = Arc::new(Event {
-                    id: idx as i64 + 1,
-                    stream: append.stream.clone(),
+                    id: events.len() as i64 + 1,
+                    stream,
                     version: first_version + i as i64,
                     name: m.name,
                     data: m.data,
-                    meta: meta.clone(),
+                    meta,
                 });
-                inner.events.push(e.clone());
+                events.push(e.clone());
                 out.push(e);
+            };
+            // Every event owns its stream name and meta: all but the last
+            // get copies, the last takes the append's own.
+            for m in messages {
+                push(m, append.stream.clone(), meta.clone());
             }
-            let end = inner.events.len();
-            inner
-                .streams
-                .entry(append.stream)
-                .or_default()
-                .extend((start..end).map(|i| i as u32));
+            push(last, append.stream, meta);
             if let Some(key) = append.idempotency_key {
-                inner.keys.insert(key, (start, end));
+                keys.insert(key, (start, end));
             }
             out
         };
