@@ -269,7 +269,8 @@ BEGIN
 END $$;
 
 -- One correlation step, as in version 2 (same arguments, same results),
--- writing marks and news instead of queue rows: see the top of this file.
+-- writing marks and news instead of queue rows (see the top of this file),
+-- and moving a group of reactions as one (below).
 CREATE OR REPLACE FUNCTION {s}.act_enqueue(
     p_reactions text[], p_replay text, p_from bigint, p_to bigint,
     p_streams text[], p_events bigint[], p_items text[], p_priorities int[]
@@ -280,6 +281,7 @@ DECLARE
     v_head bigint;
     v_top bigint;
     v_added bigint := 0;
+    v_lead text;
 BEGIN
     v_top := (SELECT max(t.e) FROM unnest(p_events) AS t(e));
     IF v_top IS NOT NULL THEN
@@ -289,12 +291,26 @@ BEGIN
         END IF;
     END IF;
     IF p_replay IS NULL THEN
-        -- Compare-and-set per reaction. A reaction another call is moving
-        -- right now is skipped, not waited for: that call wins.
-        SELECT coalesce(array_agg(m.name), '{}') INTO v_moved FROM (
-            SELECT x.name FROM {s}.subscriptions x
-            WHERE x.name = ANY (p_reactions) AND x.retired IS NULL AND x.checkpoint = p_from
-            ORDER BY x.name FOR UPDATE SKIP LOCKED) m;
+        -- Compare-and-set per reaction, the group as one: the call that
+        -- locks the group's lead (its first active reaction, byte order)
+        -- moves it, and a call that finds the lead held moves nothing (the
+        -- holder wins; schema 4 skipped held reactions one by one, so two
+        -- brokers split a group and read each page twice over). The rest
+        -- are then locked in order, waited for if need be: only a call
+        -- that sees the groups otherwise (a stale broker) can hold one, and
+        -- it never waits for the lead, which sorts first.
+        v_lead := (SELECT min(x.name) FROM {s}.subscriptions x
+                   WHERE x.name = ANY (p_reactions) AND x.retired IS NULL);
+        v_moved := '{}';
+        IF v_lead IS NOT NULL THEN
+            PERFORM 1 FROM {s}.subscriptions x WHERE x.name = v_lead FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                SELECT coalesce(array_agg(m.name), '{}') INTO v_moved FROM (
+                    SELECT x.name FROM {s}.subscriptions x
+                    WHERE x.name = ANY (p_reactions) AND x.retired IS NULL AND x.checkpoint = p_from
+                    ORDER BY x.name FOR UPDATE) m;
+            END IF;
+        END IF;
         SELECT array_agg(CASE WHEN u.r = ANY (v_moved) THEN p_to
                               ELSE (SELECT x.checkpoint FROM {s}.subscriptions x WHERE x.name = u.r AND x.retired IS NULL) END
                          ORDER BY u.o)
