@@ -1,8 +1,7 @@
 //! The broker's loop. Each pass does, in order: write back finished batches
 //! (settle, release), register the reactions (at start and every heartbeat),
-//! take a finished live or backfill step in, start the next live step (it
-//! runs beside the loop) and the next backfill step, renew leases, claim.
-//! The first store call that fails
+//! take a finished backfill step in, correlate the live group, start the
+//! next backfill step, renew leases, claim. The first store call that fails
 //! ends the pass; then the loop waits.
 //!
 //! How long it waits is decided in one place, [`Runner::deadline`]: after a
@@ -103,12 +102,6 @@ pub(crate) struct Runner {
     /// At most one backfill or replay step in flight.
     backfill: JoinSet<Result<Stepped>>,
     stepped: Option<Result<Stepped>>,
-    /// At most one live correlation step in flight: it runs beside the
-    /// loop's claims and settles (on a connection of its own), so a broker
-    /// delivers one page while it correlates the next, and correlation
-    /// pages follow each other without waiting for the loop's round trips.
-    live: JoinSet<Result<Stepped>>,
-    lived: Option<Result<Stepped>>,
     pacer: Pacer,
     /// Next attempts this broker knows of (retries and deferrals it
     /// settled, the store's next due queue when it registered), earliest
@@ -144,8 +137,6 @@ impl Runner {
             walking: false,
             backfill: JoinSet::new(),
             stepped: None,
-            live: JoinSet::new(),
-            lived: None,
             pacer,
             due_hints: std::collections::BinaryHeap::new(),
         }
@@ -230,9 +221,6 @@ impl Runner {
                 }
                 Some(res) = self.backfill.join_next(), if !pausing && !self.backfill.is_empty() => {
                     self.stepped = Some(flatten(res));
-                }
-                Some(res) = self.live.join_next(), if !pausing && !self.live.is_empty() => {
-                    self.lived = Some(flatten(res));
                 }
                 changed = wake.changed(), if !pausing && wake_open => {
                     if changed.is_ok() {
@@ -336,26 +324,10 @@ impl Runner {
             self.took(&s, true);
             want.claim |= s.items > 0;
         }
-        if let Some(lived) = self.lived.take() {
-            let s = lived.map_err(|e| ("correlate", e))?;
-            let lost = self.took(&s, false);
-            // A full page: more may be waiting right behind it.
-            want.correlate |= !lost && s.full;
+        if want.correlate && !stopping {
+            let caught_up = self.correlate_live().await.map_err(|e| ("correlate", e))?;
+            want.correlate = !caught_up;
             want.claim = true;
-        }
-        if want.correlate && !stopping && self.live.is_empty() {
-            match self.progress.live(Instant::now()) {
-                Some(job) => {
-                    let act = self.act.clone();
-                    let page = self.opts.correlate_batch;
-                    self.live
-                        .spawn(async move { correlate::step(&act, job, page).await });
-                    want.correlate = false;
-                }
-                // Caught up, or another broker is correlating: then this one
-                // tries again when it stops following (it is not done).
-                None => want.correlate = self.progress.follow_ends().is_some(),
-            }
         }
         if !stopping && self.backfill.is_empty() && self.stepped.is_none() {
             if let Some(job) = self.progress.next_backfill(Instant::now()) {
@@ -384,8 +356,6 @@ impl Runner {
             && self.orphans.is_empty()
             && self.backfill.is_empty()
             && self.stepped.is_none()
-            && self.live.is_empty()
-            && self.lived.is_none()
     }
 
     /// The one place that decides how long the loop sleeps.
@@ -472,6 +442,24 @@ impl Runner {
         Ok(())
     }
 
+    /// Live correlation until caught up; true when it is (false while
+    /// another broker is doing it or a page was full).
+    async fn correlate_live(&mut self) -> Result<bool> {
+        loop {
+            let Some(job) = self.progress.live(Instant::now()) else {
+                return Ok(self.progress.follow_ends().is_none());
+            };
+            let s = correlate::step(&self.act, job, self.opts.correlate_batch).await?;
+            let lost = self.took(&s, false);
+            if lost {
+                return Ok(false);
+            }
+            if !s.full {
+                return Ok(true);
+            }
+        }
+    }
+
     /// Takes a step's result into the progress and the counters.
     fn took(&mut self, s: &Stepped, backfill: bool) -> bool {
         let behind = if backfill {
@@ -516,11 +504,6 @@ impl Runner {
                 self.stepped = Some(flatten(res));
             }
         }
-        if self.lived.is_none() {
-            if let Some(res) = self.live.try_join_next() {
-                self.lived = Some(flatten(res));
-            }
-        }
     }
 
     /// Starts the suspect once it is the only batch left running and the
@@ -563,9 +546,6 @@ impl Runner {
     async fn abort_all(&mut self) {
         self.backfill.abort_all();
         while self.backfill.join_next().await.is_some() {}
-        self.live.abort_all();
-        while self.live.join_next().await.is_some() {}
-        self.lived = None;
         if self.tasks.is_empty() {
             return;
         }
@@ -876,13 +856,13 @@ impl Drop for Runner {
     }
 }
 
-/// A correlation task's result (live, backfill or replay), a panic in it (a
-/// resolver that panicked) included.
+/// A backfill task's result, a panic in it (a resolver that panicked)
+/// included.
 fn flatten(res: Result<Result<Stepped>, JoinError>) -> Result<Stepped> {
     res.unwrap_or_else(|e| {
         Err(Error::Store {
             store: "broker".into(),
-            source: format!("a correlation step failed: {e}").into(),
+            source: format!("a backfill step failed: {e}").into(),
         })
     })
 }
