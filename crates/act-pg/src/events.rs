@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use act::{
-    Append, Causation, Error, Event, EventStore, ExpectedVersion, Meta, Query, StreamFilter,
+    Append, Causation, Error, Event, EventStore, ExpectedVersion, Meta, Query, StreamFilter, Wake,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -347,7 +347,7 @@ impl EventStore for PgStore {
                         }));
                     }
                     if !out.is_empty() {
-                        self.notify();
+                        self.notify_events();
                     }
                     return Ok(out);
                 }
@@ -441,7 +441,7 @@ impl EventStore for PgStore {
         Ok(rows.first().map_or(0, |r| r.get(0)))
     }
 
-    fn wake(&self) -> watch::Receiver<u64> {
+    fn wake(&self) -> watch::Receiver<Wake> {
         if let Some(l) = &self.listener {
             if tokio::runtime::Handle::try_current().is_ok() {
                 l.task.get_or_init(|| {

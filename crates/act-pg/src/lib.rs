@@ -77,11 +77,11 @@ mod subscriptions;
 #[cfg(feature = "tls")]
 mod tls;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use act::{Error, OpenMode};
+use act::{Error, OpenMode, Wake};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -116,8 +116,11 @@ pub struct PgStore {
     pub(crate) naive: bool,
     pub(crate) delay_ms: i32,
     read_only: bool,
-    wake: Arc<watch::Sender<u64>>,
+    wake: Arc<watch::Sender<Wake>>,
     poke: Arc<Notify>,
+    /// Set with a poke when new events were committed: the NOTIFY says so,
+    /// and brokers elsewhere read the log only then.
+    poke_events: Arc<AtomicBool>,
     /// Pokes for news other processes need only eventually (freed leases).
     soft_poke: Arc<Notify>,
     recheck: Arc<Notify>,
@@ -213,8 +216,9 @@ impl PgStore {
         }
         opened?;
         drop(client);
-        let wake = Arc::new(watch::Sender::new(0));
+        let wake = Arc::new(watch::Sender::new(Wake::default()));
         let poke = Arc::new(Notify::new());
+        let poke_events = Arc::new(AtomicBool::new(false));
         let soft_poke = Arc::new(Notify::new());
         let channel = channel(&options.schema);
         let recheck = Arc::new(Notify::new());
@@ -225,12 +229,14 @@ impl PgStore {
                 pool.clone(),
                 channel.clone(),
                 poke.clone(),
+                Some(poke_events.clone()),
                 notify::PACE,
             ));
             tasks.push(notify::notifier(
                 pool.clone(),
                 channel.clone(),
                 soft_poke.clone(),
+                None,
                 notify::SOFT_PACE,
             ));
         }
@@ -256,6 +262,7 @@ impl PgStore {
             read_only,
             wake,
             poke,
+            poke_events,
             soft_poke,
             recheck,
             tasks,
@@ -334,15 +341,37 @@ impl PgStore {
     /// read-only writes nothing and skips the fold. A failed fold is logged
     /// and the rows returned: a later fold does the same work, and the
     /// statement's own writes (a claim's leases) must reach the caller.
+    ///
+    /// With `limit`, the fold takes at most that many queues, the news of
+    /// the highest priority and the oldest event first, among those no one
+    /// holds (a claim folds about what it may lease). Without it, every
+    /// queue with news that no one holds (listings, next-due). A fold holds
+    /// its queues' rows until it commits, and a claim skips held rows: when
+    /// every claim folded everything, concurrent claims found the queues
+    /// another claim was folding neither folded nor free, and came back
+    /// with less than there was.
     pub(crate) async fn try_rows_folded(
         &self,
+        limit: Option<usize>,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Failure> {
         if self.read_only {
             return self.try_rows(sql, params).await;
         }
-        let fold = format!("SELECT {}.act_fold_news()", self.schema);
+        let fold = match limit {
+            None => format!("SELECT {}.act_fold_news()", self.schema),
+            Some(n) => format!(
+                "SELECT {s}.act_fold(coalesce(array_agg(l.stream), '{{}}')) FROM (
+                    SELECT x.stream FROM {s}.queues x
+                    JOIN (SELECT n.stream, max(n.priority) AS p, min(n.first) AS f
+                          FROM {s}.news n GROUP BY n.stream) n ON n.stream = x.stream
+                    ORDER BY n.p DESC, n.f, x.stream
+                    LIMIT {n}
+                    FOR UPDATE OF x SKIP LOCKED) l",
+                s = self.schema
+            ),
+        };
         let mut attempt = 0;
         loop {
             let client = self.conn().await.map_err(Failure::Mapped)?;
@@ -366,10 +395,11 @@ impl PgStore {
     /// [`PgStore::try_rows_folded`] with the error mapped.
     pub(crate) async fn rows_folded(
         &self,
+        limit: Option<usize>,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> act::Result<Vec<Row>> {
-        self.try_rows_folded(sql, params)
+        self.try_rows_folded(limit, sql, params)
             .await
             .map_err(|f| self.fail(f))
     }
@@ -394,9 +424,18 @@ impl PgStore {
         self.offset.load(Ordering::SeqCst)
     }
 
-    /// Wakes brokers here at once and, through the notifier, elsewhere.
-    pub(crate) fn notify(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    /// New events were committed: wakes brokers here at once and, through
+    /// the notifier, elsewhere.
+    pub(crate) fn notify_events(&self) {
+        self.wake.send_modify(Wake::new_events);
+        self.poke_events.store(true, Ordering::SeqCst);
+        self.poke.notify_one();
+    }
+
+    /// Queues changed (work may be claimable, the log did not change):
+    /// wakes brokers here at once and, through the notifier, elsewhere.
+    pub(crate) fn notify_work(&self) {
+        self.wake.send_modify(Wake::new_work);
         self.poke.notify_one();
     }
 
@@ -406,7 +445,7 @@ impl PgStore {
     /// every other process after every settle made each of them query for
     /// work that was not theirs, and more brokers delivered less.
     pub(crate) fn notify_soon(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        self.wake.send_modify(Wake::new_work);
         self.soft_poke.notify_one();
     }
 

@@ -13,6 +13,7 @@
 //! anything missed.
 //! Both tasks belong to the store and are aborted when it is dropped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +22,24 @@ use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_postgres::AsyncMessage;
 
+use act::Wake;
+
 use crate::Connector;
 
-fn bump(wake: &watch::Sender<u64>) {
-    wake.send_modify(|n| *n = n.wrapping_add(1));
+/// What a NOTIFY's payload says changed: `w` is work only (a settle, a
+/// release, an enqueue); anything else (`e`, or the empty payload of older
+/// versions) may be new events.
+fn woken(payload: &str) -> fn(&mut Wake) {
+    if payload == WORK {
+        Wake::new_work
+    } else {
+        Wake::new_events
+    }
 }
+
+/// The payloads this version sends.
+const EVENTS: &str = "e";
+const WORK: &str = "w";
 
 /// The shortest and longest pause between LISTEN connection attempts.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -48,7 +62,7 @@ pub(crate) fn listener(
     config: tokio_postgres::Config,
     tls: Connector,
     channel: String,
-    wake: Arc<watch::Sender<u64>>,
+    wake: Arc<watch::Sender<Wake>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Before the first attempt: a failure then waits FIRST_PAUSE.
@@ -70,7 +84,7 @@ async fn listen_once(
     config: &tokio_postgres::Config,
     tls: &Connector,
     channel: &str,
-    wake: &Arc<watch::Sender<u64>>,
+    wake: &Arc<watch::Sender<Wake>>,
     listened: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tls.clone()).await?;
@@ -82,7 +96,7 @@ async fn listen_once(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(m) = messages.next().await {
             match m {
-                Ok(AsyncMessage::Notification(_)) => bump(&w),
+                Ok(AsyncMessage::Notification(n)) => w.send_modify(woken(n.payload())),
                 Ok(_) => {}
                 Err(e) => return Err(e),
             }
@@ -94,7 +108,7 @@ async fn listen_once(
         .await?;
     *listened = true;
     // Anything committed while we were not listening.
-    bump(wake);
+    wake.send_modify(Wake::new_events);
     let ended = driver.join_next().await;
     drop(client);
     match ended {
@@ -111,12 +125,15 @@ pub(crate) const PACE: Duration = Duration::from_millis(2);
 /// The pace of NOTIFYs for freed leases (see `PgStore::notify_soon`).
 pub(crate) const SOFT_PACE: Duration = Duration::from_millis(50);
 
-/// Sends `pg_notify(channel)` after each poke, coalescing pokes that arrive
-/// while one is in flight or within `pace` of the last, until aborted.
+/// Sends `pg_notify(channel, payload)` after each poke, coalescing pokes
+/// that arrive while one is in flight or within `pace` of the last, until
+/// aborted. The payload says "events" when `events` was set since the last
+/// one (it is cleared then), "work" otherwise.
 pub(crate) fn notifier(
     pool: deadpool_postgres::Pool,
     channel: String,
     poke: Arc<Notify>,
+    events: Option<Arc<AtomicBool>>,
     pace: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -127,15 +144,23 @@ pub(crate) fn notifier(
                 tokio::time::sleep_until(t + pace).await;
             }
             last = Some(tokio::time::Instant::now());
+            let payload = match &events {
+                Some(e) if e.swap(false, Ordering::SeqCst) => EVENTS,
+                _ => WORK,
+            };
             let sent = async {
                 let client = crate::conn::Conn::new(pool.get().await.map_err(|e| e.to_string())?);
                 client
-                    .query("SELECT pg_notify($1, '')", &[&channel])
+                    .query("SELECT pg_notify($1, $2)", &[&channel, &payload])
                     .await
                     .map(drop)
                     .map_err(|e| e.to_string())
             };
             if let Err(e) = sent.await {
+                if let (Some(flag), EVENTS) = (&events, payload) {
+                    // The next NOTIFY still has to say so.
+                    flag.store(true, Ordering::SeqCst);
+                }
                 tracing::debug!(error = %e, "NOTIFY failed; other processes will poll");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -146,12 +171,12 @@ pub(crate) fn notifier(
 /// Wakes brokers a few milliseconds after each poke: a read found committed
 /// events still hidden behind running transactions and will find them on the
 /// next try. Pokes that arrive meanwhile are coalesced.
-pub(crate) fn rechecker(poke: Arc<Notify>, wake: Arc<watch::Sender<u64>>) -> JoinHandle<()> {
+pub(crate) fn rechecker(poke: Arc<Notify>, wake: Arc<watch::Sender<Wake>>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             poke.notified().await;
             tokio::time::sleep(Duration::from_millis(3)).await;
-            bump(&wake);
+            wake.send_modify(Wake::new_events);
         }
     })
 }
@@ -175,5 +200,20 @@ mod tests {
             "a connection that worked resets it"
         );
         assert_eq!(next_pause(FIRST_PAUSE, false), FIRST_PAUSE * 2);
+    }
+
+    #[test]
+    fn only_the_work_payload_says_the_log_did_not_change() {
+        let seen = Wake::default();
+        let mut w = Wake::default();
+        woken(WORK)(&mut w);
+        assert!(!w.has_events_since(&seen));
+        assert_ne!(w.work, seen.work);
+        // Older versions send an empty payload: it may be new events.
+        for p in [EVENTS, "", "anything"] {
+            let mut w = Wake::default();
+            woken(p)(&mut w);
+            assert!(w.has_events_since(&seen), "{p:?}");
+        }
     }
 }

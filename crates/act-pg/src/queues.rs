@@ -178,8 +178,11 @@ impl QueueStore for PgStore {
         let lease = micros(claim.lease);
         let (prefix, suffix) = lapse_parts();
         let offset = self.offset_us();
+        // The claim folds the news of about twice what it may lease.
+        let fold = claim.queues.saturating_mul(2).clamp(8, 10_000);
         let rows = self
             .rows_folded(
+                Some(fold),
                 &sql,
                 &[
                     &claim.owner,
@@ -327,7 +330,7 @@ impl QueueStore for PgStore {
             .map(|(l, r)| rejection(&l.stream, l.token, r.get(0), r.get(1), 0))
             .collect();
         if out.iter().any(Result::is_ok) {
-            self.notify();
+            self.notify_work();
         }
         Ok(out)
     }
@@ -352,7 +355,7 @@ impl QueueStore for PgStore {
             }
         }
         if !out.is_empty() {
-            self.notify();
+            self.notify_work();
         }
         Ok(out)
     }
@@ -381,7 +384,7 @@ impl QueueStore for PgStore {
             }
             Err(f) => return Err(self.fail(f)),
         };
-        self.notify();
+        self.notify_events();
         rows.first()
             .map(state)
             .ok_or_else(|| Error::UnknownQueue(stream.to_string()))
@@ -392,7 +395,7 @@ impl QueueStore for PgStore {
             .limit
             .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
         let (sql, params) = listing(&self.schema, f, &limit);
-        let rows = self.rows_folded(&sql, &params).await?;
+        let rows = self.rows_folded(None, &sql, &params).await?;
         Ok(rows.iter().map(state).collect())
     }
 
@@ -424,7 +427,7 @@ impl QueueStore for PgStore {
             self.schema
         );
         let rows = self
-            .rows_folded(&sql, &[&self.offset_us(), &reactions])
+            .rows_folded(None, &sql, &[&self.offset_us(), &reactions])
             .await?;
         let us: Option<i64> = rows.first().and_then(|r| r.get(0));
         Ok(us.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))

@@ -113,7 +113,7 @@ impl PgStore {
             })
             .collect();
         // Queues that waited for a retired reaction may be claimable now.
-        self.notify();
+        self.notify_events();
         Ok(out)
     }
 
@@ -179,7 +179,7 @@ impl PgStore {
         let (positions, added): (Option<Vec<Option<i64>>>, i64) =
             rows.first().map_or((None, 0), |r| (r.get(0), r.get(1)));
         if added > 0 || step.replay.is_some() {
-            self.notify();
+            self.notify_work();
         }
         let positions = positions.unwrap_or_default();
         if positions.len() != step.reactions.len() {

@@ -89,7 +89,7 @@ use std::time::Duration;
 use act::{
     Append, Batch, Claim, Correlation, Error, Event, EventStore, LeaseRef, OpenMode, Query,
     QueueFilter, QueueState, QueueStore, Rejection, Replay, Retired, Settlement, Subscription,
-    SubscriptionState,
+    SubscriptionState, Wake,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -109,7 +109,7 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     mode: OpenMode,
-    wake: Arc<watch::Sender<u64>>,
+    wake: Arc<watch::Sender<Wake>>,
     _listener: Option<wake::Listener>,
 }
 
@@ -184,7 +184,7 @@ impl RedisStore {
         let conn = Conn::open(client.clone(), server, &options, name.clone()).await?;
         schema::check_eviction(&conn, options.assume_noeviction).await?;
         schema::open(&conn, &options.prefix, mode).await?;
-        let wake = Arc::new(watch::Sender::new(0));
+        let wake = Arc::new(watch::Sender::new(Wake::default()));
         let listener = if mode == OpenMode::ReadOnly {
             None
         } else {
@@ -226,8 +226,8 @@ impl RedisStore {
         self.conn.delete_prefix().await
     }
 
-    fn notify(&self) {
-        wake::bump(&self.wake);
+    fn notify(&self, change: fn(&mut Wake)) {
+        self.wake.send_modify(change);
     }
 
     /// Refuses a write through a handle opened read-only.
@@ -250,7 +250,7 @@ impl EventStore for RedisStore {
         self.writable("append")?;
         let (events, written) = events::append(&self.conn, append).await?;
         if written {
-            self.notify();
+            self.notify(Wake::new_events);
         }
         Ok(events)
     }
@@ -265,7 +265,7 @@ impl EventStore for RedisStore {
         self.conn.counter("seq").await
     }
 
-    fn wake(&self) -> watch::Receiver<u64> {
+    fn wake(&self) -> watch::Receiver<Wake> {
         self.wake.subscribe()
     }
 }
@@ -295,7 +295,7 @@ impl QueueStore for RedisStore {
     async fn retire(&self, names: &[String]) -> act::Result<Vec<Retired>> {
         self.writable("retire reactions")?;
         let out = subscriptions::retire(&self.conn, names).await?;
-        self.notify();
+        self.notify(Wake::new_events);
         Ok(out)
     }
 
@@ -304,7 +304,7 @@ impl QueueStore for RedisStore {
         self.writable("enqueue")?;
         let (after, added) = correlation::enqueue(&self.conn, step).await?;
         if added || step.replay.is_some() {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(after)
     }
@@ -326,7 +326,7 @@ impl QueueStore for RedisStore {
         self.writable("settle")?;
         let (results, applied) = queues::settle(&self.conn, settlements).await?;
         if applied {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(results)
     }
@@ -346,7 +346,7 @@ impl QueueStore for RedisStore {
         self.writable("release leases")?;
         let out = queues::release(&self.conn, leases).await?;
         if out.iter().any(Result::is_ok) {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(out)
     }
@@ -356,7 +356,7 @@ impl QueueStore for RedisStore {
         self.writable("unblock queues")?;
         let out = queues::unblock(&self.conn, streams).await?;
         if !out.is_empty() {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(out)
     }
@@ -365,7 +365,7 @@ impl QueueStore for RedisStore {
     async fn reset(&self, stream: &str, position: i64) -> act::Result<QueueState> {
         self.writable("reset a queue")?;
         let out = correlation::reset(&self.conn, stream, position).await?;
-        self.notify();
+        self.notify(Wake::new_events);
         Ok(out)
     }
 

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use act::Wake;
 use futures_util::StreamExt;
 use redis::aio::PubSub;
 use redis::{Client, RedisResult};
@@ -64,9 +65,16 @@ impl Drop for Listener {
     }
 }
 
-/// Signals a change to every receiver.
-pub(crate) fn bump(wake: &watch::Sender<u64>) {
-    wake.send_modify(|n| *n = n.wrapping_add(1));
+/// What a published message says changed: the append script publishes the
+/// id of its last event, every other script its own name (`settle`,
+/// `enqueue`…), which is work only. A payload this version cannot read
+/// counts as new events.
+fn woken(payload: &[u8]) -> fn(&mut Wake) {
+    const WORK: [&str; 4] = ["settle", "release", "unblock", "enqueue"];
+    match std::str::from_utf8(payload).ok() {
+        Some(p) if WORK.contains(&p) => Wake::new_work,
+        _ => Wake::new_events,
+    }
 }
 
 /// Subscribes now (so wake-ups flow as soon as the store is open) and
@@ -74,7 +82,7 @@ pub(crate) fn bump(wake: &watch::Sender<u64>) {
 pub(crate) async fn listen(
     client: Client,
     channel: String,
-    wake: Arc<watch::Sender<u64>>,
+    wake: Arc<watch::Sender<Wake>>,
     store: Arc<str>,
     timeout: Duration,
 ) -> act::Result<Listener> {
@@ -106,7 +114,7 @@ async fn subscribe(client: &Client, channel: &str, timeout: Duration) -> RedisRe
 async fn run(
     client: Client,
     channel: String,
-    wake: Arc<watch::Sender<u64>>,
+    wake: Arc<watch::Sender<Wake>>,
     store: Arc<str>,
     first: PubSub,
     timeout: Duration,
@@ -119,7 +127,7 @@ async fn run(
             loop {
                 tokio::select! {
                     msg = messages.next() => match msg {
-                        Some(_) => bump(&wake),
+                        Some(msg) => wake.send_modify(woken(msg.get_payload_bytes())),
                         None => break,
                     },
                     _ = tokio::time::sleep(KEEPALIVE) => {
@@ -139,7 +147,7 @@ async fn run(
                 backoff.succeeded();
                 current = Some(pubsub);
                 // Whatever was published while we were away is lost.
-                bump(&wake);
+                wake.send_modify(Wake::new_events);
             }
             Err(e) => {
                 tracing::debug!(store = %store, error = %e, "cannot subscribe to wake-ups yet");
@@ -165,5 +173,24 @@ mod tests {
         assert_eq!(b.pause(), LONGEST_PAUSE);
         b.succeeded();
         assert_eq!(b.pause(), FIRST_PAUSE);
+    }
+
+    fn after(payload: &[u8]) -> Wake {
+        let mut w = Wake::default();
+        woken(payload)(&mut w);
+        w
+    }
+
+    #[test]
+    fn only_an_append_or_an_unknown_message_says_the_log_changed() {
+        let seen = Wake::default();
+        for work in ["settle", "release", "unblock", "enqueue"] {
+            let w = after(work.as_bytes());
+            assert!(!w.has_events_since(&seen), "{work} is work only");
+            assert_ne!(w.work, seen.work, "{work} still wakes claims");
+        }
+        for events in [&b"12345"[..], b"reset", b"retire", b"", b"\xff"] {
+            assert!(after(events).has_events_since(&seen), "{events:?}");
+        }
     }
 }

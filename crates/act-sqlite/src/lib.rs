@@ -68,7 +68,7 @@ use act::clock::{Clock, SystemClock};
 use act::{
     Append, Batch, Claim, Correlation, Error, Event, EventStore, LeaseRef, OpenMode, Query,
     QueueFilter, QueueState, QueueStore, Rejection, Replay, Retired, Settlement, Subscription,
-    SubscriptionState,
+    SubscriptionState, Wake,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -127,7 +127,7 @@ pub struct SqliteStore {
     queue_sync: Sync,
     readers: Lane,
     clock: Arc<dyn Clock>,
-    wake: Arc<watch::Sender<u64>>,
+    wake: Arc<watch::Sender<Wake>>,
     // Dropping it stops the watcher thread.
     watcher: Option<open::Watcher>,
 }
@@ -216,7 +216,7 @@ impl SqliteStore {
         };
         let readers = Lane::start("reader", name.clone(), opened.readers)
             .map_err(|e| thread_error(&name, e))?;
-        let wake = Arc::new(watch::Sender::new(0));
+        let wake = Arc::new(watch::Sender::new(Wake::default()));
         let watcher = match (opened.watcher, options.watch_every) {
             (Some(conn), Some(every)) => Some(
                 open::Watcher::start(conn, every, wake.clone())
@@ -275,8 +275,8 @@ impl SqliteStore {
         self.clock.now().timestamp_micros()
     }
 
-    fn notify(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    fn notify(&self, change: fn(&mut Wake)) {
+        self.wake.send_modify(change);
     }
 
     /// The writer lane, or the error of a store opened read-only.
@@ -312,7 +312,7 @@ impl EventStore for SqliteStore {
             .write(Sync::Full, move |tx| events::append(tx, &encoded, now))
             .await?;
         if !out.is_empty() {
-            self.notify();
+            self.notify(Wake::new_events);
         }
         Ok(out)
     }
@@ -326,7 +326,7 @@ impl EventStore for SqliteStore {
         self.readers.read(events::head).await
     }
 
-    fn wake(&self) -> watch::Receiver<u64> {
+    fn wake(&self) -> watch::Receiver<Wake> {
         self.wake.subscribe()
     }
 }
@@ -362,7 +362,7 @@ impl QueueStore for SqliteStore {
         let out = writer
             .write(Sync::Full, move |tx| subscriptions::retire(tx, &n, now))
             .await?;
-        self.notify();
+        self.notify(Wake::new_events);
         Ok(out)
     }
 
@@ -382,7 +382,7 @@ impl QueueStore for SqliteStore {
             .write(self.queue_sync, move |tx| subscriptions::enqueue(tx, &s))
             .await?;
         if added || step.replay.is_some() {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(after)
     }
@@ -409,7 +409,7 @@ impl QueueStore for SqliteStore {
             .await?;
         // Any applied settlement frees a lease: wake brokers waiting for it.
         if results.iter().any(Result::is_ok) {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(results)
     }
@@ -434,7 +434,7 @@ impl QueueStore for SqliteStore {
             .write(self.queue_sync, move |tx| queues::release(tx, &l))
             .await?;
         if out.iter().any(Result::is_ok) {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(out)
     }
@@ -446,7 +446,7 @@ impl QueueStore for SqliteStore {
             .write(Sync::Full, move |tx| queues::unblock(tx, &s))
             .await?;
         if !out.is_empty() {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(out)
     }
@@ -457,7 +457,7 @@ impl QueueStore for SqliteStore {
         let out = writer
             .write(Sync::Full, move |tx| queues::reset(tx, &s, position))
             .await?;
-        self.notify();
+        self.notify(Wake::new_events);
         Ok(out)
     }
 

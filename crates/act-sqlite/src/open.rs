@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use act::{Error, OpenMode};
+use act::{Error, OpenMode, Wake};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::watch;
 
@@ -218,7 +218,7 @@ impl Watcher {
     pub(crate) fn start(
         conn: Connection,
         every: Duration,
-        wake: Arc<watch::Sender<u64>>,
+        wake: Arc<watch::Sender<Wake>>,
     ) -> std::io::Result<Watcher> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -236,7 +236,7 @@ impl Watcher {
                     let now = version(&conn);
                     if now.is_some() && now != last {
                         last = now;
-                        wake.send_modify(|n| *n = n.wrapping_add(1));
+                        wake.send_modify(Wake::new_events);
                     }
                 }
             })?;

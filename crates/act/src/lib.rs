@@ -120,7 +120,7 @@ pub use reaction::{
     ReactionOptions, Resolver, DEFAULT_TIMEOUT,
 };
 pub use state::{Action, Invariant, Snapshot, State};
-pub use store::{EventStore, OpenMode, QueueStore, Store};
+pub use store::{EventStore, OpenMode, QueueStore, Store, Wake};
 pub use subscription::{Correlation, Replay, Retired, Start, Subscription, SubscriptionState};
 pub use trace::{TraceContext, TracePropagator};
 pub use typed::TypedReactionBuilder;

@@ -13,6 +13,38 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+/// What an [`EventStore::wake`] signal says changed: two counters that
+/// only grow (wrapping). A receiver compares them with the last value it
+/// saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wake {
+    /// Moves after commits of new events, and whenever the backend cannot
+    /// tell what changed (another process's commit on SQLite, a lost
+    /// wake-up connection): the log may hold events to correlate.
+    pub events: u64,
+    /// Moves after every change: queues may hold claimable work.
+    pub work: u64,
+}
+
+impl Wake {
+    /// New events were committed (queues may follow).
+    pub fn new_events(&mut self) {
+        self.events = self.events.wrapping_add(1);
+        self.work = self.work.wrapping_add(1);
+    }
+
+    /// Queues changed (enqueued, settled, released, unblocked): work may
+    /// be claimable; the log did not change.
+    pub fn new_work(&mut self) {
+        self.work = self.work.wrapping_add(1);
+    }
+
+    /// True when `self` has events that `seen` had not.
+    pub fn has_events_since(&self, seen: &Wake) -> bool {
+        self.events != seen.events
+    }
+}
+
 use crate::error::Result;
 use crate::event::{Append, Event};
 use crate::query::Query;
@@ -43,8 +75,10 @@ pub trait EventStore: Send + Sync {
     /// A signal that changes after commits and after queue changes that may
     /// make work claimable (enqueue, release with pending work, unblock,
     /// reset). Backends that can push across processes do so here; brokers
-    /// also poll, so a missed signal delays but never loses work.
-    fn wake(&self) -> watch::Receiver<u64>;
+    /// also poll, so a missed signal delays but never loses work. Its value
+    /// says what changed ([`Wake`]): a broker reads the log again only
+    /// after new events, and only claims after a settle.
+    fn wake(&self) -> watch::Receiver<Wake>;
 
     /// The backend's own type, for what only it offers (the transactional
     /// projections of SQLite and PostgreSQL: downcast to `SqliteStore` or

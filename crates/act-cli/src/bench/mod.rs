@@ -282,24 +282,35 @@ fn print_table(rows: &[Row]) -> Result<(), Error> {
     ))
 }
 
-/// `act bench-worker` (hidden): one broker of the drain app until everything
+/// `act bench-worker` (hidden): one broker of the scale app until everything
 /// is delivered; prints `{"reactions": N, …}`. `act bench --workload scale`
 /// starts several.
 pub async fn worker(cli: &Globals, args: &BenchWorkerArgs) -> Result<(), Error> {
     let store = act_cli::stores::open(&cli.store).await?;
     let counting = Arc::new(counting::Counting::new(store));
     let counter = Arc::new(AtomicU64::new(0));
-    let app = workloads::drain_app(counting.clone(), &counter)?;
+    let app = scale::scale_app(counting.clone(), &counter)?;
     let options = act::BrokerOptions::default()
         .concurrency(args.concurrency)
         .batch(args.batch)
         .poll(std::time::Duration::from_millis(args.poll_ms.max(1)));
+    // Opened and ready: the bench starts its clock when every worker is,
+    // so process start, connections and schema checks are not counted.
+    json_line(&json!({ "ready": true }))?;
+    tokio::task::spawn_blocking(|| {
+        let mut go = String::new();
+        std::io::stdin().read_line(&mut go).map(drop)
+    })
+    .await
+    .map_err(|e| Error::Check(vec![format!("waiting for the bench's go: {e}")]))?
+    .map_err(Error::Output)?;
     let stats = app.broker(options).settle().await?;
     let (calls, claims) = counting.counts();
     json_line(&json!({
         "reactions": stats.reactions,
         "store_calls": calls,
         "claims": claims,
+        "calls": counting.by_method(),
         "cpu_s": scale::own_cpu(),
         "stats": stats,
     }))

@@ -1,6 +1,13 @@
-//! The `scale` workload: `drain` with 1, 2, 4 and 8 brokers at once, as
-//! separate `act bench-worker` processes on durable stores (tasks in one
-//! process on memory). With `--delay-ms`, the workers reach the server
+//! The `scale` workload: a backlog spread over many queues, drained by 1,
+//! 2, 4 and 8 brokers at once, as separate `act bench-worker` processes on
+//! durable stores (tasks in one process on memory).
+//!
+//! The backlog is what more workers can share: 20,000 `Ping` events on
+//! 1,000 streams, each delivered to its stream's queue (`q-s*`) and to one
+//! of 10 group queues (`g-*`): 40,000 reactions in 1,010 queues. (`drain`'s
+//! app sends every event to one queue, `all`: by the order promise that
+//! queue is one chain of claims and settles, however many brokers there
+//! are, so its time bounds any run that includes it.) With `--delay-ms`, the workers reach the server
 //! through a delaying TCP proxy ([`super::proxy`]), so every round trip
 //! costs what it costs between machines.
 //!
@@ -20,7 +27,7 @@ use serde_json::{json, Value};
 
 use super::namespace::Namespace;
 use super::proxy::Proxy;
-use super::workloads::{broker_options, drain_app, fill};
+use super::workloads::{broker_options, counting, fill};
 use super::{rss, Row, Settings};
 use act_cli::Error;
 
@@ -31,12 +38,13 @@ pub(crate) const BROKERS: [usize; 4] = [1, 2, 4, 8];
 pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
     let ns = Namespace::fresh(&s.store, &format!("scale{workers}")).await?;
     let n = s.scaled(20_000);
+    let per_stream = n.div_ceil(STREAMS).max(1);
     fill(
         &*ns.store,
         n,
-        100,
+        per_stream,
         "Ping",
-        |i| format!("s{}", i % 100),
+        |i| format!("s{}", i / per_stream),
         |i| json!({ "i": i }),
     )
     .await?;
@@ -52,25 +60,22 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
             Some(p) => through(&ns.url, p.addr())?,
             None => ns.url.clone(),
         };
+        let mut children = Vec::new();
+        for _ in 0..workers {
+            children.push(Worker::start(s, &url).await?);
+        }
+        // Every worker has opened the store: the clock starts now.
         let sampler = Sampler::start(&ns).await;
         let server_before = server_cpu();
         started = Instant::now();
-        let mut children = Vec::new();
-        for _ in 0..workers {
-            children.push(worker(s, &url)?);
+        for c in &mut children {
+            c.go().await?;
         }
         let mut total = 0;
         let (mut calls, mut cpu) = (0u64, 0.0f64);
         let mut each = Vec::new();
         for c in children {
-            let out = c.wait_with_output().await.map_err(Error::Output)?;
-            if !out.status.success() {
-                return Err(Error::Check(vec![format!(
-                    "a bench worker failed: {:?}",
-                    out.status
-                )]));
-            }
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let v = c.result().await?;
             total += v["reactions"].as_u64().unwrap_or(0);
             calls += v["store_calls"].as_u64().unwrap_or(0);
             cpu += v["cpu_s"].as_f64().unwrap_or(0.0);
@@ -105,7 +110,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
         total
     } else {
         let counter = Arc::new(AtomicU64::new(0));
-        let app = drain_app(ns.store.clone(), &counter)?;
+        let app = scale_app(ns.store.clone(), &counter)?;
         started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..workers {
@@ -118,7 +123,15 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
         counter.load(Ordering::Relaxed)
     };
     let secs = started.elapsed().as_secs_f64();
-    let mut row = Row::new("scale", ns.backend(), reactions, 101, workers as u64, secs);
+    let queues = (n.div_ceil(per_stream) + GROUPS) as u64;
+    let mut row = Row::new(
+        "scale",
+        ns.backend(),
+        reactions,
+        queues,
+        workers as u64,
+        secs,
+    );
     row.extra = extra;
     row.extra.insert("source_events".into(), json!(n));
     row.extra.insert("processes".into(), json!(ns.shared()));
@@ -126,18 +139,97 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
     Ok(row)
 }
 
-fn worker(s: &Settings, url: &str) -> Result<tokio::process::Child, Error> {
-    let exe = std::env::current_exe().map_err(Error::Output)?;
-    tokio::process::Command::new(&exe)
-        .args(["bench-worker", "--store", url])
-        .args(["--concurrency", &s.concurrency.to_string()])
-        .args(["--batch", &s.batch.to_string()])
-        .args(["--poll-ms", &s.poll_ms.to_string()])
-        .env("ACT_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(Error::Output)
+/// Streams the backlog is spread over, and group queues.
+const STREAMS: usize = 1_000;
+const GROUPS: usize = 10;
+
+/// The scale app: every `Ping` goes to its stream's queue and to one of
+/// [`GROUPS`] group queues (by stream).
+pub(crate) fn scale_app(
+    store: Arc<dyn act::Store>,
+    counter: &Arc<AtomicU64>,
+) -> act::Result<act::Act> {
+    act::Act::builder(store)
+        .reaction(counting(
+            act::Reaction::on("Ping")
+                .named("per-stream")
+                .to(|e| Some(format!("q-{}", e.stream))),
+            counter,
+        ))
+        .reaction(counting(
+            act::Reaction::on("Ping").named("by-group").to(|e| {
+                let k: usize = e.stream.trim_start_matches('s').parse().unwrap_or(0);
+                Some(format!("g-{}", k % GROUPS))
+            }),
+            counter,
+        ))
+        .build()
+}
+
+/// An `act bench-worker` process: it opens the store, says it is ready,
+/// waits for the go, drains, and prints its figures.
+struct Worker {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Worker {
+    /// Starts one and waits until it is ready.
+    async fn start(s: &Settings, url: &str) -> Result<Self, Error> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().map_err(Error::Output)?;
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["bench-worker", "--store", url])
+            .args(["--concurrency", &s.concurrency.to_string()])
+            .args(["--batch", &s.batch.to_string()])
+            .args(["--poll-ms", &s.poll_ms.to_string()])
+            .env("ACT_LOG", "error")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(Error::Output)?;
+        let missing = || Error::Check(vec!["a bench worker has no pipes".into()]);
+        let stdin = child.stdin.take().ok_or_else(missing)?;
+        let stdout = child.stdout.take().ok_or_else(missing)?;
+        let mut w = Worker {
+            child,
+            stdin: Some(stdin),
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        };
+        match w.lines.next_line().await.map_err(Error::Output)? {
+            Some(l) if l.contains("\"ready\"") => Ok(w),
+            other => {
+                let status = w.child.wait().await.map_err(Error::Output)?;
+                Err(Error::Check(vec![format!(
+                    "a bench worker did not get ready ({status}): {other:?}"
+                )]))
+            }
+        }
+    }
+
+    async fn go(&mut self) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt;
+        if let Some(mut stdin) = self.stdin.take() {
+            stdin.write_all(b"go\n").await.map_err(Error::Output)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the end and reads the figures it printed.
+    async fn result(mut self) -> Result<Value, Error> {
+        let last = self.lines.next_line().await.map_err(Error::Output)?;
+        let status = self.child.wait().await.map_err(Error::Output)?;
+        if !status.success() {
+            return Err(Error::Check(vec![format!(
+                "a bench worker failed: {status}"
+            )]));
+        }
+        Ok(last
+            .and_then(|l| serde_json::from_str(&l).ok())
+            .unwrap_or_default())
+    }
 }
 
 /// The host and port a PostgreSQL or Redis URL names.

@@ -78,7 +78,7 @@ pub(super) async fn fill(
 }
 
 /// A count-only reaction.
-fn counting(reaction: act::ReactionBuilder, counter: &Arc<AtomicU64>) -> Reaction {
+pub(super) fn counting(reaction: act::ReactionBuilder, counter: &Arc<AtomicU64>) -> Reaction {
     let c = counter.clone();
     reaction.handle(move |_e, _ctx| {
         c.fetch_add(1, Ordering::Relaxed);
@@ -192,6 +192,7 @@ pub(crate) async fn drain(s: &Settings) -> Result<Row, Error> {
     row.extra.insert("source_events".into(), json!(n));
     row.extra.insert("store_calls".into(), json!(calls));
     row.extra.insert("claims".into(), json!(claims));
+    row.extra.insert("calls".into(), json!(counted.by_method()));
     row.extra.insert(
         "reactions_per_store_call".into(),
         json!(rate(reactions, calls as f64)),

@@ -27,6 +27,7 @@ use crate::query::{Query, StreamFilter};
 use crate::queue::{
     Batch, Claim, LeaseRef, Pending, QueueFilter, QueueState, Rejection, Settlement,
 };
+use crate::store::Wake;
 use crate::store::{EventStore, QueueStore};
 use crate::subscription::{Correlation, Replay, Retired, Subscription, SubscriptionState};
 
@@ -45,7 +46,7 @@ use queues::{DueKey, Queue, Taken};
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     clock: Arc<dyn Clock>,
-    wake: watch::Sender<u64>,
+    wake: watch::Sender<Wake>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -87,7 +88,7 @@ impl MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
             clock,
-            wake: watch::Sender::new(0),
+            wake: watch::Sender::new(Wake::default()),
         }
     }
 
@@ -102,9 +103,9 @@ impl MemoryStore {
     /// after the change was made under the store's lock, and receivers
     /// subscribe before they read the store: one subscribing too late to be
     /// counted here reads the change itself, so none misses it.
-    fn notify(&self) {
+    fn notify(&self, change: fn(&mut Wake)) {
         if self.wake.receiver_count() > 0 {
-            self.wake.send_modify(|n| *n = n.wrapping_add(1));
+            self.wake.send_modify(change);
         }
     }
 
@@ -201,7 +202,7 @@ impl EventStore for MemoryStore {
             }
             out
         };
-        self.notify();
+        self.notify(Wake::new_events);
         Ok(committed)
     }
 
@@ -271,7 +272,7 @@ impl EventStore for MemoryStore {
         Ok(self.lock().events.len() as i64)
     }
 
-    fn wake(&self) -> watch::Receiver<u64> {
+    fn wake(&self) -> watch::Receiver<Wake> {
         self.wake.subscribe()
     }
 }
@@ -364,7 +365,7 @@ impl QueueStore for MemoryStore {
             });
         }
         drop(inner);
-        self.notify();
+        self.notify(Wake::new_events);
         Ok(out)
     }
 
@@ -446,7 +447,7 @@ impl QueueStore for MemoryStore {
             after
         };
         if added || step.replay.is_some() {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(after)
     }
@@ -527,7 +528,7 @@ impl QueueStore for MemoryStore {
             }
         }
         if wake {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(results)
     }
@@ -569,7 +570,7 @@ impl QueueStore for MemoryStore {
                 .collect::<Vec<_>>()
         };
         if results.iter().any(|r| r.is_ok()) {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(results)
     }
@@ -590,7 +591,7 @@ impl QueueStore for MemoryStore {
             done
         };
         if !done.is_empty() {
-            self.notify();
+            self.notify(Wake::new_work);
         }
         Ok(done)
     }
@@ -639,7 +640,7 @@ impl QueueStore for MemoryStore {
             inner.update_queue(&key, |q| q.reset(position, horizon));
             inner.queues[&key].state()
         };
-        self.notify();
+        self.notify(Wake::new_events);
         Ok(state)
     }
 
