@@ -253,43 +253,15 @@ pub(super) async fn step(act: &Act, job: Job, page: usize) -> Result<Stepped> {
 }
 
 async fn step_in(act: &Act, job: Job, page: usize) -> Result<Stepped> {
-    let read = read(act, job, page).await?;
-    apply(act, read).await
-}
-
-/// A page read for a step, not yet enqueued.
-#[derive(Debug)]
-pub(super) struct Read {
-    pub job: Job,
-    events: Vec<std::sync::Arc<Event>>,
-    /// True when the page was full: more may follow at once.
-    pub full: bool,
-    from: i64,
-    /// Where the step ends (`None`: the page was empty, no call to make).
-    to: Option<i64>,
-}
-
-impl Read {
-    /// The live step that follows this one once it is applied, when this
-    /// one is a full live page: what [`Progress::live`] gives after a won
-    /// step.
-    pub(super) fn next_live(&self) -> Option<Job> {
-        match (&self.job, self.to) {
-            (Job::Live { reactions, .. }, Some(to)) if self.full => Some(Job::Live {
-                from: to,
-                reactions: reactions.clone(),
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// Reads the page of a step: the events it covers and where it ends.
-pub(super) async fn read(act: &Act, job: Job, page: usize) -> Result<Read> {
     let store = act.store();
     let page = page.max(1);
-    let (query, bound) = match &job {
-        Job::Live { from, .. } => (Query::new().after(*from).limit(page), None),
+    let (query, bound, reactions, replay) = match &job {
+        Job::Live { from, reactions } => (
+            Query::new().after(*from).limit(page),
+            None,
+            reactions.clone(),
+            None,
+        ),
         Job::Backfill {
             from,
             bound,
@@ -301,6 +273,8 @@ pub(super) async fn read(act: &Act, job: Job, page: usize) -> Result<Read> {
                 .names(event_names(act, reactions))
                 .limit(page),
             Some(*bound),
+            reactions.clone(),
+            None,
         ),
         Job::Replay(r) => (
             Query::new()
@@ -309,6 +283,8 @@ pub(super) async fn read(act: &Act, job: Job, page: usize) -> Result<Read> {
                 .names(event_names(act, std::slice::from_ref(&r.reaction)))
                 .limit(page),
             Some(r.until),
+            vec![r.reaction.clone()],
+            Some(r.stream.clone()),
         ),
     };
     let from = match &job {
@@ -318,44 +294,21 @@ pub(super) async fn read(act: &Act, job: Job, page: usize) -> Result<Read> {
     let events = store.query(&query).await?;
     let full = events.len() >= page;
     let to = match (events.last(), bound) {
-        (Some(last), None) => Some(last.id),
-        (Some(last), Some(_)) if full => Some(last.id),
+        (Some(last), None) => last.id,
+        (Some(last), Some(_)) if full => last.id,
         // The page holds everything up to the bound (events up to it were
         // visible to whoever moved the live checkpoint there).
-        (_, Some(bound)) => Some(bound),
-        (None, None) => None,
-    };
-    Ok(Read {
-        job,
-        events,
-        full,
-        from,
-        to,
-    })
-}
-
-/// Runs the resolvers over a page read and enqueues what they find.
-pub(super) async fn apply(act: &Act, read: Read) -> Result<Stepped> {
-    let Read {
-        job,
-        events,
-        full,
-        from,
-        to,
-    } = read;
-    let Some(to) = to else {
-        return Ok(Stepped {
-            job,
-            read: 0,
-            items: 0,
-            full: false,
-            to: from,
-            after: None,
-        });
-    };
-    let (reactions, replay) = match &job {
-        Job::Live { reactions, .. } | Job::Backfill { reactions, .. } => (reactions.clone(), None),
-        Job::Replay(r) => (vec![r.reaction.clone()], Some(r.stream.clone())),
+        (_, Some(bound)) => bound,
+        (None, None) => {
+            return Ok(Stepped {
+                job,
+                read: 0,
+                items: 0,
+                full: false,
+                to: from,
+                after: None,
+            })
+        }
     };
     // Backfill and replay work yields to live work: one priority level
     // below the reaction's own, so queues holding only history are claimed
@@ -367,8 +320,7 @@ pub(super) async fn apply(act: &Act, read: Read) -> Result<Stepped> {
         work.retain(|w| &w.stream == q);
     }
     let items = work.len();
-    let after = act
-        .store()
+    let after = store
         .enqueue(&Correlation {
             reactions,
             replay,

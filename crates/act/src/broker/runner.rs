@@ -448,45 +448,12 @@ impl Runner {
 
     /// Live correlation until caught up; true when it is (false while
     /// another broker is doing it or a page was full).
-    ///
-    /// While a full page is enqueued, the next one is read (two calls in
-    /// flight, on two connections where the store has a pool): the log is
-    /// read ahead, never written ahead, since each enqueue moves the cursor
-    /// from where the last one left it. A read ahead that failed, or that
-    /// no longer matches the next step (the group changed, the race was
-    /// lost), is dropped and the page read again, so its error surfaces.
     async fn correlate_live(&mut self) -> Result<bool> {
-        let page = self.opts.correlate_batch;
-        let mut ahead: Option<correlate::Read> = None;
         loop {
             let Some(job) = self.progress.live(Instant::now()) else {
                 return Ok(self.progress.follow_ends().is_none());
             };
-            let span = tracing::debug_span!(
-                "act.correlate",
-                job = "live",
-                page,
-                read = tracing::field::Empty
-            );
-            let read = match ahead.take() {
-                Some(r) if r.job == job => r,
-                _ => {
-                    correlate::read(&self.act, job, page)
-                        .instrument(span.clone())
-                        .await?
-                }
-            };
-            let (s, next) = match read.next_live() {
-                Some(next) => {
-                    let (s, next) = tokio::join!(
-                        correlate::apply(&self.act, read),
-                        correlate::read(&self.act, next, page)
-                    );
-                    (s?, next.ok())
-                }
-                None => (correlate::apply(&self.act, read).await?, None),
-            };
-            span.record("read", s.read);
+            let s = correlate::step(&self.act, job, self.opts.correlate_batch).await?;
             let lost = self.took(&s, false);
             if lost {
                 return Ok(false);
@@ -494,7 +461,6 @@ impl Runner {
             if !s.full {
                 return Ok(true);
             }
-            ahead = next;
         }
     }
 
