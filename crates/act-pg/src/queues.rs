@@ -157,7 +157,7 @@ impl QueueStore for PgStore {
         self.retire_all(names).await
     }
 
-    async fn enqueue(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+    async fn enqueue(&self, step: &Correlation) -> act::Result<act::Enqueued> {
         self.correlate(step).await
     }
 

@@ -16,7 +16,7 @@ use deadpool_postgres::Object;
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The migrations, in order. Never edit a released one; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "correlation writes marks and news, not the queue rows claims and settles hold",
         V5,
     ),
+    (6, "an enqueue says which cursors it moved", V6),
 ];
 
 /// Version 2: see the file's own comments.
@@ -50,6 +51,9 @@ const V4: &str = include_str!("sql/v4.sql");
 
 /// Version 5: see the file's own comments.
 const V5: &str = include_str!("sql/v5.sql");
+
+/// Version 6: see the file's own comments.
+const V6: &str = include_str!("sql/v6.sql");
 
 /// The table that records applied migrations.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (

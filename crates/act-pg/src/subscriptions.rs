@@ -119,7 +119,7 @@ impl PgStore {
 
     /// See [`act::QueueStore::enqueue`]. One function call, set-based: the
     /// items travel as four parallel arrays.
-    pub(crate) async fn correlate(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+    pub(crate) async fn correlate(&self, step: &Correlation) -> act::Result<act::Enqueued> {
         if step.to < step.from {
             return Err(Error::InvalidInput(format!(
                 "a correlation step cannot move backwards (from {} to {})",
@@ -138,7 +138,7 @@ impl PgStore {
         let items: Vec<&str> = step.work.iter().map(|w| w.reaction.as_str()).collect();
         let priorities: Vec<i32> = step.work.iter().map(|w| w.priority).collect();
         let sql = format!(
-            "SELECT positions, added FROM {}.act_enqueue($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT positions, added, moved FROM {}.act_enqueue($1, $2, $3, $4, $5, $6, $7, $8)",
             self.schema
         );
         let rows = self
@@ -176,24 +176,27 @@ impl PgStore {
             }
             Err(f) => return Err(self.fail(f)),
         };
-        let (positions, added): (Option<Vec<Option<i64>>>, i64) =
-            rows.first().map_or((None, 0), |r| (r.get(0), r.get(1)));
+        let first = rows.first();
+        let positions: Option<Vec<Option<i64>>> = first.and_then(|r| r.get(0));
+        let added: i64 = first.map_or(0, |r| r.get(1));
+        let moved: Option<Vec<bool>> = first.and_then(|r| r.get(2));
         if added > 0 || step.replay.is_some() {
             self.notify_work();
         }
-        let positions = positions.unwrap_or_default();
-        if positions.len() != step.reactions.len() {
+        let (positions, moved) = (positions.unwrap_or_default(), moved.unwrap_or_default());
+        if positions.len() != step.reactions.len() || moved.len() != step.reactions.len() {
             return Err(Error::Store {
                 store: self.name.clone(),
                 source: format!(
-                    "act_enqueue returned {} positions for {} reactions",
+                    "act_enqueue returned {} positions and {} moves for {} reactions",
                     positions.len(),
+                    moved.len(),
                     step.reactions.len()
                 )
                 .into(),
             });
         }
-        Ok(positions)
+        Ok(act::Enqueued { positions, moved })
     }
 
     /// Replays under way, by stream then reaction (byte order). One round trip.

@@ -113,7 +113,7 @@ async fn backfill_correlation_throughput() {
             .await
             .unwrap();
         calls.push(t.elapsed());
-        assert_eq!(after, vec![Some(to)]);
+        assert_eq!(after.positions, vec![Some(to)]);
         from = to;
         if page.len() < 1000 {
             break;

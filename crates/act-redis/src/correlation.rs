@@ -15,12 +15,9 @@ use crate::queues::state;
 use crate::reply::{at, int, items, opt_int, text, Bad};
 use crate::scripts;
 
-/// Applies one step; returns each reaction's position after it and whether
-/// items were added.
-pub(crate) async fn enqueue(
-    conn: &Conn,
-    step: &Correlation,
-) -> act::Result<(Vec<Option<i64>>, bool)> {
+/// Applies one step; returns what it did to each reaction and whether items
+/// were added.
+pub(crate) async fn enqueue(conn: &Conn, step: &Correlation) -> act::Result<(act::Enqueued, bool)> {
     if step.to < step.from {
         return Err(Error::InvalidInput(format!(
             "a correlation step cannot move backwards (from {} to {})",
@@ -65,14 +62,26 @@ pub(crate) async fn enqueue(
         .iter()
         .map(|v| opt_int(v).map_err(bad))
         .collect::<act::Result<Vec<_>>>()?;
-    if after.len() != step.reactions.len() {
+    let moved = items(at(r, 2).map_err(bad)?)
+        .map_err(bad)?
+        .iter()
+        .map(|v| int(v).map(|m| m == 1).map_err(bad))
+        .collect::<act::Result<Vec<_>>>()?;
+    if after.len() != step.reactions.len() || moved.len() != step.reactions.len() {
         return Err(bad(format!(
-            "enqueue answered {} positions for {} reactions",
+            "enqueue answered {} positions and {} moves for {} reactions",
             after.len(),
+            moved.len(),
             step.reactions.len()
         )));
     }
-    Ok((after, flag == 1))
+    Ok((
+        act::Enqueued {
+            positions: after,
+            moved,
+        },
+        flag == 1,
+    ))
 }
 
 /// The replays under way, ordered by queue then reaction.

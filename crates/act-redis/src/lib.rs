@@ -300,7 +300,7 @@ impl QueueStore for RedisStore {
     }
 
     /// One script: O(items · log n) plus O(reactions).
-    async fn enqueue(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+    async fn enqueue(&self, step: &Correlation) -> act::Result<act::Enqueued> {
         self.writable("enqueue")?;
         let (after, added) = correlation::enqueue(&self.conn, step).await?;
         if added || step.replay.is_some() {

@@ -196,7 +196,7 @@ async fn the_store_and_its_wake_ups_come_back_after_a_server_kill_and_restart() 
         })
         .await
         .unwrap();
-    assert_eq!(after, vec![Some(1)]);
+    assert_eq!(after.positions, vec![Some(1)]);
     let got = a
         .claim(&Claim {
             owner: "o".into(),

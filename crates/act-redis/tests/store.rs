@@ -502,7 +502,7 @@ async fn a_backfill_page_costs_the_same_late_as_early() {
             .await
             .unwrap();
         times.push(started.elapsed());
-        assert_eq!(after, vec![Some(from + page as i64)]);
+        assert_eq!(after.positions, vec![Some(from + page as i64)]);
     }
     let lag: u64 = s
         .queues(&QueueFilter::default())

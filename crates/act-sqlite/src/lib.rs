@@ -366,7 +366,7 @@ impl QueueStore for SqliteStore {
         Ok(out)
     }
 
-    async fn enqueue(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+    async fn enqueue(&self, step: &Correlation) -> act::Result<act::Enqueued> {
         if step.to < step.from {
             return Err(Error::InvalidInput(format!(
                 "a correlation step cannot move backwards (from {} to {})",

@@ -247,12 +247,11 @@ fn load<'a>(
 }
 
 /// Applies one correlation step (see [`act::QueueStore::enqueue`]).
-/// Returns each reaction's position after the call and whether an item was
-/// added.
+/// Returns what it did to each reaction and whether an item was added.
 pub(crate) fn enqueue(
     tx: &Transaction,
     step: &Correlation,
-) -> Result<(Vec<Option<i64>>, bool), Failure> {
+) -> Result<(act::Enqueued, bool), Failure> {
     let head = crate::events::head(tx)?;
     if let Some(w) = step.work.iter().find(|w| w.event < 1 || w.event > head) {
         return Err(Failure::Act(Error::InvalidInput(format!(
@@ -389,5 +388,16 @@ pub(crate) fn enqueue(
         }
         Some(_) => {}
     }
-    Ok((after, added))
+    let flags = step
+        .reactions
+        .iter()
+        .map(|r| moved.contains(&r.as_str()))
+        .collect();
+    Ok((
+        act::Enqueued {
+            positions: after,
+            moved: flags,
+        },
+        added,
+    ))
 }

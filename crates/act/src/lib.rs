@@ -121,7 +121,9 @@ pub use reaction::{
 };
 pub use state::{Action, Invariant, Snapshot, State};
 pub use store::{EventStore, OpenMode, QueueStore, Store, Wake};
-pub use subscription::{Correlation, Replay, Retired, Start, Subscription, SubscriptionState};
+pub use subscription::{
+    Correlation, Enqueued, Replay, Retired, Start, Subscription, SubscriptionState,
+};
 pub use trace::{TraceContext, TracePropagator};
 pub use typed::TypedReactionBuilder;
 

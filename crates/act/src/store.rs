@@ -123,8 +123,9 @@ pub trait QueueStore: Send + Sync {
     /// sight, moves work marks and priorities up, never down. A replay that
     /// reaches its `until` ends. Returns, per reaction of the step, its
     /// checkpoint (replay position) after the call, `None` when it is
-    /// retired, unknown, or (replay) has no replay on that queue.
-    async fn enqueue(&self, step: &Correlation) -> Result<Vec<Option<i64>>>;
+    /// retired, unknown, or (replay) has no replay on that queue, and
+    /// whether this call moved it.
+    async fn enqueue(&self, step: &Correlation) -> Result<crate::subscription::Enqueued>;
 
     /// The replays under way (reset queues being re-correlated), ordered by
     /// stream then reaction.

@@ -116,6 +116,20 @@ pub struct Correlation {
     pub work: Vec<Work>,
 }
 
+/// What [`crate::QueueStore::enqueue`] did, per reaction of the step, in
+/// the step's order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Enqueued {
+    /// Its checkpoint (replay position) after the call; `None` when it is
+    /// retired (its replay is over or gone).
+    pub positions: Vec<Option<i64>>,
+    /// True when this call moved it (it was at the step's `from`); false
+    /// when another call had moved it, even to the same place. A broker
+    /// that reads the same page as another and enqueues second learns here
+    /// that it lost the race.
+    pub moved: Vec<bool>,
+}
+
 /// The start a new reaction gets: the declared one, or the default.
 ///
 /// The default is the beginning of the log while the application registers

@@ -123,7 +123,7 @@ impl QueueStore for Counting {
         self.tick("retire");
         self.inner.retire(names).await
     }
-    async fn enqueue(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+    async fn enqueue(&self, step: &Correlation) -> act::Result<act::Enqueued> {
         self.tick("enqueue");
         self.inner.enqueue(step).await
     }

@@ -34,6 +34,8 @@ end
 local now = now_us()
 local after = {}
 local moved = {}
+-- Per reaction: 1 when this call moves it, 0 when another call had.
+local mine = {}
 for j = 1, nr do
   local r = ARGV[6 + j]
   local at = nil
@@ -51,8 +53,10 @@ for j = 1, nr do
   if at == from then
     moved[r] = true
     after[j] = to
+    mine[j] = 1
   else
     after[j] = at or false
+    mine[j] = 0
   end
 end
 
@@ -210,4 +214,4 @@ local flag = 0
 if added > 0 then
   flag = 1
 end
-return { flag, after }
+return { flag, after, mine }

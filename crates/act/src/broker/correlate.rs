@@ -75,10 +75,10 @@ pub(super) struct Stepped {
     pub items: usize,
     /// True when the page was full: more may follow at once.
     pub full: bool,
-    /// Where the step ended, and each reaction's position after the call
+    /// Where the step ended, and what the call did to each reaction
     /// (`None` when no call was made).
     pub to: i64,
-    pub after: Option<Vec<Option<i64>>>,
+    pub after: Option<crate::subscription::Enqueued>,
 }
 
 /// This broker's view of its reactions' progress.
@@ -194,7 +194,14 @@ impl Progress {
             }
             Job::Replay(r) => (vec![r.reaction.clone()], Some(r.stream.clone())),
         };
-        for (name, at) in reactions.iter().zip(after) {
+        for ((name, at), moved) in reactions
+            .iter()
+            .zip(&after.positions)
+            .zip(after.moved.iter().chain(std::iter::repeat(&true)))
+        {
+            // Lost: another call moved this cursor, even to where this step
+            // ends (it read the same page first).
+            lost |= at.is_some() && !moved;
             match (&replay, at) {
                 (None, Some(c)) => {
                     lost |= *c != s.to;

@@ -29,6 +29,7 @@ use crate::queue::{
 };
 use crate::store::Wake;
 use crate::store::{EventStore, QueueStore};
+use crate::subscription::Enqueued;
 use crate::subscription::{Correlation, Replay, Retired, Subscription, SubscriptionState};
 
 use queues::{DueKey, Queue, Taken};
@@ -369,7 +370,7 @@ impl QueueStore for MemoryStore {
         Ok(out)
     }
 
-    async fn enqueue(&self, step: &Correlation) -> Result<Vec<Option<i64>>> {
+    async fn enqueue(&self, step: &Correlation) -> Result<Enqueued> {
         if step.to < step.from {
             return Err(Error::InvalidInput(format!(
                 "a correlation step cannot move backwards (from {} to {})",
@@ -411,6 +412,11 @@ impl QueueStore for MemoryStore {
                     after.push(at);
                 }
             }
+            let flags: Vec<bool> = step
+                .reactions
+                .iter()
+                .map(|r| moved.contains(&r.as_str()))
+                .collect();
             for w in &step.work {
                 if !moved.contains(&w.reaction.as_str())
                     || step.replay.as_ref().is_some_and(|q| *q != w.stream)
@@ -444,7 +450,10 @@ impl QueueStore for MemoryStore {
                     }
                 }
             }
-            after
+            Enqueued {
+                positions: after,
+                moved: flags,
+            }
         };
         if added || step.replay.is_some() {
             self.notify(Wake::new_work);

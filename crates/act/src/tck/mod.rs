@@ -153,6 +153,7 @@ macro_rules! tck_suite {
             events::extreme_bounds_are_plain_ranges,
             queues::enqueue_is_guarded_by_the_checkpoint,
             queues::a_correlation_step_moves_only_reactions_at_its_start,
+            queues::the_second_of_two_identical_steps_is_told_it_moved_nothing,
             queues::subscriptions_keep_their_start_and_progress,
             queues::enqueueing_the_same_work_twice_is_a_no_op,
             queues::claim_is_exclusive_between_two_brokers,

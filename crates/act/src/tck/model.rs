@@ -360,7 +360,8 @@ impl Model {
         };
         let after = s.enqueue(&step).await.map_err(err)?;
         ensure!(
-            after == vec![Some(to); reactions.len()],
+            after.positions == vec![Some(to); reactions.len()]
+                && after.moved == vec![true; reactions.len()],
             "step {step:?} returned {after:?}"
         );
         for w in work {

@@ -60,7 +60,8 @@ pub async fn enqueue_is_guarded_by_the_checkpoint(b: &impl Backend) {
         ))
         .await
         .unwrap();
-    assert_eq!(r, vec![Some(ids[1])]);
+    assert_eq!(r.positions, vec![Some(ids[1])]);
+    assert_eq!(r.moved, vec![true], "this call moved it");
     // A late broker that read from 0 too: nothing written, checkpoint reported.
     let r = s
         .enqueue(&step(
@@ -71,7 +72,8 @@ pub async fn enqueue_is_guarded_by_the_checkpoint(b: &impl Backend) {
         ))
         .await
         .unwrap();
-    assert_eq!(r, vec![Some(ids[1])]);
+    assert_eq!(r.positions, vec![Some(ids[1])]);
+    assert_eq!(r.moved, vec![false], "another call had moved it");
     assert!(s
         .queues(&QueueFilter {
             stream: Some("late".into()),
@@ -87,7 +89,7 @@ pub async fn enqueue_is_guarded_by_the_checkpoint(b: &impl Backend) {
         .enqueue(&step(&[REACTION], ids[1], ids[2], vec![]))
         .await
         .unwrap();
-    assert_eq!(r, vec![Some(ids[2])]);
+    assert_eq!(r.positions, vec![Some(ids[2])]);
     // An unknown reaction is reported as such and moves nothing.
     let r = s
         .enqueue(&step(
@@ -98,12 +100,40 @@ pub async fn enqueue_is_guarded_by_the_checkpoint(b: &impl Backend) {
         ))
         .await
         .unwrap();
-    assert_eq!(r, vec![None]);
+    assert_eq!(r.positions, vec![None]);
     // Backwards is a caller's bug.
     assert!(matches!(
         s.enqueue(&step(&[REACTION], ids[2], ids[1], vec![])).await,
         Err(Error::InvalidInput(_))
     ));
+}
+
+/// Two brokers read the same page and enqueue it: the second finds the
+/// cursors where its own step ends, and is told it moved none of them (so
+/// it can leave that cursor to the first instead of reading every page
+/// again), and adds nothing.
+pub async fn the_second_of_two_identical_steps_is_told_it_moved_nothing(b: &impl Backend) {
+    let f = b.open().await;
+    let s = &*f.store;
+    let ids = pings(s, "a", 2).await;
+    subscribe(s, &["x", "y"]).await;
+    let page = step(
+        &["x", "y"],
+        0,
+        ids[1],
+        vec![item("q", ids[0], "x"), item("q", ids[1], "y")],
+    );
+    let first = s.enqueue(&page).await.unwrap();
+    assert_eq!(first.positions, vec![Some(ids[1]); 2]);
+    assert_eq!(first.moved, vec![true, true], "the first call moves both");
+    let second = s.enqueue(&page).await.unwrap();
+    assert_eq!(
+        second.positions,
+        vec![Some(ids[1]); 2],
+        "the cursors are where the second step ends too"
+    );
+    assert_eq!(second.moved, vec![false, false], "but it moved neither");
+    assert_eq!(queue(s, "q").await.lag, 2, "and added nothing");
 }
 
 /// One step moves each of its reactions only if that one is at `from`; the
@@ -130,7 +160,8 @@ pub async fn a_correlation_step_moves_only_reactions_at_its_start(b: &impl Backe
         ))
         .await
         .unwrap();
-    assert_eq!(r, vec![Some(ids[1]), Some(ids[0])]);
+    assert_eq!(r.positions, vec![Some(ids[1]), Some(ids[0])]);
+    assert_eq!(r.moved, vec![true, false]);
     assert_eq!(queue(s, "qx").await.lag, 2);
     assert_eq!(
         queue(s, "qy").await.lag,
@@ -196,7 +227,7 @@ pub async fn enqueueing_the_same_work_twice_is_a_no_op(b: &impl Backend) {
         ))
         .await
         .unwrap();
-    assert_eq!(r, vec![Some(ids[0]); 2]);
+    assert_eq!(r.positions, vec![Some(ids[0]); 2]);
     s.enqueue(&step(
         &["x"],
         ids[0],
@@ -1259,7 +1290,7 @@ pub async fn reset_records_replays_and_holds_delivery_until_they_catch_up(b: &im
         })
         .await
         .unwrap();
-    assert_eq!(r, vec![Some(ids[2])]);
+    assert_eq!(r.positions, vec![Some(ids[2])]);
     assert!(
         s.queues(&QueueFilter {
             stream: Some("elsewhere".into()),
@@ -1294,7 +1325,7 @@ pub async fn reset_records_replays_and_holds_delivery_until_they_catch_up(b: &im
         })
         .await
         .unwrap();
-    assert_eq!(r, vec![Some(ids[3])]);
+    assert_eq!(r.positions, vec![Some(ids[3])]);
     assert!(
         s.replays().await.unwrap().is_empty(),
         "a replay that reached its end is over"
@@ -1314,7 +1345,7 @@ pub async fn reset_records_replays_and_holds_delivery_until_they_catch_up(b: &im
         })
         .await
         .unwrap();
-    assert_eq!(r, vec![None]);
+    assert_eq!(r.positions, vec![None]);
 }
 
 /// After a reset, items for events at or below its position that arrive
@@ -1448,7 +1479,7 @@ pub async fn retire_drops_pending_work_and_reports_it(b: &impl Backend) {
         .enqueue(&step(&["gone"], ids[2], ids[2], vec![]))
         .await
         .unwrap();
-    assert_eq!(r, vec![None]);
+    assert_eq!(r.positions, vec![None]);
     let again = s.retire(&["gone".to_string()]).await.unwrap();
     assert_eq!((again[0].dropped, again[0].newly), (0, false));
     let subs = s.subscriptions().await.unwrap();

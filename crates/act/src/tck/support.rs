@@ -293,8 +293,8 @@ pub(crate) async fn enqueue_for(
         .await
         .expect("enqueue");
     assert_eq!(
-        after,
-        vec![Some(to)],
+        (after.positions, after.moved),
+        (vec![Some(to)], vec![true]),
         "enqueue from the current checkpoint must apply"
     );
 }

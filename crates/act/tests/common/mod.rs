@@ -81,7 +81,7 @@ impl QueueStore for Watched {
     async fn retire(&self, n: &[String]) -> act::Result<Vec<Retired>> {
         self.inner.retire(n).await
     }
-    async fn enqueue(&self, step: &Correlation) -> act::Result<Vec<Option<i64>>> {
+    async fn enqueue(&self, step: &Correlation) -> act::Result<act::Enqueued> {
         self.inner.enqueue(step).await
     }
     async fn replays(&self) -> act::Result<Vec<Replay>> {
