@@ -37,7 +37,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "correlation writes marks and news, not the queue rows claims and settles hold",
         V5,
     ),
-    (6, "an enqueue says which cursors it moved", V6),
+    (
+        6,
+        "an enqueue says which cursors it moved; a refused renewal locks nothing",
+        V6,
+    ),
 ];
 
 /// Version 2: see the file's own comments.

@@ -1,4 +1,5 @@
--- Version 6: an enqueue says which cursors it moved.
+-- Version 6: an enqueue says which cursors it moved, and a refused renewal
+-- locks nothing.
 --
 -- act_enqueue returns, beside each reaction's position after the call and
 -- the number of items added, whether this call moved that reaction (it was
@@ -129,4 +130,37 @@ BEGIN
     moved := (SELECT array_agg(u.r = ANY (v_moved) ORDER BY u.o)
               FROM unnest(p_reactions) WITH ORDINALITY AS u(r, o));
     RETURN NEXT;
+END $$;
+
+-- Renew, as in version 1, except that it locks only the rows it renews
+-- (token current, lease live): a renewal that is refused (the lease
+-- expired) no longer holds the queue row for its transaction, during which
+-- a claim (SKIP LOCKED) passed over a queue that was claimable, and a
+-- one-shot run could end with work left. A row not locked here cannot be
+-- renewed: tokens only grow, and an expired lease comes back only through
+-- a claim, which changes the token.
+CREATE OR REPLACE FUNCTION {s}.act_renew(
+    p_streams text[], p_tokens bigint[], p_lease_us bigint, p_offset_us bigint
+) RETURNS TABLE (code int, current bigint, expires timestamptz) LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := now() + p_offset_us * interval '1 microsecond';
+    v_exp timestamptz := v_now + p_lease_us * interval '1 microsecond';
+    v_n int := coalesce(array_length(p_streams, 1), 0);
+    v_codes int[] := array_fill(0, ARRAY[v_n]);
+    v_current bigint[] := array_fill(NULL::bigint, ARRAY[v_n]);
+    q {s}.queues; i int;
+BEGIN
+    PERFORM 1 FROM {s}.queues x JOIN unnest(p_streams, p_tokens) AS u(s, t)
+        ON x.stream = u.s AND x.token = u.t
+        WHERE x.lease_expires > v_now
+        ORDER BY x.stream FOR UPDATE OF x;
+    FOR i IN 1..v_n LOOP
+        SELECT * INTO q FROM {s}.queues x WHERE x.stream = p_streams[i];
+        v_codes[i] := {s}.act_fence(q, p_tokens[i], NULL, v_now);
+        IF v_codes[i] = 2 THEN v_current[i] := q.token; END IF;
+        IF v_codes[i] = 0 THEN
+            UPDATE {s}.queues x SET lease_expires = v_exp WHERE x.stream = p_streams[i];
+        END IF;
+    END LOOP;
+    RETURN QUERY SELECT c, t, v_exp FROM unnest(v_codes, v_current) AS u(c, t);
 END $$;
