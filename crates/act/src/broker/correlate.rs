@@ -172,6 +172,38 @@ impl Progress {
         self.follow.get(key).is_some_and(|t| now < *t)
     }
 
+    /// True when the live cursor was left to another broker and that time
+    /// is over: before reading the log again, look whether it moved.
+    pub(super) fn live_follow_over(&self, now: Instant) -> bool {
+        self.follow.get("live").is_some_and(|t| now >= *t)
+    }
+
+    /// Takes the store's word for where the live reactions are, after
+    /// following another broker: true when it moved the live cursor past
+    /// this broker's view meanwhile (this broker then follows it again, and
+    /// reads nothing); false when it did not (it stopped, or the log is
+    /// caught up: this broker takes the next step itself).
+    pub(super) fn followed_moved(&mut self, states: &[SubscriptionState]) -> bool {
+        let Some(top) = self.live_checkpoint() else {
+            return false;
+        };
+        let mut moved = false;
+        for s in states.iter().filter(|s| s.retired.is_none()) {
+            if let Some(c) = self.checkpoints.get_mut(&s.name) {
+                if *c == top && s.checkpoint > *c {
+                    *c = s.checkpoint;
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            self.follow.insert("live".into(), Instant::now() + FOLLOW);
+        } else {
+            self.follow.remove("live");
+        }
+        moved
+    }
+
     /// The earliest time a followed cursor may be tried again.
     pub(super) fn follow_ends(&self) -> Option<Instant> {
         self.follow
@@ -417,4 +449,59 @@ fn resolve(
         }
     }
     work
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn state(name: &str, checkpoint: i64) -> SubscriptionState {
+        SubscriptionState {
+            name: name.into(),
+            events: vec!["Ping".into()],
+            target: None,
+            start: 0,
+            checkpoint,
+            created: Utc::now(),
+            seen: Utc::now(),
+            retired: None,
+        }
+    }
+
+    fn following(at: i64) -> Progress {
+        let mut p = Progress::default();
+        p.checkpoints.insert("a".into(), at);
+        p.checkpoints.insert("b".into(), at);
+        // A race lost a while ago: the follow is over.
+        p.follow
+            .insert("live".into(), Instant::now() - Duration::from_millis(1));
+        p
+    }
+
+    #[tokio::test]
+    async fn a_follower_whose_winner_moved_on_follows_again_without_reading() {
+        let mut p = following(10);
+        assert!(p.live_follow_over(Instant::now()));
+        assert!(p.followed_moved(&[state("a", 30), state("b", 30)]));
+        assert_eq!(p.live_checkpoint(), Some(30), "it takes the winner's word");
+        assert!(
+            p.live(Instant::now()).is_none(),
+            "and leaves the cursor to it"
+        );
+        assert!(!p.live_follow_over(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn a_follower_whose_winner_stopped_takes_the_next_step_itself() {
+        let mut p = following(10);
+        assert!(!p.followed_moved(&[state("a", 10), state("b", 10)]));
+        assert_eq!(
+            p.live(Instant::now()),
+            Some(Job::Live {
+                from: 10,
+                reactions: vec!["a".into(), "b".into()]
+            })
+        );
+    }
 }

@@ -448,8 +448,19 @@ impl Runner {
 
     /// Live correlation until caught up; true when it is (false while
     /// another broker is doing it or a page was full).
+    ///
+    /// A broker that lost the race and followed the winner for a while
+    /// first asks where the cursor is (one small read): while the winner
+    /// moves it, it goes on following instead of reading a page it would
+    /// lose again.
     async fn correlate_live(&mut self) -> Result<bool> {
         loop {
+            if self.progress.live_follow_over(Instant::now()) {
+                let states = self.act.store().subscriptions().await?;
+                if self.progress.followed_moved(&states) {
+                    return Ok(false);
+                }
+            }
             let Some(job) = self.progress.live(Instant::now()) else {
                 return Ok(self.progress.follow_ends().is_none());
             };
