@@ -448,3 +448,92 @@ async fn settle_def(c: &tokio_postgres::Client, schema: &str) -> String {
     );
     c.query_one(&q, &[]).await.unwrap().get(0)
 }
+
+/// A store at schema 5 with a leased queue is upgraded to 6: the lease is
+/// still renewed, and an enqueue now says which cursors it moved (a second
+/// identical step is told it moved nothing and adds nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_5_store_is_upgraded_to_6_and_enqueue_says_what_it_moved() {
+    let schema = fresh_schema("v5up");
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::default(),
+    };
+    let url = with_params(&server(), &format!("schema={schema}&listen=false"));
+    let c = raw(&server()).await;
+    c.batch_execute(&act_pg::testing::store_sql_at(&schema, 5))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT id FROM {schema}.act_append('a', NULL, ARRAY['Ping'], ARRAY['{{}}'::jsonb], 'c', NULL, NULL, NULL, 0, false, 0)"
+                ),
+                &[],
+            )
+            .await
+            .expect("a version 5 append");
+        ids.push(row.get::<_, i64>(0));
+    }
+    c.batch_execute(&format!(
+        "SELECT * FROM {schema}.act_subscribe(ARRAY['r'], '[[\"Ping\"]]'::jsonb, ARRAY['q'], ARRAY[0::bigint], 0)"
+    ))
+    .await
+    .expect("a version 5 subscription");
+    c.execute(
+        &format!(
+            "SELECT * FROM {schema}.act_enqueue(ARRAY['r'], NULL::text, 0::bigint, $1::bigint, ARRAY['q'], ARRAY[$1::bigint], ARRAY['r'], ARRAY[0])"
+        ),
+        &[&ids[0]],
+    )
+    .await
+    .expect("a version 5 enqueue");
+
+    let store = PgStore::open(&url).await.expect("the upgrade from 5");
+    assert_eq!(
+        versions(&c, &schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    let got = store
+        .claim(&Claim {
+            owner: "b1".into(),
+            queues: 1,
+            events: 10,
+            lease: Duration::from_secs(60),
+            reactions: vec!["r".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "version 5's work is claimable: {got:?}");
+    let renewed = store
+        .renew(&[got[0].lease.reference()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(renewed[0].is_ok(), "a live lease is renewed: {renewed:?}");
+    let step = act::Correlation {
+        reactions: vec!["r".into()],
+        replay: None,
+        from: ids[0],
+        to: ids[2],
+        work: vec![act::Work {
+            stream: "q".into(),
+            event: ids[2],
+            reaction: "r".into(),
+            priority: 0,
+        }],
+    };
+    let first = store.enqueue(&step).await.unwrap();
+    assert_eq!(
+        (first.positions, first.moved),
+        (vec![Some(ids[2])], vec![true])
+    );
+    let second = store.enqueue(&step).await.unwrap();
+    assert_eq!(
+        (second.positions, second.moved),
+        (vec![Some(ids[2])], vec![false]),
+        "the second identical step moved nothing"
+    );
+    drop(store);
+}
