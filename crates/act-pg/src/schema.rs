@@ -16,7 +16,7 @@ use deadpool_postgres::Object;
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The migrations, in order. Never edit a released one; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "an enqueue says which cursors it moved; a refused renewal locks nothing",
         V6,
     ),
+    (
+        7,
+        "a refused settle, release or acknowledgement locks nothing",
+        V7,
+    ),
 ];
 
 /// Version 2: see the file's own comments.
@@ -58,6 +63,9 @@ const V5: &str = include_str!("sql/v5.sql");
 
 /// Version 6: see the file's own comments.
 const V6: &str = include_str!("sql/v6.sql");
+
+/// Version 7: see the file's own comments.
+const V7: &str = include_str!("sql/v7.sql");
 
 /// The table that records applied migrations.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (

@@ -537,3 +537,114 @@ async fn a_version_5_store_is_upgraded_to_6_and_enqueue_says_what_it_moved() {
     );
     drop(store);
 }
+
+/// A store at schema 6 with pending work is upgraded to 7: its settle,
+/// release and acknowledgement functions are the ones that lock only what
+/// passes the fence, a stale holder is still refused, and the work is
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_6_store_is_upgraded_to_7_and_its_work_is_settled() {
+    let schema = fresh_schema("v6up");
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::default(),
+    };
+    let url = with_params(&server(), &format!("schema={schema}&listen=false"));
+    let c = raw(&server()).await;
+    c.batch_execute(&act_pg::testing::store_sql_at(&schema, 6))
+        .await
+        .unwrap();
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT max(id) FROM {schema}.act_append('a', NULL, ARRAY['Ping', 'Ping'], \
+                 ARRAY['{{}}'::jsonb, '{{}}'::jsonb], 'c', NULL, NULL, NULL, 0, false, 0)"
+            ),
+            &[],
+        )
+        .await
+        .expect("a version 6 append");
+    let last: i64 = row.get(0);
+    c.batch_execute(&format!(
+        "SELECT * FROM {schema}.act_subscribe(ARRAY['r'], '[[\"Ping\"]]'::jsonb, ARRAY['q'], ARRAY[0::bigint], 0)"
+    ))
+    .await
+    .expect("a version 6 subscription");
+    c.execute(
+        &format!(
+            "SELECT * FROM {schema}.act_enqueue(ARRAY['r'], NULL::text, 0::bigint, $1::bigint, \
+             ARRAY['q', 'q'], ARRAY[$1::bigint - 1, $1::bigint], ARRAY['r', 'r'], ARRAY[0, 0])"
+        ),
+        &[&last],
+    )
+    .await
+    .expect("a version 6 enqueue");
+    assert!(!settle_def(&c, &schema).await.contains("v_locked"));
+
+    let store = PgStore::open(&url).await.expect("the upgrade from 6");
+    assert_eq!(
+        versions(&c, &schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    for f in ["act_settle", "act_release"] {
+        let q = format!(
+            "SELECT pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = '{schema}' AND p.proname = '{f}'"
+        );
+        let def: String = c.query_one(&q, &[]).await.unwrap().get(0);
+        assert!(def.contains("v_locked"), "{f} is version 7's: {def}");
+    }
+    let claim = |owner: &str, lease: Duration| Claim {
+        owner: owner.into(),
+        queues: 1,
+        events: 10,
+        lease,
+        reactions: vec!["r".into()],
+    };
+    // A lease that ends at once, then a second holder.
+    let first = store
+        .claim(&claim("b1", Duration::from_millis(1)))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1, "version 6's work is claimable: {first:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let got = store
+            .claim(&claim("b2", Duration::from_secs(60)))
+            .await
+            .unwrap();
+        if let Some(b) = got.into_iter().next() {
+            break b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 1 ms lease of b1 never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // b1's lease lapsed: its batch is walked one event at a time.
+    assert_eq!(
+        (second.events.len(), second.lease.suspect),
+        (1, true),
+        "{second:?}"
+    );
+    let stale = store
+        .settle(&[Settlement::ack(&first[0].lease, last)])
+        .await
+        .unwrap();
+    assert!(stale[0].is_err(), "the stale holder is refused: {stale:?}");
+    let done = store
+        .settle(&[Settlement::ack(&second.lease, last - 1)])
+        .await
+        .unwrap();
+    assert!(done[0].is_ok(), "the current holder settles: {done:?}");
+    let q = store
+        .queues(&QueueFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.stream == "q")
+        .expect("queue q");
+    assert_eq!((q.position, q.lag), (last - 1, 1), "{q:?}");
+    drop(store);
+}
