@@ -292,8 +292,20 @@ impl Queue {
         self.lease = None;
         self.waiting = None;
         if let Some(acked) = s.acked {
+            // Items are ordered by event: split off those past `acked`
+            // instead of looking at every item (a settle of a queue with a
+            // long backlog walked the whole backlog, so draining it was
+            // quadratic), then keep those of the acked ones enqueued after
+            // the lease's mark.
+            let done = match acked.checked_add(1) {
+                Some(past) => {
+                    let rest = self.items.split_off(&(past, Arc::from("")));
+                    std::mem::replace(&mut self.items, rest)
+                }
+                None => std::mem::take(&mut self.items),
+            };
             self.items
-                .retain(|(event, _), seq| *event > acked || *seq > s.mark);
+                .extend(done.into_iter().filter(|(_, seq)| *seq > s.mark));
             self.position = self.position.max(acked);
             // Past the end of a lapsed batch: whole batches again.
             if acked >= self.suspect_to {
@@ -429,5 +441,53 @@ impl Queue {
             waiting: self.waiting.as_ref().map(|w| w.to_string()),
             replay: self.replay,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(q: &Queue) -> Vec<(i64, String)> {
+        q.items.keys().map(|(e, r)| (*e, r.to_string())).collect()
+    }
+
+    /// A queue with items at events 1..=4 for `r`, leased (mark 4), then
+    /// one more item at event 2 for `s` enqueued after the claim.
+    fn leased(now: DateTime<Utc>) -> (Queue, Lease) {
+        let mut q = Queue::new(Arc::from("q"));
+        let r: Arc<str> = Arc::from("r");
+        for e in 1..=4 {
+            assert!(q.enqueue(e, &r, 0));
+        }
+        let pending = q.pending(10);
+        let expires = now + chrono::Duration::seconds(30);
+        let Taken::Leased(lease) = q.take("b", expires, &["r".into(), "s".into()], &pending).0
+        else {
+            panic!("leased");
+        };
+        assert!(q.enqueue(2, &Arc::from("s"), 0));
+        (q, lease)
+    }
+
+    #[test]
+    fn an_ack_removes_the_acked_items_up_to_the_mark_and_keeps_later_ones() {
+        let now = Utc::now();
+        let (mut q, lease) = leased(now);
+        q.settle(&Settlement::ack(&lease, 2), now);
+        assert_eq!(
+            keys(&q),
+            vec![(2, "s".into()), (3, "r".into()), (4, "r".into())],
+            "the item enqueued after the claim stays, as do events past the ack"
+        );
+        assert_eq!(q.next(), Some(2));
+    }
+
+    #[test]
+    fn an_ack_of_the_last_possible_event_removes_everything_up_to_the_mark() {
+        let now = Utc::now();
+        let (mut q, lease) = leased(now);
+        q.settle(&Settlement::ack(&lease, i64::MAX), now);
+        assert_eq!(keys(&q), vec![(2, "s".into())]);
     }
 }
