@@ -9,6 +9,8 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::Mutex;
 
 use crate::state::State;
@@ -31,7 +33,9 @@ pub(crate) struct StateCache {
 struct Inner {
     /// By stream, then by type (almost always one): a lookup by `&str`
     /// allocates nothing, and an update writes over the cached state.
-    map: HashMap<String, Vec<Entry>>,
+    /// Hashed with foldhash, randomly seeded as std's SipHash is: SipHash
+    /// was more than half the instructions of a lookup.
+    map: HashMap<String, Vec<Entry>, RandomState>,
     /// Entries in `map`.
     len: usize,
     tick: u64,
