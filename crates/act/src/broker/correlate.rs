@@ -32,6 +32,9 @@ use crate::subscription::{Correlation, Replay, SubscriptionState};
 /// another broker takes over within this time.
 pub(super) const FOLLOW: Duration = Duration::from_millis(100);
 
+/// The follow key of the live group ([`Job::key`] of a [`Job::Live`]).
+const LIVE: &str = "live";
+
 /// One correlation step to take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Job {
@@ -58,7 +61,7 @@ impl Job {
 
     fn key(&self) -> String {
         match self {
-            Job::Live { .. } => "live".into(),
+            Job::Live { .. } => LIVE.into(),
             Job::Backfill { reactions, .. } => format!("backfill {}", reactions.join(",")),
             Job::Replay(r) => format!("replay {} {}", r.stream, r.reaction),
         }
@@ -124,7 +127,7 @@ impl Progress {
 
     /// The live step, unless another broker is doing it.
     pub(super) fn live(&self, now: Instant) -> Option<Job> {
-        if self.following("live", now) {
+        if self.following(LIVE, now) {
             return None;
         }
         let top = self.live_checkpoint()?;
@@ -175,7 +178,7 @@ impl Progress {
     /// True when the live cursor was left to another broker and that time
     /// is over: before reading the log again, look whether it moved.
     pub(super) fn live_follow_over(&self, now: Instant) -> bool {
-        self.follow.get("live").is_some_and(|t| now >= *t)
+        self.follow.get(LIVE).is_some_and(|t| now >= *t)
     }
 
     /// Takes the store's word for where the live reactions are, after
@@ -197,9 +200,9 @@ impl Progress {
             }
         }
         if moved {
-            self.follow.insert("live".into(), Instant::now() + FOLLOW);
+            self.follow.insert(LIVE.into(), Instant::now() + FOLLOW);
         } else {
-            self.follow.remove("live");
+            self.follow.remove(LIVE);
         }
         moved
     }
@@ -475,7 +478,7 @@ mod tests {
         p.checkpoints.insert("b".into(), at);
         // A race lost a while ago: the follow is over.
         p.follow
-            .insert("live".into(), Instant::now() - Duration::from_millis(1));
+            .insert(LIVE.into(), Instant::now() - Duration::from_millis(1));
         p
     }
 
