@@ -187,6 +187,19 @@ impl Progress {
     /// reads nothing); false when it did not (it stopped, or the log is
     /// caught up: this broker takes the next step itself).
     pub(super) fn followed_moved(&mut self, states: &[SubscriptionState]) -> bool {
+        let moved = self.adopt_live(states);
+        if moved {
+            self.follow.insert(LIVE.into(), Instant::now() + FOLLOW);
+        } else {
+            self.follow.remove(LIVE);
+        }
+        moved
+    }
+
+    /// Takes the store's word for where the live reactions are, where
+    /// another broker moved them past this broker's view; the follow stays
+    /// as it is. True when one moved.
+    pub(super) fn adopt_live(&mut self, states: &[SubscriptionState]) -> bool {
         let Some(top) = self.live_checkpoint() else {
             return false;
         };
@@ -199,12 +212,18 @@ impl Progress {
                 }
             }
         }
-        if moved {
-            self.follow.insert(LIVE.into(), Instant::now() + FOLLOW);
-        } else {
-            self.follow.remove(LIVE);
-        }
         moved
+    }
+
+    /// True while the live cursor is left to another broker.
+    pub(super) fn following_live(&self, now: Instant) -> bool {
+        self.following(LIVE, now)
+    }
+
+    /// Takes the live cursor back at once (the broker it was left to has
+    /// reached the head of the log).
+    pub(super) fn stop_following_live(&mut self) {
+        self.follow.remove(LIVE);
     }
 
     /// The earliest time a followed cursor may be tried again.

@@ -188,7 +188,13 @@ impl Runner {
             if stopping && self.idle() {
                 return Ok(());
             }
-            let quiet = failed.is_none() && self.idle() && !want.correlate && !want.claim;
+            // Left to another broker, the live cursor is no work of this
+            // one's: a one-shot run can be quiet meanwhile (`finish` asks
+            // where the other broker is).
+            let quiet = failed.is_none()
+                && self.idle()
+                && !want.claim
+                && (!want.correlate || self.progress.following_live(Instant::now()));
             if !quiet {
                 hidden_since = None;
             }
@@ -399,6 +405,9 @@ impl Runner {
         mode: Mode,
         hidden_since: &mut Option<Instant>,
     ) -> Result<Option<Duration>> {
+        if self.progress.following_live(Instant::now()) {
+            return self.finish_following().await;
+        }
         let store = self.act.store().clone();
         let live = self.progress.live_checkpoint();
         let head = match live {
@@ -428,6 +437,31 @@ impl Runner {
             None => Ok(None),
             Some(d) => Ok(Some(d.max(Duration::from_millis(1)))),
         }
+    }
+
+    /// A quiet one-shot run that left the live cursor to another broker
+    /// asks the store where that broker is (two small reads), instead of
+    /// waiting out the follow: the winner may have correlated the whole log
+    /// already, and a `settle` of several brokers used to end up to two
+    /// follows (200 ms) after the work was done. Once the store's live
+    /// checkpoint reaches the head, the run takes the cursor back and
+    /// passes again at once (an empty read, a claim of what the winner
+    /// enqueued last), then ends as any other. Otherwise it waits for a
+    /// wake-up or the follow's end.
+    async fn finish_following(&mut self) -> Result<Option<Duration>> {
+        let store = self.act.store().clone();
+        let head = store.head().await?;
+        let states = store.subscriptions().await?;
+        self.progress.adopt_live(&states);
+        if self.progress.live_checkpoint().is_some_and(|cp| cp >= head) {
+            self.progress.stop_following_live();
+            return Ok(Some(Duration::ZERO));
+        }
+        let now = Instant::now();
+        Ok(self
+            .progress
+            .follow_ends()
+            .map(|t| t.saturating_duration_since(now)))
     }
 
     fn registration_due(&self) -> bool {

@@ -1,6 +1,7 @@
 //! A store for these tests: the memory store behind a wrapper that can make
 //! one event read back undecodable (what a durable backend returns for a
-//! row it cannot decode) and counts the log reads.
+//! row it cannot decode), counts the log reads and can make them take a turn
+//! of the runtime, as every read over a network does.
 
 #![allow(dead_code)]
 
@@ -17,12 +18,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 /// The memory store, except that event `bad` reads back undecodable;
-/// `queries` counts the calls of `query`.
+/// `queries` counts the calls of `query`; with `yields` set, each of them
+/// first yields to the runtime (the memory store never does: one broker's
+/// correlation would otherwise run to the head before another is polled).
 #[derive(Default)]
 pub struct Watched {
     pub inner: MemoryStore,
     pub bad: std::sync::atomic::AtomicI64,
     pub queries: std::sync::atomic::AtomicU64,
+    pub yields: std::sync::atomic::AtomicBool,
 }
 
 impl Watched {
@@ -51,6 +55,9 @@ impl EventStore for Watched {
     async fn query(&self, q: &Query) -> act::Result<Vec<Arc<Event>>> {
         self.queries
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.yields.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
         Ok(self
             .inner
             .query(q)
