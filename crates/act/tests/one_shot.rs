@@ -123,3 +123,26 @@ async fn a_run_once_that_lost_the_live_cursor_ends_once_the_winner_has_correlate
          delivered; they took {elapsed:?} of the paused clock"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_settle_beside_a_running_broker_ends_only_once_everything_is_delivered() {
+    // Log reads take 30 ms: the running broker's 20 live steps take longer
+    // than the follow, so the settle's follow of it ends midway.
+    let watched = Arc::new(Watched::default());
+    watched.read_ms.store(30, Ordering::SeqCst);
+    let store: Arc<dyn Store> = watched;
+    backlog(&*store).await;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let app = app(store, &delivered);
+    let running = app.broker(options("A")).start();
+    tokio::task::yield_now().await;
+    let settled = app.broker(options("B")).settle().await.unwrap();
+    let at_return = delivered.load(Ordering::Relaxed);
+    let other = running.shutdown().await.unwrap();
+    assert_eq!(
+        at_return, EVENTS as u64,
+        "settle returned with work left: {at_return} of {EVENTS} delivered \
+         (B correlated {}, A {})",
+        settled.correlated, other.correlated
+    );
+}

@@ -60,6 +60,10 @@ const HIDDEN_RECHECK: Duration = Duration::from_millis(5);
 /// waits until they are delivered).
 const SETTLE_HIDDEN_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How often a quiet one-shot run that follows another broker's live
+/// cursor asks the store where it is ([`Runner::finish_following`]).
+const FOLLOW_CHECK: Duration = Duration::from_millis(5);
+
 struct Running {
     lease: LeaseRef,
     lost: CancellationToken,
@@ -109,6 +113,8 @@ pub(crate) struct Runner {
     /// events and timers are taken up on time. Bounded: past
     /// [`DUE_HINTS`] new ones are not kept (the poll finds them).
     due_hints: std::collections::BinaryHeap<std::cmp::Reverse<Instant>>,
+    /// When a quiet one-shot run last asked where the broker it follows is.
+    follow_checked: Option<Instant>,
 }
 
 impl Runner {
@@ -139,6 +145,7 @@ impl Runner {
             stepped: None,
             pacer,
             due_hints: std::collections::BinaryHeap::new(),
+            follow_checked: None,
         }
     }
 
@@ -199,7 +206,7 @@ impl Runner {
                 hidden_since = None;
             }
             if quiet && !stopping && mode != Mode::Forever && !self.progress.behind() {
-                match self.finish(mode, &mut hidden_since).await {
+                match self.finish(mode, &mut hidden_since, want.correlate).await {
                     Ok(Some(wait)) => due_at = Some(Instant::now() + wait),
                     Ok(None) => return Ok(()),
                     Err(e) => {
@@ -404,8 +411,11 @@ impl Runner {
         &mut self,
         mode: Mode,
         hidden_since: &mut Option<Instant>,
+        following: bool,
     ) -> Result<Option<Duration>> {
-        if self.progress.following_live(Instant::now()) {
+        if following {
+            // Quiet with correlation still wanted: the live cursor was left
+            // to another broker (even if that follow ended since).
             return self.finish_following().await;
         }
         let store = self.act.store().clone();
@@ -448,7 +458,17 @@ impl Runner {
     /// passes again at once (an empty read, a claim of what the winner
     /// enqueued last), then ends as any other. Otherwise it waits for a
     /// wake-up or the follow's end.
+    ///
+    /// It never ends the run itself, and asks at most once per
+    /// [`FOLLOW_CHECK`] (every append wakes it).
     async fn finish_following(&mut self) -> Result<Option<Duration>> {
+        let now = Instant::now();
+        if let Some(next) = self.follow_checked.map(|t| t + FOLLOW_CHECK) {
+            if next > now {
+                return Ok(Some(next - now));
+            }
+        }
+        self.follow_checked = Some(now);
         let store = self.act.store().clone();
         let head = store.head().await?;
         let states = store.subscriptions().await?;
@@ -457,11 +477,14 @@ impl Runner {
             self.progress.stop_following_live();
             return Ok(Some(Duration::ZERO));
         }
+        // Not there yet: wait for a wake-up or the follow's end, after
+        // which this broker takes the cursor back and correlates itself.
         let now = Instant::now();
-        Ok(self
-            .progress
-            .follow_ends()
-            .map(|t| t.saturating_duration_since(now)))
+        Ok(Some(
+            self.progress
+                .follow_ends()
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now)),
+        ))
     }
 
     fn registration_due(&self) -> bool {

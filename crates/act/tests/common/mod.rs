@@ -20,13 +20,15 @@ use tokio::sync::watch;
 /// The memory store, except that event `bad` reads back undecodable;
 /// `queries` counts the calls of `query`; with `yields` set, each of them
 /// first yields to the runtime (the memory store never does: one broker's
-/// correlation would otherwise run to the head before another is polled).
+/// correlation would otherwise run to the head before another is polled),
+/// and with `read_ms` it first sleeps that long (a slow log read).
 #[derive(Default)]
 pub struct Watched {
     pub inner: MemoryStore,
     pub bad: std::sync::atomic::AtomicI64,
     pub queries: std::sync::atomic::AtomicU64,
     pub yields: std::sync::atomic::AtomicBool,
+    pub read_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Watched {
@@ -57,6 +59,10 @@ impl EventStore for Watched {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.yields.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::task::yield_now().await;
+        }
+        let ms = self.read_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         Ok(self
             .inner
