@@ -648,3 +648,97 @@ async fn a_version_6_store_is_upgraded_to_7_and_its_work_is_settled() {
     assert_eq!((q.position, q.lag), (last - 1, 1), "{q:?}");
     drop(store);
 }
+
+/// The language of a function of the schema (`sql`, `plpgsql`).
+async fn language(c: &tokio_postgres::Client, schema: &str, function: &str) -> String {
+    let q = format!(
+        "SELECT l.lanname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         JOIN pg_language l ON l.oid = p.prolang WHERE n.nspname = '{schema}' AND p.proname = '{function}'"
+    );
+    c.query_one(&q, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_7_store_is_upgraded_to_8_and_its_news_is_folded_by_the_new_fold() {
+    let schema = fresh_schema("v7up");
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::default(),
+    };
+    let url = with_params(&server(), &format!("schema={schema}&listen=false"));
+    let c = raw(&server()).await;
+    c.batch_execute(&act_pg::testing::store_sql_at(&schema, 7))
+        .await
+        .unwrap();
+    assert_eq!(language(&c, &schema, "act_fold").await, "sql");
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT max(id) FROM {schema}.act_append('a', NULL, ARRAY['Ping', 'Ping'], \
+                 ARRAY['{{}}'::jsonb, '{{}}'::jsonb], 'c', NULL, NULL, NULL, 0, false, 0)"
+            ),
+            &[],
+        )
+        .await
+        .expect("a version 7 append");
+    let last: i64 = row.get(0);
+    c.batch_execute(&format!(
+        "SELECT * FROM {schema}.act_subscribe(ARRAY['r'], '[[\"Ping\"]]'::jsonb, ARRAY['q'], ARRAY[0::bigint], 0)"
+    ))
+    .await
+    .expect("a version 7 subscription");
+    // Enqueued by version 7: the queue row learns of it only from the news.
+    c.execute(
+        &format!(
+            "SELECT * FROM {schema}.act_enqueue(ARRAY['r'], NULL::text, 0::bigint, $1::bigint, \
+             ARRAY['q', 'q'], ARRAY[$1::bigint - 1, $1::bigint], ARRAY['r', 'r'], ARRAY[0, 0])"
+        ),
+        &[&last],
+    )
+    .await
+    .expect("a version 7 enqueue");
+    let news: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {schema}.news"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(news, 1, "the enqueue told the queue row by news");
+
+    let store = PgStore::open(&url).await.expect("the upgrade from 7");
+    assert_eq!(
+        versions(&c, &schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    assert_eq!(language(&c, &schema, "act_fold").await, "plpgsql");
+    let claim = Claim {
+        owner: "b".into(),
+        queues: 1,
+        events: 10,
+        lease: Duration::from_secs(60),
+        reactions: vec!["r".into()],
+    };
+    let got = store.claim(&claim).await.unwrap();
+    assert_eq!(got.len(), 1, "version 7's news was folded: {got:?}");
+    let ids: Vec<i64> = got[0].events.iter().map(|p| p.event.id).collect();
+    assert_eq!(ids, vec![last - 1, last]);
+    let news: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {schema}.news"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(news, 0, "the claim folded the news");
+    let done = store
+        .settle(&[Settlement::ack(&got[0].lease, last)])
+        .await
+        .unwrap();
+    assert!(done[0].is_ok(), "{done:?}");
+    let q = store
+        .queues(&QueueFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.stream == "q")
+        .expect("queue q");
+    assert_eq!((q.position, q.lag), (last, 0), "{q:?}");
+    drop(store);
+}
