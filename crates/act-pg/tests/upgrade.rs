@@ -542,6 +542,38 @@ async fn a_version_5_store_is_upgraded_to_6_and_enqueue_says_what_it_moved() {
 /// release and acknowledgement functions are the ones that lock only what
 /// passes the fence, a stale holder is still refused, and the work is
 /// delivered.
+/// Through a store at schema `version`'s own functions: two `Ping`s on
+/// stream `a`, reaction `r` subscribed to them into queue `q`, both
+/// enqueued. Returns the second event's id (the first is one less).
+async fn two_pings_enqueued(c: &tokio_postgres::Client, schema: &str, version: i32) -> i64 {
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT max(id) FROM {schema}.act_append('a', NULL, ARRAY['Ping', 'Ping'], \
+                 ARRAY['{{}}'::jsonb, '{{}}'::jsonb], 'c', NULL, NULL, NULL, 0, false, 0)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a version {version} append: {e}"));
+    let last: i64 = row.get(0);
+    c.batch_execute(&format!(
+        "SELECT * FROM {schema}.act_subscribe(ARRAY['r'], '[[\"Ping\"]]'::jsonb, ARRAY['q'], ARRAY[0::bigint], 0)"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("a version {version} subscription: {e}"));
+    c.execute(
+        &format!(
+            "SELECT * FROM {schema}.act_enqueue(ARRAY['r'], NULL::text, 0::bigint, $1::bigint, \
+             ARRAY['q', 'q'], ARRAY[$1::bigint - 1, $1::bigint], ARRAY['r', 'r'], ARRAY[0, 0])"
+        ),
+        &[&last],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("a version {version} enqueue: {e}"));
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_6_store_is_upgraded_to_7_and_its_work_is_settled() {
     let schema = fresh_schema("v6up");
@@ -554,31 +586,7 @@ async fn a_version_6_store_is_upgraded_to_7_and_its_work_is_settled() {
     c.batch_execute(&act_pg::testing::store_sql_at(&schema, 6))
         .await
         .unwrap();
-    let row = c
-        .query_one(
-            &format!(
-                "SELECT max(id) FROM {schema}.act_append('a', NULL, ARRAY['Ping', 'Ping'], \
-                 ARRAY['{{}}'::jsonb, '{{}}'::jsonb], 'c', NULL, NULL, NULL, 0, false, 0)"
-            ),
-            &[],
-        )
-        .await
-        .expect("a version 6 append");
-    let last: i64 = row.get(0);
-    c.batch_execute(&format!(
-        "SELECT * FROM {schema}.act_subscribe(ARRAY['r'], '[[\"Ping\"]]'::jsonb, ARRAY['q'], ARRAY[0::bigint], 0)"
-    ))
-    .await
-    .expect("a version 6 subscription");
-    c.execute(
-        &format!(
-            "SELECT * FROM {schema}.act_enqueue(ARRAY['r'], NULL::text, 0::bigint, $1::bigint, \
-             ARRAY['q', 'q'], ARRAY[$1::bigint - 1, $1::bigint], ARRAY['r', 'r'], ARRAY[0, 0])"
-        ),
-        &[&last],
-    )
-    .await
-    .expect("a version 6 enqueue");
+    let last = two_pings_enqueued(&c, &schema, 6).await;
     assert!(!settle_def(&c, &schema).await.contains("v_locked"));
 
     let store = PgStore::open(&url).await.expect("the upgrade from 6");
@@ -671,32 +679,8 @@ async fn a_version_7_store_is_upgraded_to_8_and_its_news_is_folded_by_the_new_fo
         .await
         .unwrap();
     assert_eq!(language(&c, &schema, "act_fold").await, "sql");
-    let row = c
-        .query_one(
-            &format!(
-                "SELECT max(id) FROM {schema}.act_append('a', NULL, ARRAY['Ping', 'Ping'], \
-                 ARRAY['{{}}'::jsonb, '{{}}'::jsonb], 'c', NULL, NULL, NULL, 0, false, 0)"
-            ),
-            &[],
-        )
-        .await
-        .expect("a version 7 append");
-    let last: i64 = row.get(0);
-    c.batch_execute(&format!(
-        "SELECT * FROM {schema}.act_subscribe(ARRAY['r'], '[[\"Ping\"]]'::jsonb, ARRAY['q'], ARRAY[0::bigint], 0)"
-    ))
-    .await
-    .expect("a version 7 subscription");
     // Enqueued by version 7: the queue row learns of it only from the news.
-    c.execute(
-        &format!(
-            "SELECT * FROM {schema}.act_enqueue(ARRAY['r'], NULL::text, 0::bigint, $1::bigint, \
-             ARRAY['q', 'q'], ARRAY[$1::bigint - 1, $1::bigint], ARRAY['r', 'r'], ARRAY[0, 0])"
-        ),
-        &[&last],
-    )
-    .await
-    .expect("a version 7 enqueue");
+    let last = two_pings_enqueued(&c, &schema, 7).await;
     let news: i64 = c
         .query_one(&format!("SELECT count(*) FROM {schema}.news"), &[])
         .await

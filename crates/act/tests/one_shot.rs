@@ -64,6 +64,26 @@ fn options(owner: &str) -> BrokerOptions {
     }
 }
 
+/// Two brokers' one-shot runs (`settle` or `run_once`) side by side
+/// deliver and correlate every event once, and both end before a loser's
+/// follow of the winner would have run out.
+async fn both_end_with_the_work(settle: bool) {
+    let (a, b, elapsed, delivered) = two_at_once(settle).await;
+    assert_eq!(delivered, EVENTS as u64, "every event delivered once");
+    assert_eq!(a.events + b.events, EVENTS as u64);
+    assert_eq!(
+        a.correlated + b.correlated,
+        EVENTS as u64,
+        "every event correlated once, by the step that won it"
+    );
+    assert!(
+        elapsed < FOLLOW,
+        "both runs should end as soon as the log is correlated and \
+         delivered; they took {elapsed:?} of the paused clock (a loser waited \
+         out its follow of the winner)"
+    );
+}
+
 /// Runs two brokers' one-shot runs side by side; their stats and the
 /// (virtual) time until both returned.
 async fn two_at_once(settle: bool) -> (Stats, Stats, Duration, u64) {
@@ -91,37 +111,12 @@ async fn two_at_once(settle: bool) -> (Stats, Stats, Duration, u64) {
 
 #[tokio::test(start_paused = true)]
 async fn a_settle_that_lost_the_live_cursor_ends_once_the_winner_has_correlated_the_log() {
-    let (a, b, elapsed, delivered) = two_at_once(true).await;
-    assert_eq!(delivered, EVENTS as u64, "every event delivered once");
-    assert_eq!(a.events + b.events, EVENTS as u64);
-    assert_eq!(
-        a.correlated + b.correlated,
-        EVENTS as u64,
-        "every event correlated once, by the step that won it"
-    );
-    assert!(
-        elapsed < FOLLOW,
-        "both settles should end as soon as the log is correlated and \
-         delivered; they took {elapsed:?} of the paused clock (a loser waited \
-         out its follow of the winner)"
-    );
+    both_end_with_the_work(true).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_run_once_that_lost_the_live_cursor_ends_once_the_winner_has_correlated_the_log() {
-    let (a, b, elapsed, delivered) = two_at_once(false).await;
-    assert_eq!(delivered, EVENTS as u64, "every event delivered once");
-    assert_eq!(a.events + b.events, EVENTS as u64);
-    assert_eq!(
-        a.correlated + b.correlated,
-        EVENTS as u64,
-        "every event correlated once, by the step that won it"
-    );
-    assert!(
-        elapsed < FOLLOW,
-        "both runs should end as soon as the log is correlated and \
-         delivered; they took {elapsed:?} of the paused clock"
-    );
+    both_end_with_the_work(false).await;
 }
 
 #[tokio::test(start_paused = true)]
