@@ -16,7 +16,7 @@ use deadpool_postgres::Object;
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// The migrations, in order. Never edit a released one; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         V7,
     ),
     (8, "act_fold in PL/pgSQL: its plan is kept", V8),
+    (
+        9,
+        "an enqueue reads each target queue once, not once per item",
+        V9,
+    ),
 ];
 
 /// Version 2: see the file's own comments.
@@ -70,6 +75,9 @@ const V7: &str = include_str!("sql/v7.sql");
 
 /// Version 8: see the file's own comments.
 const V8: &str = include_str!("sql/v8.sql");
+
+/// Version 9: see the file's own comments.
+const V9: &str = include_str!("sql/v9.sql");
 
 /// The table that records applied migrations.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (

@@ -10,9 +10,13 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use act::{Claim, Error, OpenMode, QueueFilter, QueueStore, Settlement};
+use act::{
+    Append, Claim, Correlation, Error, EventStore, Message, OpenMode, QueueFilter, QueueStore,
+    Settlement, Work,
+};
 use act_pg::PgStore;
 use common::{fresh_schema, raw, server, with_params, DropSchema};
+use serde_json::json;
 
 /// Builds a version 1 store by hand: three events, queue `q1` acknowledged
 /// up to the first with the other two pending, queue `q2` with the second
@@ -657,6 +661,16 @@ async fn a_version_6_store_is_upgraded_to_7_and_its_work_is_settled() {
     drop(store);
 }
 
+/// Work of reaction `r` on `queue`.
+fn work(queue: &str, event: i64) -> Work {
+    Work {
+        stream: queue.into(),
+        event,
+        reaction: "r".into(),
+        priority: 0,
+    }
+}
+
 /// The language of a function of the schema (`sql`, `plpgsql`).
 async fn language(c: &tokio_postgres::Client, schema: &str, function: &str) -> String {
     let q = format!(
@@ -724,5 +738,79 @@ async fn a_version_7_store_is_upgraded_to_8_and_its_news_is_folded_by_the_new_fo
         .find(|q| q.stream == "q")
         .expect("queue q");
     assert_eq!((q.position, q.lag), (last, 0), "{q:?}");
+    drop(store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_8_store_is_upgraded_to_9_and_the_new_enqueue_numbers_after_the_old() {
+    let schema = fresh_schema("v8up");
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::default(),
+    };
+    let url = with_params(&server(), &format!("schema={schema}&listen=false"));
+    let c = raw(&server()).await;
+    c.batch_execute(&act_pg::testing::store_sql_at(&schema, 8))
+        .await
+        .unwrap();
+    // Items 1 and 2 of queue q, numbered by version 8's enqueue.
+    let first = two_pings_enqueued(&c, &schema, 8).await;
+
+    let store = PgStore::open(&url).await.expect("the upgrade from 8");
+    assert_eq!(
+        versions(&c, &schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    let more = store
+        .append(Append::new(
+            "a",
+            vec![
+                Message::new("Ping", json!({})),
+                Message::new("Ping", json!({})),
+            ],
+        ))
+        .await
+        .unwrap();
+    let (third, fourth) = (more[0].id, more[1].id);
+    // The new enqueue, given one item that is there already (the old
+    // function's last) beside two new ones, and one new one twice.
+    let step = Correlation {
+        reactions: vec!["r".into()],
+        replay: None,
+        from: first,
+        to: fourth,
+        work: vec![
+            work("q", first),
+            work("q", third),
+            work("q", fourth),
+            work("q", fourth),
+        ],
+    };
+    let done = store.enqueue(&step).await.unwrap();
+    assert_eq!(done.moved, vec![true]);
+    let rows = c
+        .query(
+            &format!("SELECT event, seq FROM {schema}.items WHERE stream = 'q' ORDER BY event"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let items: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        items,
+        vec![(first - 1, 1), (first, 2), (third, 3), (fourth, 4)],
+        "each item once, numbered on from version 8's"
+    );
+    let claim = Claim {
+        owner: "b".into(),
+        queues: 1,
+        events: 10,
+        lease: Duration::from_secs(60),
+        reactions: vec!["r".into()],
+    };
+    let got = store.claim(&claim).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let ids: Vec<i64> = got[0].events.iter().map(|p| p.event.id).collect();
+    assert_eq!(ids, vec![first - 1, first, third, fourth]);
     drop(store);
 }
