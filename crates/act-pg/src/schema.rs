@@ -16,7 +16,7 @@ use deadpool_postgres::Object;
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 
 /// The migrations, in order. Never edit a released one; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "an enqueue reads each target queue once, not once per item",
         V9,
     ),
+    (
+        10,
+        "a claim reads its window, not the backlog, whatever the statistics say",
+        V10,
+    ),
 ];
 
 /// Version 2: see the file's own comments.
@@ -78,6 +83,9 @@ const V8: &str = include_str!("sql/v8.sql");
 
 /// Version 9: see the file's own comments.
 const V9: &str = include_str!("sql/v9.sql");
+
+/// Version 10: see the file's own comments.
+const V10: &str = include_str!("sql/v10.sql");
 
 /// The table that records applied migrations.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (

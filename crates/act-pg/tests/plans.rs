@@ -1,0 +1,171 @@
+//! What the store's functions read does not depend on how PostgreSQL
+//! happens to plan them.
+//!
+//! A claim hands out the first events of a queue's window. PostgreSQL plans
+//! the statement that cuts the window for each of a session's first five
+//! calls with the values given (a custom plan). When the table's statistics
+//! say queues are short and one queue is long (a reaction added to a long
+//! log, a projection's one queue), such a plan read every pending item of
+//! the long queue and sorted them to find the first hundred: 20,000 items
+//! per claim here, a million after a backfill of a million events. The test
+//! makes those statistics, then reads the plans of the first claims of a
+//! new session (auto_explain, whose reports reach the client as LOG
+//! messages) and counts the rows each plan read from `items`.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use act::{Append, Correlation, EventStore, Message, QueueStore, Subscription, Work};
+use common::{fresh_schema, open, options, server, DropSchema};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_postgres::AsyncMessage;
+
+/// Pending items of the long queue.
+const BACKLOG: usize = 20_000;
+/// Events a claim asks for.
+const WINDOW: i32 = 100;
+
+/// A connection whose server messages (notices, LOG lines) are kept.
+async fn listening(url: &str) -> (tokio_postgres::Client, Arc<Mutex<Vec<String>>>) {
+    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let sink = kept.clone();
+    let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notice(n) = m {
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(n.message().to_string());
+            }
+        }
+    });
+    (client, kept)
+}
+
+/// The largest `actual rows=` of a plan node that reads `items`.
+fn rows_read_from_items(plan: &str) -> Option<u64> {
+    plan.lines()
+        .filter(|l| l.contains(" on items"))
+        .filter_map(|l| {
+            let at = l.find("actual rows=")? + "actual rows=".len();
+            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_reads_its_window_not_the_backlog_whatever_the_statistics_say() {
+    let schema = fresh_schema("plans");
+    let offset = Arc::default();
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::clone(&offset),
+    };
+    let store = open(options(&schema, &offset)).await;
+    let (c, logged) = listening(&server()).await;
+    // Statistics of many short queues, gathered before the long one was
+    // enqueued, and kept (no autovacuum of this test's table).
+    c.batch_execute(&format!(
+        "ALTER TABLE {schema}.items SET (autovacuum_enabled = false);
+         INSERT INTO {schema}.items (stream, event, reaction, seq)
+             SELECT 'short-' || (g % 2000), g, 'other', g FROM generate_series(1, 11800) g;
+         ANALYZE {schema}.items;"
+    ))
+    .await
+    .unwrap();
+    store
+        .subscribe(&[Subscription {
+            name: "r".into(),
+            events: vec!["Ping".into()],
+            target: None,
+            start: 0,
+        }])
+        .await
+        .unwrap();
+    let mut ids = Vec::with_capacity(BACKLOG);
+    for _ in 0..BACKLOG / 1000 {
+        let page = (0..1000).map(|i| Message::new("Ping", json!({ "i": i })));
+        let got = store
+            .append(Append::new("a", page.collect()))
+            .await
+            .unwrap();
+        ids.extend(got.iter().map(|e| e.id));
+    }
+    let last = *ids.last().expect("events appended");
+    store
+        .enqueue(&Correlation {
+            reactions: vec!["r".into()],
+            replay: None,
+            from: 0,
+            to: last,
+            work: ids
+                .iter()
+                .map(|&event| Work {
+                    stream: "long".into(),
+                    event,
+                    reaction: "r".into(),
+                    priority: 0,
+                })
+                .collect(),
+        })
+        .await
+        .unwrap();
+    c.batch_execute(&format!("SELECT {schema}.act_fold_news()"))
+        .await
+        .unwrap();
+
+    c.batch_execute(
+        "SET client_min_messages = log;
+         LOAD 'auto_explain';
+         SET auto_explain.log_min_duration = 0;
+         SET auto_explain.log_analyze = on;
+         SET auto_explain.log_timing = off;
+         SET auto_explain.log_nested_statements = on;",
+    )
+    .await
+    .expect("auto_explain (a contrib module, loaded by a superuser)");
+    // More than the five custom plans a session makes before it may keep
+    // a generic one; each claim is rolled back, so each finds the queue.
+    let claim = format!(
+        "SELECT count(*) FROM {schema}.act_claim('o', 1, $1, 60000000, ARRAY['r'], 'a', 'b', 0)"
+    );
+    for n in 1..=7 {
+        logged.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        c.batch_execute("BEGIN").await.unwrap();
+        let got: i64 = c.query_one(&claim, &[&WINDOW]).await.unwrap().get(0);
+        c.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(got, i64::from(WINDOW), "claim {n} hands out a window");
+        let plans = logged.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let read: Vec<u64> = plans
+            .iter()
+            .filter_map(|p| rows_read_from_items(p))
+            .collect();
+        assert!(
+            !read.is_empty(),
+            "claim {n}: auto_explain reported no plan that reads items: {plans:?}"
+        );
+        let most = read.iter().copied().max().unwrap_or(0);
+        assert!(
+            most <= 10 * WINDOW as u64,
+            "claim {n} read {most} rows of items for a window of {WINDOW} events \
+             (backlog {BACKLOG}); rows read per plan: {read:?}"
+        );
+    }
+    drop(store);
+}
+
+#[test]
+fn plan_lines_are_read() {
+    let plan = "Limit (actual rows=100 loops=1)\n  ->  Bitmap Heap Scan on items i (actual rows=20000 loops=1)\n  ->  Index Scan using events_pkey on events e (actual rows=1 loops=100)";
+    assert_eq!(rows_read_from_items(plan), Some(20_000));
+    assert_eq!(
+        rows_read_from_items("Seq Scan on queues (actual rows=3 loops=1)"),
+        None
+    );
+}
