@@ -16,7 +16,7 @@ use deadpool_postgres::Object;
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// The migrations, in order. Never edit a released one; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "a claim reads its window, not the backlog, whatever the statistics say",
         V10,
     ),
+    (
+        11,
+        "a settle and a fold look for the next event from where it can be",
+        V11,
+    ),
 ];
 
 /// Version 2: see the file's own comments.
@@ -86,6 +91,9 @@ const V9: &str = include_str!("sql/v9.sql");
 
 /// Version 10: see the file's own comments.
 const V10: &str = include_str!("sql/v10.sql");
+
+/// Version 11: see the file's own comments.
+const V11: &str = include_str!("sql/v11.sql");
 
 /// The table that records applied migrations.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (
