@@ -16,7 +16,7 @@ use deadpool_postgres::Object;
 use crate::error::map;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 11;
+pub const SCHEMA_VERSION: i32 = 12;
 
 /// The migrations, in order. Never edit a released one; add a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "a settle and a fold look for the next event from where it can be",
         V11,
     ),
+    (
+        12,
+        "an acknowledgement within a transaction looks for the next event from where it can be",
+        V12,
+    ),
 ];
 
 /// Version 2: see the file's own comments.
@@ -94,6 +99,9 @@ const V10: &str = include_str!("sql/v10.sql");
 
 /// Version 11: see the file's own comments.
 const V11: &str = include_str!("sql/v11.sql");
+
+/// Version 12: see the file's own comments.
+const V12: &str = include_str!("sql/v12.sql");
 
 /// The table that records applied migrations.
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {s}.act_migrations (

@@ -221,29 +221,36 @@ fn scans_of_items(plan: &str) -> Vec<u64> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_settle_reads_past_the_items_delivered_before_it() {
+/// Delivers half of [`long_queue`]'s backlog, [`WINDOW`] events at a time,
+/// each claim and acknowledgement in a transaction of its own as a broker
+/// does (the deleted items stay in the index: no vacuum), acknowledging
+/// with `ack` (parameters: token, from, mark, last event; it returns the
+/// fence code) and, when `settled_after`, then settling as the broker does
+/// after a handler acknowledged on its own; then reads the plans of one
+/// more `ack` and checks that no scan of `items` in it walked the
+/// delivered half.
+async fn acknowledgements_read_past_delivered_items(
+    tag: &str,
+    what: &str,
+    ack: fn(&str) -> String,
+    settled_after: bool,
+) {
     let Long {
         store,
         schema,
         c,
         logged,
         _drop,
-    } = long_queue("settles").await;
+    } = long_queue(tag).await;
     let claim = format!(
         "SELECT l_token, l_position, l_mark, max(e_id) FROM {schema}.act_claim('o', 1, $1, 60000000, ARRAY['r'], 'a', 'b', 0) \
          GROUP BY 1, 2, 3"
     );
-    let settle = format!(
-        "SELECT code FROM {schema}.act_settle(ARRAY['long'], ARRAY[$1::bigint], ARRAY[$2::bigint], \
-         ARRAY[$3::bigint], ARRAY[$4::bigint], ARRAY[0::smallint], ARRAY[0::bigint], ARRAY[NULL::text], 0)"
-    );
+    let ack = ack(&schema);
+    let settle = settle(&schema);
     let fold = format!("SELECT {schema}.act_fold_news()");
-    // Half the backlog delivered, 100 events at a time, each claim and
-    // settle in a transaction of its own, as a broker does; the deleted
-    // items stay in the index (no vacuum).
     let round = |explained: bool| {
-        let (c, claim, settle, fold, logged) = (&c, &claim, &settle, &fold, &logged);
+        let (c, claim, ack, settle, fold, logged) = (&c, &claim, &ack, &settle, &fold, &logged);
         async move {
             c.batch_execute(fold).await.unwrap();
             let row = c.query_one(claim, &[&WINDOW]).await.unwrap();
@@ -253,19 +260,30 @@ async fn a_settle_reads_past_the_items_delivered_before_it() {
                 logged.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
             let code: i32 = c
-                .query_one(settle, &[&token, &from, &mark, &last])
+                .query_one(ack, &[&token, &from, &mark, &last])
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(code, 0, "the settle is accepted");
+            assert_eq!(code, 0, "the {what} is accepted");
+            let plans = logged.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if settled_after {
+                // The acknowledgement moved the queue's position: the
+                // broker's settle is fenced from there.
+                let code: i32 = c
+                    .query_one(settle, &[&token, &last, &mark, &last])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(code, 0, "the settle after the {what} is accepted");
+            }
+            plans
         }
     };
     for _ in 0..BACKLOG / 2 / WINDOW as usize {
         round(false).await;
     }
     explain(&c).await;
-    round(true).await;
-    let plans = logged.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let plans = round(true).await;
     let scans: Vec<(Vec<u64>, &String)> = plans
         .iter()
         .map(|p| (scans_of_items(p), p))
@@ -273,17 +291,66 @@ async fn a_settle_reads_past_the_items_delivered_before_it() {
         .collect();
     assert!(
         scans.len() >= 2,
-        "auto_explain reported the settle's delete and its next event: {plans:?}"
+        "auto_explain reported the {what}'s delete and its next event: {plans:?}"
     );
     for (read, plan) in &scans {
         assert!(
             read.iter().all(|&r| r <= 20),
-            "a scan of items in the settle read {read:?} buffers after {} items were \
+            "a scan of items in the {what} read {read:?} buffers after {} items were \
              delivered before it:\n{plan}",
             BACKLOG / 2
         );
     }
+    // The queue's next event is the first one not delivered.
+    let next: Option<i64> = c
+        .query_one(
+            &format!("SELECT next FROM {schema}.queues WHERE stream = 'long'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let first_left: Option<i64> = c
+        .query_one(
+            &format!("SELECT min(event) FROM {schema}.items WHERE stream = 'long'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(next.is_some(), "half the backlog is still pending");
+    assert_eq!(
+        next, first_left,
+        "the {what} set the queue's next event to its first item left"
+    );
     drop(store);
+}
+
+/// A settle of the long queue that acknowledges its window (parameters:
+/// token, from, mark, last event).
+fn settle(schema: &str) -> String {
+    format!(
+        "SELECT code FROM {schema}.act_settle(ARRAY['long'], ARRAY[$1::bigint], ARRAY[$2::bigint], \
+         ARRAY[$3::bigint], ARRAY[$4::bigint], ARRAY[0::smallint], ARRAY[0::bigint], ARRAY[NULL::text], 0)"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_reads_past_the_items_delivered_before_it() {
+    acknowledgements_read_past_delivered_items("settles", "settle", settle, false).await;
+}
+
+/// The acknowledgement a transactional projection makes in its own
+/// transaction, window after window of one long queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_within_a_transaction_reads_past_the_items_delivered_before_it() {
+    acknowledgements_read_past_delivered_items(
+        "acks_within",
+        "acknowledgement",
+        |schema| format!("SELECT code FROM {schema}.act_ack_within('long', $1, $2, $3, $4, 0)"),
+        true,
+    )
+    .await;
 }
 
 #[test]
