@@ -152,15 +152,20 @@ fn the_exporter_agrees_with_the_log_while_a_worker_drains() {
     let events = json_lines(&run(&["events", "--store", &store, "--json"]));
     let count = |name: &str| events.iter().filter(|e| e["name"] == name).count() as f64;
     let delivered = values(&last, "act_reactions_delivered_total");
+    // What the worker logged (warnings: rejected settlements, store
+    // errors), to tell a redelivery from a miscount when these differ.
+    let worker_log = || std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
     assert_eq!(
         delivered.get("audit"),
         Some(&count("Recorded")),
-        "{delivered:?}"
+        "{delivered:?}; the worker logged:\n{}",
+        worker_log()
     );
     assert_eq!(
         delivered.get("totals"),
         Some(&count("Totaled")),
-        "{delivered:?}"
+        "{delivered:?}; the worker logged:\n{}",
+        worker_log()
     );
     assert!(count("Totaled") > 500.0, "the workload delivered little");
 
