@@ -446,9 +446,14 @@ async fn a_version_4_store_with_pending_work_is_upgraded_to_5() {
 
 /// The definition of `schema`'s act_settle.
 async fn settle_def(c: &tokio_postgres::Client, schema: &str) -> String {
+    function_def(c, schema, "act_settle").await
+}
+
+/// The definition of a function of the schema.
+async fn function_def(c: &tokio_postgres::Client, schema: &str, function: &str) -> String {
     let q = format!(
         "SELECT pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-         WHERE n.nspname = '{schema}' AND p.proname = 'act_settle'"
+         WHERE n.nspname = '{schema}' AND p.proname = '{function}'"
     );
     c.query_one(&q, &[]).await.unwrap().get(0)
 }
@@ -599,11 +604,7 @@ async fn a_version_6_store_is_upgraded_to_7_and_its_work_is_settled() {
         (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
     );
     for f in ["act_settle", "act_release"] {
-        let q = format!(
-            "SELECT pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-             WHERE n.nspname = '{schema}' AND p.proname = '{f}'"
-        );
-        let def: String = c.query_one(&q, &[]).await.unwrap().get(0);
+        let def = function_def(&c, &schema, f).await;
         assert!(def.contains("v_locked"), "{f} is version 7's: {def}");
     }
     let claim = |owner: &str, lease: Duration| Claim {
@@ -812,5 +813,116 @@ async fn a_version_8_store_is_upgraded_to_9_and_the_new_enqueue_numbers_after_th
     assert_eq!(got.len(), 1, "{got:?}");
     let ids: Vec<i64> = got[0].events.iter().map(|p| p.event.id).collect();
     assert_eq!(ids, vec![first - 1, first, third, fourth]);
+    drop(store);
+}
+
+/// A window claimed under version 11 is acknowledged inside a transaction
+/// by version 12's `act_ack_within` (bounded by the queue's next event),
+/// which deletes what it acknowledges, and only that, and leaves the queue's
+/// next event at the first item left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_11_store_is_upgraded_to_12_and_a_window_claimed_under_11_is_acknowledged_within_a_transaction(
+) {
+    let schema = fresh_schema("v11up");
+    let _drop = DropSchema {
+        schema: schema.clone(),
+        offset: Arc::default(),
+    };
+    let url = with_params(&server(), &format!("schema={schema}&listen=false"));
+    let mut c = raw(&server()).await;
+    c.batch_execute(&act_pg::testing::store_sql_at(&schema, 11))
+        .await
+        .unwrap();
+    // Items `last - 1` and `last` of queue q, their news folded, the first
+    // of them claimed by version 11's claim.
+    let last = two_pings_enqueued(&c, &schema, 11).await;
+    c.batch_execute(&format!("SELECT {schema}.act_fold_news()"))
+        .await
+        .unwrap();
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT l_token, l_position, l_mark, max(e_id) FROM {schema}.act_claim('o', 1, 1, 60000000, \
+                 ARRAY['r'], 'a', 'b', 0) GROUP BY 1, 2, 3"
+            ),
+            &[],
+        )
+        .await
+        .expect("a version 11 claim");
+    let (token, from, mark, claimed): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(claimed, last - 1, "the claim's window is the first item");
+    assert!(
+        !function_def(&c, &schema, "act_ack_within")
+            .await
+            .contains("v_next"),
+        "version 11's function"
+    );
+
+    let store = PgStore::open(&url).await.expect("the upgrade from 11");
+    assert_eq!(
+        versions(&c, &schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    assert!(
+        function_def(&c, &schema, "act_ack_within")
+            .await
+            .contains("v_next"),
+        "version 12's function"
+    );
+    // The acknowledgement, in a transaction of its own as `project` makes.
+    let tx = c.transaction().await.unwrap();
+    let code: i32 = tx
+        .query_one(
+            &format!("SELECT code FROM {schema}.act_ack_within('q', $1, $2, $3, $4, 0)"),
+            &[&token, &from, &mark, &claimed],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(code, 0, "the lease taken under version 11 is accepted");
+    tx.commit().await.unwrap();
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT q.next, q.position, (SELECT array_agg(i.event ORDER BY i.event) FROM {schema}.items i \
+                 WHERE i.stream = 'q') FROM {schema}.queues q WHERE q.stream = 'q'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (next, position, left): (Option<i64>, i64, Vec<i64>) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (next, position, left),
+        (Some(last), last - 1, vec![last]),
+        "the acknowledged item is gone, the other is next"
+    );
+    // The broker's settle after it, then the rest is claimed.
+    let code: i32 = c
+        .query_one(
+            &format!(
+                "SELECT code FROM {schema}.act_settle(ARRAY['q'], ARRAY[$1::bigint], ARRAY[$2::bigint], \
+                 ARRAY[$3::bigint], ARRAY[$2::bigint], ARRAY[0::smallint], ARRAY[0::bigint], ARRAY[NULL::text], 0)"
+            ),
+            &[&token, &claimed, &mark],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(code, 0, "the settle after the acknowledgement");
+    let got = store
+        .claim(&Claim {
+            owner: "b".into(),
+            queues: 1,
+            events: 10,
+            lease: Duration::from_secs(60),
+            reactions: vec!["r".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let ids: Vec<i64> = got[0].events.iter().map(|p| p.event.id).collect();
+    assert_eq!(ids, vec![last]);
     drop(store);
 }
