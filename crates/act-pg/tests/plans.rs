@@ -302,22 +302,17 @@ async fn acknowledgements_read_past_delivered_items(
         );
     }
     // The queue's next event is the first one not delivered.
-    let next: Option<i64> = c
+    let row = c
         .query_one(
-            &format!("SELECT next FROM {schema}.queues WHERE stream = 'long'"),
+            &format!(
+                "SELECT q.next, (SELECT min(i.event) FROM {schema}.items i WHERE i.stream = 'long') \
+                 FROM {schema}.queues q WHERE q.stream = 'long'"
+            ),
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
-    let first_left: Option<i64> = c
-        .query_one(
-            &format!("SELECT min(event) FROM {schema}.items WHERE stream = 'long'"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let (next, first_left): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
     assert!(next.is_some(), "half the backlog is still pending");
     assert_eq!(
         next, first_left,
