@@ -13,9 +13,11 @@
 //!
 //! Besides reactions per second, each row reports what the delivery cost:
 //! store calls (round trips) per reaction, counted by every worker; CPU per
-//! reaction of the workers and, on a local PostgreSQL, of the server (its
-//! processes' times from `/proc`); and the share of the server's active
-//! sessions waiting on a lock, sampled from `pg_stat_activity` every 10 ms.
+//! reaction of the workers (from their go to their end), of the bench
+//! process (the proxy's) and, on a local PostgreSQL, of the server (its
+//! processes' times from `/proc`); how many of the machine's cores were busy
+//! ([`super::cpu`]); and the share of the server's active sessions waiting
+//! on a lock, sampled from `pg_stat_activity` every 10 ms.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::cpu;
 use super::namespace::Namespace;
 use super::proxy::Proxy;
 use super::workloads::{broker_options, counting, fill};
@@ -66,7 +69,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
         }
         // Every worker has opened the store: the clock starts now.
         let sampler = Sampler::start(&ns).await;
-        let server_before = server_cpu();
+        let window = cpu::Snapshot::now();
         started = Instant::now();
         for c in &mut children {
             c.go().await?;
@@ -82,7 +85,8 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
             each.push(v);
         }
         extra.insert("each_worker".into(), Value::Array(each));
-        let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
+        // The bench process's own CPU is the proxy's and the sampler's.
+        window.record(&mut extra, "bench_cpu_us_per_reaction", total);
         let waits = match sampler {
             Some(s) => Some(s.stop().await),
             None => None,
@@ -94,9 +98,6 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
                 json!(calls as f64 / total as f64),
             );
             extra.insert("broker_cpu_us_per_reaction".into(), json!(per(cpu)));
-            if let Some(server) = server {
-                extra.insert("server_cpu_us_per_reaction".into(), json!(per(server)));
-            }
         }
         if let Some(w) = waits {
             extra.insert("lock_wait_share".into(), json!(w.share()));
@@ -111,6 +112,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
     } else {
         let counter = Arc::new(AtomicU64::new(0));
         let app = scale_app(ns.store.clone(), &counter)?;
+        let window = cpu::Snapshot::now();
         started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..workers {
@@ -120,7 +122,9 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
         while let Some(r) = tasks.join_next().await {
             r.map_err(|e| Error::Check(vec![format!("a broker task failed: {e}")]))??;
         }
-        counter.load(Ordering::Relaxed)
+        let reactions = counter.load(Ordering::Relaxed);
+        window.record(&mut extra, "broker_cpu_us_per_reaction", reactions);
+        reactions
     };
     let secs = started.elapsed().as_secs_f64();
     let queues = (n.div_ceil(per_stream) + GROUPS) as u64;
@@ -272,56 +276,6 @@ fn through(url: &str, proxy: SocketAddr) -> Result<String, Error> {
     Ok(u.to_string())
 }
 
-/// CPU seconds of every PostgreSQL server process on this machine (with
-/// the times of the backends that exited, which the postmaster collects),
-/// or `None` where there is no `/proc` or no local server.
-fn server_cpu() -> Option<f64> {
-    // Linux reports these times in clock ticks of 1/100 s (USER_HZ).
-    const TICKS: f64 = 100.0;
-    let mut total = 0u64;
-    let mut found = false;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((name, rest)) = stat.split_once(") ") else {
-            continue;
-        };
-        if !name.ends_with("(postgres") {
-            continue;
-        }
-        // Fields after the name: state is the 3rd field of the line, utime
-        // the 14th, stime, cutime, cstime the next three.
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let t = |i: usize| {
-            f.get(i - 3)
-                .and_then(|x| x.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        total += t(14) + t(15) + t(16) + t(17);
-        found = true;
-    }
-    found.then(|| total as f64 / TICKS)
-}
-
-/// This process's CPU seconds (user and system), from `/proc/self/stat`.
-pub(crate) fn own_cpu() -> f64 {
-    const TICKS: f64 = 100.0;
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| {
-        f.get(i - 3)
-            .and_then(|x| x.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (t(14) + t(15)) as f64 / TICKS
-}
-
 /// Samples of the server's sessions in the workload's database.
 struct Waits {
     /// Active sessions seen, summed over samples.
@@ -412,14 +366,5 @@ mod tests {
             "rediss://localhost:40000?prefix=b"
         );
         assert!(server_of("sqlite:///tmp/x.db").is_err());
-    }
-
-    #[test]
-    fn this_process_has_used_cpu() {
-        let mut x = 0u64;
-        for i in 0..50_000_000u64 {
-            x = x.wrapping_add(i * i);
-        }
-        assert!(x > 0 && own_cpu() > 0.0);
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::counting::Counting;
+use super::cpu;
 use super::namespace::Namespace;
 use super::{rss, Row, Settings};
 use act_cli::Error;
@@ -185,10 +186,13 @@ pub(crate) async fn drain(s: &Settings) -> Result<Row, Error> {
     let counter = Arc::new(AtomicU64::new(0));
     let counted = Arc::new(Counting::new(ns.store.clone()));
     let app = drain_app(counted.clone(), &counter)?;
+    let window = cpu::Snapshot::now();
     let secs = timed_delivery(s, &app).await?;
     let reactions = counter.load(Ordering::Relaxed);
     let (calls, claims) = counted.counts();
     let mut row = Row::new("drain", ns.backend(), reactions, 100 + 1, 1, secs);
+    // The broker runs in this process.
+    window.record(&mut row.extra, "client_cpu_us_per_reaction", reactions);
     row.extra.insert("source_events".into(), json!(n));
     row.extra.insert("store_calls".into(), json!(calls));
     row.extra.insert("claims".into(), json!(claims));
