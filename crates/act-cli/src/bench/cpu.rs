@@ -29,12 +29,13 @@ struct Machine {
 }
 
 impl Snapshot {
-    /// The counters now.
-    pub(crate) fn now() -> Snapshot {
+    /// The counters now; the local PostgreSQL server's only when the store
+    /// is on one (`postgres`), so no other store's row reports them.
+    pub(crate) fn now(postgres: bool) -> Snapshot {
         Snapshot {
             at: Instant::now(),
             own: own_cpu(),
-            server: server_cpu(),
+            server: postgres.then(server_cpu).flatten(),
             machine: machine(),
         }
     }
@@ -44,7 +45,7 @@ impl Snapshot {
     /// when the broker runs in it, `bench_cpu_us_per_reaction` when it only
     /// drives other processes), and how busy the machine's cores were.
     pub(crate) fn record(&self, extra: &mut Map<String, Value>, own: &str, reactions: u64) {
-        let now = Snapshot::now();
+        let now = Snapshot::now(self.server.is_some());
         let secs = now.at.duration_since(self.at).as_secs_f64();
         if reactions > 0 {
             let per = |x: f64| x * 1e6 / reactions as f64;
@@ -182,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_window_records_how_busy_the_machine_was() {
-        let before = Snapshot::now();
+        let before = Snapshot::now(false);
         // Spin until this process has used CPU the kernel has counted (a
         // tick is 10 ms), however busy the machine is.
         let give_up = Instant::now() + std::time::Duration::from_secs(120);
@@ -203,6 +204,10 @@ mod tests {
         // seconds' sum (the ticks are exact, their sum in f64 is not).
         let own = extra["client_cpu_us_per_reaction"].as_f64().unwrap();
         assert!(own >= 49.0, "{extra:?}");
+        assert!(
+            !extra.contains_key("server_cpu_us_per_reaction"),
+            "no server asked for: {extra:?}"
+        );
         if before.machine.is_some() {
             // This process was busy in the window, so some core was.
             assert!(extra["cores_busy"].as_f64().unwrap() > 0.0, "{extra:?}");

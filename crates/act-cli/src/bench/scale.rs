@@ -53,8 +53,9 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
     .await?;
     rss::reset_peak();
     let mut extra = serde_json::Map::new();
-    let started;
-    let reactions = if ns.shared() {
+    // Each branch stops its clock when the last broker is done, before it
+    // reads `/proc` or stops the lock sampler.
+    let (reactions, secs) = if ns.shared() {
         let proxy = match s.delay {
             Some(d) => Some(proxy_for(&ns.url, d)?),
             None => None,
@@ -69,8 +70,8 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
         }
         // Every worker has opened the store: the clock starts now.
         let sampler = Sampler::start(&ns).await;
-        let window = cpu::Snapshot::now();
-        started = Instant::now();
+        let window = cpu::Snapshot::now(ns.backend() == "postgres");
+        let started = Instant::now();
         for c in &mut children {
             c.go().await?;
         }
@@ -84,6 +85,7 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
             cpu += v["cpu_s"].as_f64().unwrap_or(0.0);
             each.push(v);
         }
+        let secs = started.elapsed().as_secs_f64();
         extra.insert("each_worker".into(), Value::Array(each));
         // The bench process's own CPU is the proxy's and the sampler's.
         window.record(&mut extra, "bench_cpu_us_per_reaction", total);
@@ -108,12 +110,12 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
             extra.insert("delay_ms".into(), json!(d.as_secs_f64() * 1000.0));
             extra.insert("proxied_chunks".into(), json!(p.chunks()));
         }
-        total
+        (total, secs)
     } else {
         let counter = Arc::new(AtomicU64::new(0));
         let app = scale_app(ns.store.clone(), &counter)?;
-        let window = cpu::Snapshot::now();
-        started = Instant::now();
+        let window = cpu::Snapshot::now(ns.backend() == "postgres");
+        let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..workers {
             let broker = app.broker(broker_options(s).owner(format!("bench-{w}")));
@@ -122,11 +124,11 @@ pub(crate) async fn scale(s: &Settings, workers: usize) -> Result<Row, Error> {
         while let Some(r) = tasks.join_next().await {
             r.map_err(|e| Error::Check(vec![format!("a broker task failed: {e}")]))??;
         }
+        let secs = started.elapsed().as_secs_f64();
         let reactions = counter.load(Ordering::Relaxed);
         window.record(&mut extra, "broker_cpu_us_per_reaction", reactions);
-        reactions
+        (reactions, secs)
     };
-    let secs = started.elapsed().as_secs_f64();
     let queues = (n.div_ceil(per_stream) + GROUPS) as u64;
     let mut row = Row::new(
         "scale",

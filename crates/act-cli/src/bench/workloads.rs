@@ -186,7 +186,7 @@ pub(crate) async fn drain(s: &Settings) -> Result<Row, Error> {
     let counter = Arc::new(AtomicU64::new(0));
     let counted = Arc::new(Counting::new(ns.store.clone()));
     let app = drain_app(counted.clone(), &counter)?;
-    let window = cpu::Snapshot::now();
+    let window = cpu::Snapshot::now(ns.backend() == "postgres");
     let secs = timed_delivery(s, &app).await?;
     let reactions = counter.load(Ordering::Relaxed);
     let (calls, claims) = counted.counts();
