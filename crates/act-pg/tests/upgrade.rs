@@ -269,11 +269,7 @@ async fn a_version_2_store_is_upgraded_to_3() {
             .contains("AND v_walking THEN x.retries"),
         "the test did not build version 2's act_settle"
     );
-    let store = PgStore::open(&url).await.expect("the upgrade from 2");
-    assert_eq!(
-        versions(&c, &schema).await,
-        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    let store = upgraded(&c, &schema, &url, 2).await;
     assert!(
         !settle_def(&c, &schema)
             .await
@@ -302,11 +298,7 @@ async fn a_version_3_store_is_upgraded_to_4() {
         !settle_def(&c, &schema).await.contains("IN (1, 3)"),
         "the test did not build version 3's act_settle"
     );
-    let store = PgStore::open(&url).await.expect("the upgrade from 3");
-    assert_eq!(
-        versions(&c, &schema).await,
-        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    let store = upgraded(&c, &schema, &url, 3).await;
     assert!(
         settle_def(&c, &schema).await.contains("IN (1, 3)"),
         "act_settle does not record deferrals after the upgrade"
@@ -371,11 +363,7 @@ async fn a_version_4_store_with_pending_work_is_upgraded_to_5() {
     .await
     .expect("a version 4 enqueue");
 
-    let store = PgStore::open(&url).await.expect("the upgrade from 4");
-    assert_eq!(
-        versions(&c, &schema).await,
-        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    let store = upgraded(&c, &schema, &url, 4).await;
     let q = store
         .queues(&QueueFilter::default())
         .await
@@ -444,6 +432,19 @@ async fn a_version_4_store_with_pending_work_is_upgraded_to_5() {
     drop(store);
 }
 
+/// Opens the store at `url`, which upgrades `schema` from version `from`,
+/// and checks that every version up to this build's is recorded.
+async fn upgraded(c: &tokio_postgres::Client, schema: &str, url: &str, from: i32) -> PgStore {
+    let store = PgStore::open(url)
+        .await
+        .unwrap_or_else(|e| panic!("the upgrade from {from}: {e}"));
+    assert_eq!(
+        versions(c, schema).await,
+        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    store
+}
+
 /// The definition of `schema`'s act_settle.
 async fn settle_def(c: &tokio_postgres::Client, schema: &str) -> String {
     function_def(c, schema, "act_settle").await
@@ -500,11 +501,7 @@ async fn a_version_5_store_is_upgraded_to_6_and_enqueue_says_what_it_moved() {
     .await
     .expect("a version 5 enqueue");
 
-    let store = PgStore::open(&url).await.expect("the upgrade from 5");
-    assert_eq!(
-        versions(&c, &schema).await,
-        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    let store = upgraded(&c, &schema, &url, 5).await;
     let got = store
         .claim(&Claim {
             owner: "b1".into(),
@@ -598,11 +595,7 @@ async fn a_version_6_store_is_upgraded_to_7_and_its_work_is_settled() {
     let last = two_pings_enqueued(&c, &schema, 6).await;
     assert!(!settle_def(&c, &schema).await.contains("v_locked"));
 
-    let store = PgStore::open(&url).await.expect("the upgrade from 6");
-    assert_eq!(
-        versions(&c, &schema).await,
-        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    let store = upgraded(&c, &schema, &url, 6).await;
     for f in ["act_settle", "act_release"] {
         let def = function_def(&c, &schema, f).await;
         assert!(def.contains("v_locked"), "{f} is version 7's: {def}");
@@ -703,11 +696,7 @@ async fn a_version_7_store_is_upgraded_to_8_and_its_news_is_folded_by_the_new_fo
         .get(0);
     assert_eq!(news, 1, "the enqueue told the queue row by news");
 
-    let store = PgStore::open(&url).await.expect("the upgrade from 7");
-    assert_eq!(
-        versions(&c, &schema).await,
-        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    let store = upgraded(&c, &schema, &url, 7).await;
     assert_eq!(language(&c, &schema, "act_fold").await, "plpgsql");
     let claim = Claim {
         owner: "b".into(),
@@ -757,11 +746,7 @@ async fn a_version_8_store_is_upgraded_to_9_and_the_new_enqueue_numbers_after_th
     // Items 1 and 2 of queue q, numbered by version 8's enqueue.
     let first = two_pings_enqueued(&c, &schema, 8).await;
 
-    let store = PgStore::open(&url).await.expect("the upgrade from 8");
-    assert_eq!(
-        versions(&c, &schema).await,
-        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    let store = upgraded(&c, &schema, &url, 8).await;
     let more = store
         .append(Append::new(
             "a",
@@ -859,11 +844,7 @@ async fn a_version_11_store_is_upgraded_to_12_and_a_window_claimed_under_11_is_a
         "version 11's function"
     );
 
-    let store = PgStore::open(&url).await.expect("the upgrade from 11");
-    assert_eq!(
-        versions(&c, &schema).await,
-        (1..=act_pg::SCHEMA_VERSION).collect::<Vec<_>>()
-    );
+    let store = upgraded(&c, &schema, &url, 11).await;
     assert!(
         function_def(&c, &schema, "act_ack_within")
             .await
