@@ -376,13 +376,7 @@ async fn a_version_4_store_with_pending_work_is_upgraded_to_5() {
         (ids[1], Some(ids[0]), 2, 2),
         "{q:?}"
     );
-    let claim = |owner: &str| Claim {
-        owner: owner.into(),
-        queues: 1,
-        events: 10,
-        lease: Duration::from_secs(60),
-        reactions: vec!["r".into()],
-    };
+    let claim = |owner: &str| claim_r(owner, Duration::from_secs(60));
     let got = store.claim(&claim("b1")).await.unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].lease.mark, 2, "the mark counts version 4's items");
@@ -430,6 +424,18 @@ async fn a_version_4_store_with_pending_work_is_upgraded_to_5() {
         vec![ids[2]]
     );
     drop(store);
+}
+
+/// A claim by `owner` of one queue's first 10 events for reaction `r`, the
+/// reaction `two_pings_enqueued` and the tests' raw enqueues route to.
+fn claim_r(owner: &str, lease: Duration) -> Claim {
+    Claim {
+        owner: owner.into(),
+        queues: 1,
+        events: 10,
+        lease,
+        reactions: vec!["r".into()],
+    }
 }
 
 /// Opens the store at `url`, which upgrades `schema` from version `from`,
@@ -503,13 +509,7 @@ async fn a_version_5_store_is_upgraded_to_6_and_enqueue_says_what_it_moved() {
 
     let store = upgraded(&c, &schema, &url, 5).await;
     let got = store
-        .claim(&Claim {
-            owner: "b1".into(),
-            queues: 1,
-            events: 10,
-            lease: Duration::from_secs(60),
-            reactions: vec!["r".into()],
-        })
+        .claim(&claim_r("b1", Duration::from_secs(60)))
         .await
         .unwrap();
     assert_eq!(got.len(), 1, "version 5's work is claimable: {got:?}");
@@ -600,23 +600,16 @@ async fn a_version_6_store_is_upgraded_to_7_and_its_work_is_settled() {
         let def = function_def(&c, &schema, f).await;
         assert!(def.contains("v_locked"), "{f} is version 7's: {def}");
     }
-    let claim = |owner: &str, lease: Duration| Claim {
-        owner: owner.into(),
-        queues: 1,
-        events: 10,
-        lease,
-        reactions: vec!["r".into()],
-    };
     // A lease that ends at once, then a second holder.
     let first = store
-        .claim(&claim("b1", Duration::from_millis(1)))
+        .claim(&claim_r("b1", Duration::from_millis(1)))
         .await
         .unwrap();
     assert_eq!(first.len(), 1, "version 6's work is claimable: {first:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let second = loop {
         let got = store
-            .claim(&claim("b2", Duration::from_secs(60)))
+            .claim(&claim_r("b2", Duration::from_secs(60)))
             .await
             .unwrap();
         if let Some(b) = got.into_iter().next() {
@@ -698,14 +691,10 @@ async fn a_version_7_store_is_upgraded_to_8_and_its_news_is_folded_by_the_new_fo
 
     let store = upgraded(&c, &schema, &url, 7).await;
     assert_eq!(language(&c, &schema, "act_fold").await, "plpgsql");
-    let claim = Claim {
-        owner: "b".into(),
-        queues: 1,
-        events: 10,
-        lease: Duration::from_secs(60),
-        reactions: vec!["r".into()],
-    };
-    let got = store.claim(&claim).await.unwrap();
+    let got = store
+        .claim(&claim_r("b", Duration::from_secs(60)))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1, "version 7's news was folded: {got:?}");
     let ids: Vec<i64> = got[0].events.iter().map(|p| p.event.id).collect();
     assert_eq!(ids, vec![last - 1, last]);
@@ -787,14 +776,10 @@ async fn a_version_8_store_is_upgraded_to_9_and_the_new_enqueue_numbers_after_th
         vec![(first - 1, 1), (first, 2), (third, 3), (fourth, 4)],
         "each item once, numbered on from version 8's"
     );
-    let claim = Claim {
-        owner: "b".into(),
-        queues: 1,
-        events: 10,
-        lease: Duration::from_secs(60),
-        reactions: vec!["r".into()],
-    };
-    let got = store.claim(&claim).await.unwrap();
+    let got = store
+        .claim(&claim_r("b", Duration::from_secs(60)))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
     let ids: Vec<i64> = got[0].events.iter().map(|p| p.event.id).collect();
     assert_eq!(ids, vec![first - 1, first, third, fourth]);
@@ -893,13 +878,7 @@ async fn a_version_11_store_is_upgraded_to_12_and_a_window_claimed_under_11_is_a
         .get(0);
     assert_eq!(code, 0, "the settle after the acknowledgement");
     let got = store
-        .claim(&Claim {
-            owner: "b".into(),
-            queues: 1,
-            events: 10,
-            lease: Duration::from_secs(60),
-            reactions: vec!["r".into()],
-        })
+        .claim(&claim_r("b", Duration::from_secs(60)))
         .await
         .unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
