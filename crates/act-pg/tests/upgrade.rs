@@ -438,6 +438,18 @@ fn claim_r(owner: &str, lease: Duration) -> Claim {
     }
 }
 
+/// Claims with [`claim_r`] (owner `b`, a 60 s lease), checks that one
+/// queue's batch came back (`what` says why it must), and returns its
+/// event ids, for a test that does nothing more with the batch.
+async fn claimed_ids(store: &PgStore, what: &str) -> Vec<i64> {
+    let got = store
+        .claim(&claim_r("b", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "{what}: {got:?}");
+    got[0].events.iter().map(|p| p.event.id).collect()
+}
+
 /// Opens the store at `url`, which upgrades `schema` from version `from`,
 /// and checks that every version up to this build's is recorded.
 async fn upgraded(c: &tokio_postgres::Client, schema: &str, url: &str, from: i32) -> PgStore {
@@ -776,12 +788,7 @@ async fn a_version_8_store_is_upgraded_to_9_and_the_new_enqueue_numbers_after_th
         vec![(first - 1, 1), (first, 2), (third, 3), (fourth, 4)],
         "each item once, numbered on from version 8's"
     );
-    let got = store
-        .claim(&claim_r("b", Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 1, "{got:?}");
-    let ids: Vec<i64> = got[0].events.iter().map(|p| p.event.id).collect();
+    let ids = claimed_ids(&store, "the upgraded queue's items").await;
     assert_eq!(ids, vec![first - 1, first, third, fourth]);
     drop(store);
 }
@@ -877,12 +884,7 @@ async fn a_version_11_store_is_upgraded_to_12_and_a_window_claimed_under_11_is_a
         .unwrap()
         .get(0);
     assert_eq!(code, 0, "the settle after the acknowledgement");
-    let got = store
-        .claim(&claim_r("b", Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 1, "{got:?}");
-    let ids: Vec<i64> = got[0].events.iter().map(|p| p.event.id).collect();
+    let ids = claimed_ids(&store, "the item left after the acknowledgement").await;
     assert_eq!(ids, vec![last]);
     drop(store);
 }
