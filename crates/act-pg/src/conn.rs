@@ -96,6 +96,41 @@ impl Conn {
         }
     }
 
+    /// Runs `first`, then `fold` (no parameters), then `sql`, pipelined:
+    /// sent at once (one round trip), run in that order, each in a
+    /// transaction of its own. Returns each statement's own result (`fold`'s
+    /// error only); `Err` when none ran (a statement could not be prepared
+    /// or the connection failed before).
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn pipelined(
+        &self,
+        first: (&str, &[&(dyn ToSql + Sync)]),
+        fold: &str,
+        sql: (&str, &[&(dyn ToSql + Sync)]),
+    ) -> Result<
+        (
+            Result<Vec<Row>, Error>,
+            Option<Error>,
+            Result<Vec<Row>, Error>,
+        ),
+        Error,
+    > {
+        let c = self.client();
+        let (a, f, b) = tokio::join!(
+            c.prepare_cached(first.0),
+            c.prepare_cached(fold),
+            c.prepare_cached(sql.0)
+        );
+        let (a, f, b) = match (a, f, b) {
+            (Ok(a), Ok(f), Ok(b)) => (a, f, b),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return self.watch(Err(e)),
+        };
+        let (first, folded, rows) =
+            tokio::join!(c.query(&a, first.1), c.query(&f, &[]), c.query(&b, sql.1));
+        let folded = folded.err().and_then(|e| self.watch(Err::<(), _>(e)).err());
+        Ok((self.watch(first), folded, self.watch(rows)))
+    }
+
     /// Runs statements without parameters (not prepared).
     pub(crate) async fn batch(&self, sql: &str) -> Result<(), Error> {
         let r = self.client().batch_execute(sql).await;

@@ -359,19 +359,7 @@ impl PgStore {
         if self.read_only {
             return self.try_rows(sql, params).await;
         }
-        let fold = match limit {
-            None => format!("SELECT {}.act_fold_news()", self.schema),
-            Some(n) => format!(
-                "SELECT {s}.act_fold(coalesce(array_agg(l.stream), '{{}}')) FROM (
-                    SELECT x.stream FROM {s}.queues x
-                    JOIN (SELECT n.stream, max(n.priority) AS p, min(n.first) AS f
-                          FROM {s}.news n GROUP BY n.stream) n ON n.stream = x.stream
-                    ORDER BY n.p DESC, n.f, x.stream
-                    LIMIT {n}
-                    FOR UPDATE OF x SKIP LOCKED) l",
-                s = self.schema
-            ),
-        };
+        let fold = self.fold_sql(limit);
         let mut attempt = 0;
         loop {
             let client = self.conn().await.map_err(Failure::Mapped)?;
@@ -389,6 +377,23 @@ impl PgStore {
                     return Ok(rows);
                 }
             }
+        }
+    }
+
+    /// The fold [`PgStore::try_rows_folded`] runs before its statement.
+    pub(crate) fn fold_sql(&self, limit: Option<usize>) -> String {
+        match limit {
+            None => format!("SELECT {}.act_fold_news()", self.schema),
+            Some(n) => format!(
+                "SELECT {s}.act_fold(coalesce(array_agg(l.stream), '{{}}')) FROM (
+                    SELECT x.stream FROM {s}.queues x
+                    JOIN (SELECT n.stream, max(n.priority) AS p, min(n.first) AS f
+                          FROM {s}.news n GROUP BY n.stream) n ON n.stream = x.stream
+                    ORDER BY n.p DESC, n.f, x.stream
+                    LIMIT {n}
+                    FOR UPDATE OF x SKIP LOCKED) l",
+                s = self.schema
+            ),
         }
     }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use act::{
     Batch, Claim, Correlation, Error, Lease, LeaseRef, Outcome, Pending, QueueFilter, QueueState,
-    QueueStore, Rejection, Replay, Retired, Settlement, Subscription, SubscriptionState,
+    QueueStore, Rejection, Replay, Retired, SettledAndClaimed, Settlement, Subscription,
+    SubscriptionState,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -136,6 +137,189 @@ fn lapse_parts() -> (String, String) {
     }
 }
 
+/// A claim's parameters, owned so that a call can send them beside others.
+struct ClaimArgs {
+    queues: i32,
+    per_queue: i32,
+    lease: i64,
+    prefix: String,
+    suffix: String,
+    offset: i64,
+    /// How many queues the fold before the claim takes: about twice what
+    /// the claim may lease.
+    fold: usize,
+}
+
+impl ClaimArgs {
+    fn new(store: &PgStore, claim: &Claim) -> Self {
+        let (prefix, suffix) = lapse_parts();
+        ClaimArgs {
+            queues: count(claim.queues),
+            per_queue: count(claim.events.max(1)),
+            lease: micros(claim.lease),
+            prefix,
+            suffix,
+            offset: store.offset_us(),
+            fold: claim.queues.saturating_mul(2).clamp(8, 10_000),
+        }
+    }
+
+    fn params<'a>(&'a self, claim: &'a Claim) -> [&'a (dyn ToSql + Sync); 8] {
+        [
+            &claim.owner,
+            &self.queues,
+            &self.per_queue,
+            &self.lease,
+            &claim.reactions,
+            &self.prefix,
+            &self.suffix,
+            &self.offset,
+        ]
+    }
+}
+
+/// The batches of a claim's rows (one row per event, grouped by queue).
+fn batches(claim: &Claim, rows: &[Row]) -> act::Result<Vec<Batch>> {
+    let mut out: Vec<Batch> = Vec::new();
+    for r in rows {
+        let stream: String = r.get(0);
+        if out.last().is_none_or(|b| b.lease.stream != stream) {
+            out.push(Batch {
+                lease: Lease {
+                    stream,
+                    owner: claim.owner.clone(),
+                    token: r.get(1),
+                    expires: r.get::<_, DateTime<Utc>>(2),
+                    position: r.get(3),
+                    retries: r.get::<_, i32>(4).max(0) as u32,
+                    lapses: r.get::<_, i32>(5).max(0) as u32,
+                    mark: r.get(6),
+                    suspect: r.get(7),
+                },
+                events: Vec::new(),
+            });
+        }
+        let e: Arc<act::Event> = event(r, 8)?;
+        let reactions: Vec<String> = r.get(17);
+        if let Some(b) = out.last_mut() {
+            b.events.push(Pending {
+                event: e,
+                reactions,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A settle's parameters in the order the store applies them (blocks
+/// first, then acks, retries and deferrals: the core's order).
+struct SettleArgs {
+    order: Vec<usize>,
+    streams: Vec<String>,
+    tokens: Vec<i64>,
+    froms: Vec<i64>,
+    marks: Vec<i64>,
+    acked: Vec<Option<i64>>,
+    kinds: Vec<i16>,
+    delays: Vec<i64>,
+    errors: Vec<Option<String>>,
+    offset: i64,
+}
+
+impl SettleArgs {
+    fn new(store: &PgStore, settlements: &[Settlement]) -> Self {
+        let order = act::queue::settle_order(settlements);
+        let ordered: Vec<&Settlement> = order.iter().map(|&i| &settlements[i]).collect();
+        SettleArgs {
+            streams: ordered.iter().map(|s| s.lease.stream.clone()).collect(),
+            tokens: ordered.iter().map(|s| s.lease.token).collect(),
+            froms: ordered.iter().map(|s| s.from).collect(),
+            marks: ordered.iter().map(|s| s.mark).collect(),
+            acked: ordered.iter().map(|s| s.acked).collect(),
+            kinds: ordered
+                .iter()
+                .map(|s| match s.outcome {
+                    Outcome::Ack => 0,
+                    Outcome::Retry { .. } => 1,
+                    Outcome::Block { .. } => 2,
+                    Outcome::Defer { .. } => 3,
+                })
+                .collect(),
+            delays: ordered
+                .iter()
+                .map(|s| match &s.outcome {
+                    Outcome::Retry { delay, .. } | Outcome::Defer { delay } => micros(*delay),
+                    _ => 0,
+                })
+                .collect(),
+            errors: ordered
+                .iter()
+                .map(|s| match &s.outcome {
+                    Outcome::Retry { error, .. } | Outcome::Block { error } => Some(error.clone()),
+                    Outcome::Ack | Outcome::Defer { .. } => None,
+                })
+                .collect(),
+            offset: store.offset_us(),
+            order,
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.streams,
+            &self.tokens,
+            &self.froms,
+            &self.marks,
+            &self.acked,
+            &self.kinds,
+            &self.delays,
+            &self.errors,
+            &self.offset,
+        ]
+    }
+}
+
+impl PgStore {
+    fn claim_sql(&self) -> String {
+        format!(
+            "SELECT * FROM {}.act_claim($1, $2, $3, $4, $5, $6, $7, $8)",
+            self.schema
+        )
+    }
+
+    fn settle_sql(&self) -> String {
+        format!(
+            "SELECT * FROM {}.act_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            self.schema
+        )
+    }
+
+    /// The results of a settle's rows, one per settlement in the order
+    /// given; wakes brokers when work may be claimable.
+    fn settled(
+        &self,
+        settlements: &[Settlement],
+        args: &SettleArgs,
+        rows: &[Row],
+    ) -> Vec<Result<(), Rejection>> {
+        let mut results: Vec<Result<(), Rejection>> = vec![Ok(()); settlements.len()];
+        let mut more = false;
+        for (&i, r) in args.order.iter().zip(rows) {
+            let s = &settlements[i];
+            more |= r.get::<_, bool>(2);
+            results[i] = rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from);
+        }
+        // Claimable work left, or at least a lease freed: brokers here look
+        // again at once; brokers elsewhere (settle waits for other brokers'
+        // leases) within the soft pace. The notifier coalesces NOTIFYs, so
+        // this costs no round trip here.
+        if more || results.iter().any(Result::is_ok) {
+            self.notify_soon();
+        }
+        results
+    }
+}
+
 #[async_trait]
 impl QueueStore for PgStore {
     async fn legacy_checkpoint(&self) -> act::Result<i64> {
@@ -170,61 +354,11 @@ impl QueueStore for PgStore {
         if claim.queues == 0 {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT * FROM {}.act_claim($1, $2, $3, $4, $5, $6, $7, $8)",
-            self.schema
-        );
-        let (queues, per_queue) = (count(claim.queues), count(claim.events.max(1)));
-        let lease = micros(claim.lease);
-        let (prefix, suffix) = lapse_parts();
-        let offset = self.offset_us();
-        // The claim folds the news of about twice what it may lease.
-        let fold = claim.queues.saturating_mul(2).clamp(8, 10_000);
+        let args = ClaimArgs::new(self, claim);
         let rows = self
-            .rows_folded(
-                Some(fold),
-                &sql,
-                &[
-                    &claim.owner,
-                    &queues,
-                    &per_queue,
-                    &lease,
-                    &claim.reactions,
-                    &prefix,
-                    &suffix,
-                    &offset,
-                ],
-            )
+            .rows_folded(Some(args.fold), &self.claim_sql(), &args.params(claim))
             .await?;
-        let mut out: Vec<Batch> = Vec::new();
-        for r in &rows {
-            let stream: String = r.get(0);
-            if out.last().is_none_or(|b| b.lease.stream != stream) {
-                out.push(Batch {
-                    lease: Lease {
-                        stream,
-                        owner: claim.owner.clone(),
-                        token: r.get(1),
-                        expires: r.get::<_, DateTime<Utc>>(2),
-                        position: r.get(3),
-                        retries: r.get::<_, i32>(4).max(0) as u32,
-                        lapses: r.get::<_, i32>(5).max(0) as u32,
-                        mark: r.get(6),
-                        suspect: r.get(7),
-                    },
-                    events: Vec::new(),
-                });
-            }
-            let e: Arc<act::Event> = event(r, 8)?;
-            let reactions: Vec<String> = r.get(17);
-            if let Some(b) = out.last_mut() {
-                b.events.push(Pending {
-                    event: e,
-                    reactions,
-                });
-            }
-        }
-        Ok(out)
+        batches(claim, &rows)
     }
 
     async fn settle(&self, settlements: &[Settlement]) -> act::Result<Vec<Result<(), Rejection>>> {
@@ -232,64 +366,76 @@ impl QueueStore for PgStore {
         if settlements.is_empty() {
             return Ok(Vec::new());
         }
-        // Blocks first, then acks, retries and deferrals: the core's order.
-        let order = act::queue::settle_order(settlements);
-        let ordered: Vec<&Settlement> = order.iter().map(|&i| &settlements[i]).collect();
-        let streams: Vec<&str> = ordered.iter().map(|s| s.lease.stream.as_str()).collect();
-        let tokens: Vec<i64> = ordered.iter().map(|s| s.lease.token).collect();
-        let froms: Vec<i64> = ordered.iter().map(|s| s.from).collect();
-        let marks: Vec<i64> = ordered.iter().map(|s| s.mark).collect();
-        let acked: Vec<Option<i64>> = ordered.iter().map(|s| s.acked).collect();
-        let kinds: Vec<i16> = ordered
-            .iter()
-            .map(|s| match s.outcome {
-                Outcome::Ack => 0,
-                Outcome::Retry { .. } => 1,
-                Outcome::Block { .. } => 2,
-                Outcome::Defer { .. } => 3,
-            })
-            .collect();
-        let delays: Vec<i64> = ordered
-            .iter()
-            .map(|s| match &s.outcome {
-                Outcome::Retry { delay, .. } | Outcome::Defer { delay } => micros(*delay),
-                _ => 0,
-            })
-            .collect();
-        let errors: Vec<Option<&str>> = ordered
-            .iter()
-            .map(|s| match &s.outcome {
-                Outcome::Retry { error, .. } | Outcome::Block { error } => Some(error.as_str()),
-                Outcome::Ack | Outcome::Defer { .. } => None,
-            })
-            .collect();
-        let offset = self.offset_us();
-        let sql = format!(
-            "SELECT * FROM {}.act_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            self.schema
+        let args = SettleArgs::new(self, settlements);
+        let rows = self.rows(&self.settle_sql(), &args.params()).await?;
+        Ok(self.settled(settlements, &args, &rows))
+    }
+
+    /// The settle, the fold of the claim and the claim pipelined on one
+    /// connection: one round trip, run by the server in that order, each in
+    /// a transaction of its own. A half that failed on a serialization
+    /// failure or a deadlock runs again on its own (with the retries every
+    /// call has).
+    async fn settle_and_claim(
+        &self,
+        settlements: &[Settlement],
+        claim: &Claim,
+    ) -> SettledAndClaimed {
+        if settlements.is_empty() || claim.queues == 0 || self.read_only {
+            let settled = self.settle(settlements).await;
+            let claimed = if settled.is_err() {
+                Ok(Vec::new())
+            } else {
+                self.claim(claim).await
+            };
+            return SettledAndClaimed { settled, claimed };
+        }
+        let (settle, take) = (
+            SettleArgs::new(self, settlements),
+            ClaimArgs::new(self, claim),
         );
-        let rows = self
-            .rows(
-                &sql,
-                &[
-                    &streams, &tokens, &froms, &marks, &acked, &kinds, &delays, &errors, &offset,
-                ],
-            )
-            .await?;
-        let mut results: Vec<Result<(), Rejection>> = vec![Ok(()); settlements.len()];
-        let mut more = false;
-        for ((&i, s), r) in order.iter().zip(&ordered).zip(&rows) {
-            more |= r.get::<_, bool>(2);
-            results[i] = rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from);
+        let (settle_sql, claim_sql) = (self.settle_sql(), self.claim_sql());
+        let fold = self.fold_sql(Some(take.fold));
+        let ran = match self.conn().await {
+            Ok(client) => {
+                client
+                    .pipelined(
+                        (&settle_sql, &settle.params()),
+                        &fold,
+                        (&claim_sql, &take.params(claim)),
+                    )
+                    .await
+            }
+            Err(e) => {
+                return SettledAndClaimed {
+                    settled: Err(e),
+                    claimed: Ok(Vec::new()),
+                }
+            }
+        };
+        let (settled, folded, claimed) = match ran {
+            Ok(ran) => ran,
+            Err(e) => {
+                return SettledAndClaimed {
+                    settled: Err(self.err(e)),
+                    claimed: Ok(Vec::new()),
+                }
+            }
+        };
+        if let Some(e) = folded {
+            tracing::warn!(store = %self.name, error = %e, "folding correlation's news into the queue rows failed; a later call folds them");
         }
-        // Claimable work left, or at least a lease freed: brokers here look
-        // again at once; brokers elsewhere (settle waits for other brokers'
-        // leases) within the soft pace. The notifier coalesces NOTIFYs, so
-        // this costs no round trip here.
-        if more || results.iter().any(Result::is_ok) {
-            self.notify_soon();
-        }
-        Ok(results)
+        let settled = match settled {
+            Ok(rows) => Ok(self.settled(settlements, &settle, &rows)),
+            Err(e) if error::is_retryable(&e) => self.settle(settlements).await,
+            Err(e) => Err(self.err(e)),
+        };
+        let claimed = match claimed {
+            Ok(rows) => batches(claim, &rows),
+            Err(e) if error::is_retryable(&e) && settled.is_ok() => self.claim(claim).await,
+            Err(e) => Err(self.err(e)),
+        };
+        SettledAndClaimed { settled, claimed }
     }
 
     async fn renew(

@@ -181,6 +181,43 @@ impl Conn {
         }
     }
 
+    /// Runs two scripts in one pipeline: one round trip, run by the server
+    /// in that order. Returns each script's own reply or error (a
+    /// `NOSCRIPT` is not loaded here: see [`no_script`]); `Err` when the
+    /// pipeline itself failed (no connection, a reply lost).
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn run_two(
+        &self,
+        first: &ScriptInvocation<'_>,
+        second: &ScriptInvocation<'_>,
+    ) -> act::Result<(redis::RedisResult<Value>, redis::RedisResult<Value>)> {
+        self.name_if_lost().await?;
+        let mut c = self.manager.clone();
+        let replies: Vec<redis::RedisResult<Value>> = self.noted(
+            redis::pipe()
+                .invoke_script(first)
+                .invoke_script(second)
+                .ignore_errors()
+                .query_async(&mut c)
+                .await,
+        )?;
+        let mut replies = replies.into_iter();
+        match (replies.next(), replies.next(), replies.next()) {
+            (Some(a), Some(b), None) => Ok((a, b)),
+            _ => {
+                Err(self.bad("a pipeline of two scripts answered another number of replies".into()))
+            }
+        }
+    }
+
+    /// An error of one script of [`Conn::run_two`], mapped (and noted, for
+    /// the manager's reconnect).
+    pub(crate) fn failed(&self, e: RedisError) -> act::Error {
+        self.noted::<()>(Err(e))
+            .err()
+            .unwrap_or_else(|| self.bad("an error that was not".into()))
+    }
+
     /// Runs one plain command.
     pub(crate) async fn command(&self, cmd: &redis::Cmd) -> act::Result<Value> {
         self.name_if_lost().await?;
@@ -230,4 +267,9 @@ impl Conn {
             cursor = next;
         }
     }
+}
+
+/// True when a script did not run because the server does not hold it.
+pub(crate) fn no_script(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }

@@ -88,8 +88,8 @@ use std::time::Duration;
 
 use act::{
     Append, Batch, Claim, Correlation, Error, Event, EventStore, LeaseRef, OpenMode, Query,
-    QueueFilter, QueueState, QueueStore, Rejection, Replay, Retired, Settlement, Subscription,
-    SubscriptionState, Wake,
+    QueueFilter, QueueState, QueueStore, Rejection, Replay, Retired, SettledAndClaimed, Settlement,
+    Subscription, SubscriptionState, Wake,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -329,6 +329,37 @@ impl QueueStore for RedisStore {
             self.notify(Wake::new_work);
         }
         Ok(results)
+    }
+
+    /// Both scripts in one pipeline: one round trip.
+    async fn settle_and_claim(
+        &self,
+        settlements: &[Settlement],
+        claim: &Claim,
+    ) -> SettledAndClaimed {
+        if let Err(e) = self.writable("settle") {
+            return SettledAndClaimed {
+                settled: Err(e),
+                claimed: Ok(Vec::new()),
+            };
+        }
+        if settlements.is_empty() || claim.queues == 0 {
+            let settled = self.settle(settlements).await;
+            let claimed = if settled.is_err() || claim.queues == 0 {
+                Ok(Vec::new())
+            } else {
+                self.claim(claim).await
+            };
+            return SettledAndClaimed { settled, claimed };
+        }
+        let (settled, claimed) = queues::settle_and_claim(&self.conn, settlements, claim).await;
+        let settled = settled.map(|(results, applied)| {
+            if applied {
+                self.notify(Wake::new_work);
+            }
+            results
+        });
+        SettledAndClaimed { settled, claimed }
     }
 
     /// One script for the whole call.

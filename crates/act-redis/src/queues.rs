@@ -62,6 +62,52 @@ static LAPSE: LazyLock<(String, String)> = LazyLock::new(|| {
 });
 
 pub(crate) async fn claim(conn: &Conn, c: &Claim) -> act::Result<Vec<Batch>> {
+    let reply = conn.run(&claim_call(conn, c)).await?;
+    claimed(conn, c, &reply)
+}
+
+/// Settles, then claims: both scripts in one pipeline (one round trip), run
+/// by the server in that order. A script the server does not hold
+/// (`NOSCRIPT`: after a restart or a `SCRIPT FLUSH`) runs again on its own,
+/// which loads it. Returns each half's result and whether a settled queue
+/// is claimable again.
+#[allow(clippy::type_complexity)]
+pub(crate) async fn settle_and_claim(
+    conn: &Conn,
+    settlements: &[Settlement],
+    c: &Claim,
+) -> (
+    act::Result<(Vec<Result<(), Rejection>>, bool)>,
+    act::Result<Vec<Batch>>,
+) {
+    let (settle, order) = settle_call(conn, settlements);
+    let take = claim_call(conn, c);
+    let (settle_reply, claim_reply) = match conn.run_two(&settle, &take).await {
+        Ok(replies) => replies,
+        Err(e) => return (Err(e), Ok(Vec::new())),
+    };
+    let settled = match settle_reply {
+        Ok(reply) => settled(conn, settlements, &order, &reply),
+        Err(e) if crate::conn::no_script(&e) => match conn.run(&settle).await {
+            Ok(reply) => settled(conn, settlements, &order, &reply),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(conn.failed(e)),
+    };
+    let claimed_now = match claim_reply {
+        Ok(reply) => claimed(conn, c, &reply),
+        Err(e) if crate::conn::no_script(&e) && settled.is_ok() => match conn.run(&take).await {
+            Ok(reply) => claimed(conn, c, &reply),
+            Err(e) => Err(e),
+        },
+        Err(e) if crate::conn::no_script(&e) => Ok(Vec::new()),
+        Err(e) => Err(conn.failed(e)),
+    };
+    (settled, claimed_now)
+}
+
+/// The claim script's call.
+fn claim_call(conn: &Conn, c: &Claim) -> ScriptInvocation<'static> {
     let mut inv = conn.script(&scripts::CLAIM);
     inv.arg(&c.owner)
         .arg(count(c.queues))
@@ -73,10 +119,14 @@ pub(crate) async fn claim(conn: &Conn, c: &Claim) -> act::Result<Vec<Batch>> {
     for r in &c.reactions {
         inv.arg(r);
     }
-    let reply = conn.run(&inv).await?;
+    inv
+}
+
+/// The batches of a claim script's reply.
+fn claimed(conn: &Conn, c: &Claim, reply: &Value) -> act::Result<Vec<Batch>> {
     let bad = |b| conn.bad(b);
     let mut out = Vec::new();
-    for entry in items(&reply).map_err(bad)? {
+    for entry in items(reply).map_err(bad)? {
         let e = items(entry).map_err(bad)?;
         let count32 = |v: &Value| int(v).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let lease = (|| -> Result<Lease, Bad> {
@@ -155,6 +205,13 @@ pub(crate) async fn settle(
     conn: &Conn,
     settlements: &[Settlement],
 ) -> act::Result<(Vec<Result<(), Rejection>>, bool)> {
+    let (inv, order) = settle_call(conn, settlements);
+    let reply = conn.run(&inv).await?;
+    settled(conn, settlements, &order, &reply)
+}
+
+/// The settle script's call, and the order it applies the settlements in.
+fn settle_call(conn: &Conn, settlements: &[Settlement]) -> (ScriptInvocation<'static>, Vec<usize>) {
     let order = act::queue::settle_order(settlements);
     let mut inv = conn.script(&scripts::SETTLE);
     inv.arg(settlements.len());
@@ -175,9 +232,19 @@ pub(crate) async fn settle(
             .arg(delay)
             .arg(error);
     }
-    let reply = conn.run(&inv).await?;
+    (inv, order)
+}
+
+/// The results of a settle script's reply, in the order given, and whether
+/// a settled queue is claimable again.
+fn settled(
+    conn: &Conn,
+    settlements: &[Settlement],
+    order: &[usize],
+    reply: &Value,
+) -> act::Result<(Vec<Result<(), Rejection>>, bool)> {
     let bad = |b| conn.bad(b);
-    let verdicts = items(&reply).map_err(bad)?;
+    let verdicts = items(reply).map_err(bad)?;
     if verdicts.len() != order.len() {
         return Err(bad(format!(
             "settle answered {} verdicts for {} settlements",

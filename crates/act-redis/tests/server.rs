@@ -312,3 +312,69 @@ async fn the_connection_is_named_again_after_a_server_restart() {
 async fn the_connection_is_named_again_after_a_server_restart_on_resp3() {
     named_again_after_a_restart("resp3").await;
 }
+
+/// A settle and a claim sent in one pipeline after the server lost its
+/// scripts (`SCRIPT FLUSH`; a restart does the same): each is loaded again,
+/// the settle is applied once, and the claim after it sees it. On a private
+/// server, so no other test loads a script in between.
+#[tokio::test]
+async fn settle_and_claim_loads_its_scripts_again_after_script_flush() {
+    let server = PrivateRedis::start(&[]);
+    let store = RedisStore::open(&url(&server, "prefix=x")).await.unwrap();
+    let events = store
+        .append(Append::new(
+            "a",
+            vec![
+                Message::new("Ping", json!({})),
+                Message::new("Ping", json!({})),
+            ],
+        ))
+        .await
+        .unwrap();
+    let (first, second) = (events[0].id, events[1].id);
+    store.subscribe(&[subscription("r")]).await.unwrap();
+    let work = |event| Work {
+        stream: "q".into(),
+        event,
+        reaction: "r".into(),
+        priority: 0,
+    };
+    store
+        .enqueue(&Correlation {
+            reactions: vec!["r".into()],
+            replay: None,
+            from: 0,
+            to: second,
+            work: vec![work(first), work(second)],
+        })
+        .await
+        .unwrap();
+    let one = Claim {
+        owner: "o".into(),
+        queues: 1,
+        events: 1,
+        lease: Duration::from_secs(30),
+        reactions: vec!["r".into()],
+    };
+    let got = store.claim(&one).await.unwrap();
+    assert_eq!(got[0].events[0].event.id, first);
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
+    let out = store
+        .settle_and_claim(&[Settlement::ack(&got[0].lease, first)], &one)
+        .await;
+    assert_eq!(out.settled.unwrap(), vec![Ok(())]);
+    let next = out.claimed.unwrap();
+    assert_eq!(next.len(), 1, "the claim did not see the ack: {next:?}");
+    assert_eq!(next[0].lease.position, first);
+    assert_eq!(next[0].events[0].event.id, second);
+    // Applied once: the old lease is fenced off.
+    let again = store
+        .settle(&[Settlement::ack(&got[0].lease, first)])
+        .await
+        .unwrap();
+    assert!(again[0].is_err(), "{again:?}");
+}

@@ -113,7 +113,7 @@ pub use memory::MemoryStore;
 pub use query::{Query, StreamFilter};
 pub use queue::{
     Batch, Claim, Fenced, Lease, LeaseRef, Outcome, Pending, QueueFilter, QueueState, Rejection,
-    Settlement, Work,
+    SettledAndClaimed, Settlement, Work,
 };
 pub use reaction::{
     Deferral, Exhausted, Handler, HandlerError, HandlerFuture, Reaction, ReactionBuilder,

@@ -357,6 +357,19 @@ pub fn retries_after_deferral(progress: bool, retries: u32) -> u32 {
     }
 }
 
+/// What [`crate::QueueStore::settle_and_claim`] did: each half's own result.
+/// A failure of one half never hides what the other did: leases the claim
+/// took reach the caller even when the settle failed, and the reverse.
+#[derive(Debug)]
+pub struct SettledAndClaimed {
+    /// The settle's result, as [`crate::QueueStore::settle`] returns it.
+    pub settled: crate::Result<Vec<Result<(), Rejection>>>,
+    /// The claim's result, as [`crate::QueueStore::claim`] returns it;
+    /// `Ok` and empty when the claim did not run (the settle failed first,
+    /// or the claim asked for no queue).
+    pub claimed: crate::Result<Vec<Batch>>,
+}
+
 /// The order in which a store applies a settle call: blocks first, then acks
 /// and retries, each group in the order given. Returns indexes into
 /// `settlements`.

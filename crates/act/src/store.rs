@@ -48,7 +48,9 @@ impl Wake {
 use crate::error::Result;
 use crate::event::{Append, Event};
 use crate::query::Query;
-use crate::queue::{Batch, Claim, LeaseRef, QueueFilter, QueueState, Rejection, Settlement};
+use crate::queue::{
+    Batch, Claim, LeaseRef, QueueFilter, QueueState, Rejection, SettledAndClaimed, Settlement,
+};
 use crate::subscription::{Correlation, Replay, Retired, Subscription, SubscriptionState};
 
 /// The event log.
@@ -151,6 +153,35 @@ pub trait QueueStore: Send + Sync {
     /// `mark`) and releases each lease. Returns one result per settlement, in
     /// order. One call, one transaction where the backend has them.
     async fn settle(&self, settlements: &[Settlement]) -> Result<Vec<Result<(), Rejection>>>;
+
+    /// [`QueueStore::settle`] and then [`QueueStore::claim`], in that
+    /// order: the claim sees every settlement the settle applied (a queue
+    /// just acknowledged may be leased again at once, in claim order: the
+    /// order a settle followed by a claim gives). What a broker calls when
+    /// it writes back finished batches and has free slots. Backends on a
+    /// server send both in one round trip (PostgreSQL pipelines them on one
+    /// connection, each in a transaction of its own; Redis sends both
+    /// scripts in one pipeline); the default calls one after the other and
+    /// does not claim when the settle failed. Each half reports its own
+    /// result ([`SettledAndClaimed`]); an empty `settlements` only claims,
+    /// a claim of no queue only settles.
+    async fn settle_and_claim(
+        &self,
+        settlements: &[Settlement],
+        claim: &Claim,
+    ) -> SettledAndClaimed {
+        let settled = if settlements.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.settle(settlements).await
+        };
+        let claimed = if settled.is_err() || claim.queues == 0 {
+            Ok(Vec::new())
+        } else {
+            self.claim(claim).await
+        };
+        SettledAndClaimed { settled, claimed }
+    }
 
     /// Extends live leases to `lease` from now (store's clock). An expired or
     /// stale lease is not renewed: its holder must stop.

@@ -25,7 +25,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::support::pings;
 use super::Backend;
-use crate::queue::{Claim, Lease, Outcome, QueueFilter, Rejection, Settlement, Work};
+use crate::queue::{Batch, Claim, Lease, Outcome, QueueFilter, Rejection, Settlement, Work};
 use crate::store::Store;
 use crate::subscription::{Correlation, Subscription};
 
@@ -62,6 +62,9 @@ enum Op {
         pick: u8,
         keep: u8,
         kind: Kind,
+        /// Claim in the same call (`settle_and_claim`): queues, events,
+        /// reactions as [`Op::Claim`].
+        then: Option<(u8, u8, u8)>,
     },
     Renew {
         owner: u8,
@@ -96,6 +99,26 @@ enum Kind {
     Defer { delay: u8 },
 }
 
+/// The claim of [`Op::Claim`]'s numbers.
+fn claim_of(owner: u8, queues: u8, events: u8, mine: u8) -> Claim {
+    Claim {
+        owner: format!("o{owner}"),
+        queues: queues as usize,
+        events: events as usize,
+        lease: Duration::from_secs(LEASE_SECS),
+        reactions: match mine {
+            0 => vec!["ra".into()],
+            1 => vec!["ra".into(), "rb".into()],
+            _ => REACTIONS.iter().map(|r| r.to_string()).collect(),
+        },
+    }
+}
+
+/// A settle alone half the time, else a settle and a claim in one call.
+fn then() -> impl Strategy<Value = Option<(u8, u8, u8)>> {
+    proptest::option::of((0..4u8, 1..5u8, 0..4u8))
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let owner = 0..OWNERS as u8;
     prop_oneof![
@@ -104,10 +127,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Join),
         1 => (any::<u8>(), 1..6u8).prop_map(|(pick, page)| Op::Replay { pick, page }),
         5 => (owner.clone(), 1..4u8, 1..5u8, 0..4u8).prop_map(|(owner, queues, events, mine)| Op::Claim { owner, queues, events, mine }),
-        4 => (owner.clone(), any::<u8>(), any::<u8>()).prop_map(|(owner, pick, keep)| Op::Settle { owner, pick, keep, kind: Kind::Ack }),
-        2 => (owner.clone(), any::<u8>(), any::<u8>(), 0..25u8).prop_map(|(owner, pick, keep, delay)| Op::Settle { owner, pick, keep, kind: Kind::Retry { delay } }),
-        1 => (owner.clone(), any::<u8>(), any::<u8>()).prop_map(|(owner, pick, keep)| Op::Settle { owner, pick, keep, kind: Kind::Block }),
-        1 => (owner.clone(), any::<u8>(), any::<u8>(), 0..25u8).prop_map(|(owner, pick, keep, delay)| Op::Settle { owner, pick, keep, kind: Kind::Defer { delay } }),
+        4 => (owner.clone(), any::<u8>(), any::<u8>(), then()).prop_map(|(owner, pick, keep, then)| Op::Settle { owner, pick, keep, kind: Kind::Ack, then }),
+        2 => (owner.clone(), any::<u8>(), any::<u8>(), 0..25u8, then()).prop_map(|(owner, pick, keep, delay, then)| Op::Settle { owner, pick, keep, kind: Kind::Retry { delay }, then }),
+        1 => (owner.clone(), any::<u8>(), any::<u8>(), then()).prop_map(|(owner, pick, keep, then)| Op::Settle { owner, pick, keep, kind: Kind::Block, then }),
+        1 => (owner.clone(), any::<u8>(), any::<u8>(), 0..25u8, then()).prop_map(|(owner, pick, keep, delay, then)| Op::Settle { owner, pick, keep, kind: Kind::Defer { delay }, then }),
         1 => owner.clone().prop_map(|owner| Op::Renew { owner }),
         1 => (owner.clone(), any::<u8>()).prop_map(|(owner, pick)| Op::Release { owner, pick }),
         2 => (1..40u8).prop_map(|secs| Op::Advance { secs }),
@@ -395,6 +418,109 @@ impl Model {
         Ok(())
     }
 
+    /// Checks a claim's batches against the model's claim and takes them
+    /// up.
+    fn claimed(&mut self, owner: usize, c: &Claim, got: Vec<Batch>) -> Result<(), TestCaseError> {
+        let (queues, events, mine) = (c.queues, c.events, &c.reactions);
+        // The model's claim: in claim order (every priority is 0:
+        // oldest pending event, then name), count lapses, lease what
+        // the claimer can run, until `queues` are leased.
+        let mut order: Vec<(i64, String)> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.claimable(self.now))
+            .filter_map(|(n, q)| q.next().map(|e| (e, n.clone())))
+            .collect();
+        order.sort();
+        let mut want: BTreeMap<String, Expected> = BTreeMap::new();
+        for (_, name) in order {
+            if want.len() == queues {
+                break;
+            }
+            let Some(q) = self.queues.get_mut(&name) else {
+                continue;
+            };
+            if q.lease.take().is_some() {
+                q.retries += 1;
+                q.lapses += 1;
+                q.suspect_to = q.suspect_to.max(q.leased_to);
+            }
+            let suspect = q.suspect();
+            let pending = q.pending(if suspect { 1 } else { events });
+            let cut = pending
+                .iter()
+                .position(|(_, rs)| !rs.iter().all(|r| mine.contains(r)))
+                .unwrap_or(pending.len());
+            if cut == 0 {
+                continue;
+            }
+            q.leased_to = pending[cut - 1].0;
+            want.insert(
+                name.clone(),
+                (
+                    pending[..cut].to_vec(),
+                    q.retries,
+                    q.lapses,
+                    q.enqueued,
+                    suspect,
+                ),
+            );
+        }
+        let got_names: Vec<String> = got.iter().map(|b| b.lease.stream.clone()).collect();
+        ensure!(
+            got_names.len() == want.len() && got_names.iter().all(|n| want.contains_key(n)),
+            "claim by {mine:?} returned {got_names:?}, the model expects {:?}",
+            want.keys().collect::<Vec<_>>()
+        );
+        for b in &got {
+            let name = b.lease.stream.clone();
+            let (items, retries, lapses, mark, suspect) = &want[&name];
+            let got_items: Vec<(i64, Vec<String>)> = b
+                .events
+                .iter()
+                .map(|p| {
+                    let mut rs = p.reactions.clone();
+                    rs.sort();
+                    (p.event.id, rs)
+                })
+                .collect();
+            ensure!(
+                &got_items == items,
+                "claim of {name} returned {got_items:?}, expected {items:?}"
+            );
+            let q = self.queues.get_mut(&name).expect("claimed queue exists");
+            ensure!(
+                (
+                    b.lease.position,
+                    b.lease.retries,
+                    b.lease.lapses,
+                    b.lease.mark,
+                    b.lease.suspect
+                ) == (q.position, *retries, *lapses, *mark, *suspect),
+                "lease of {name}: (position, retries, lapses, mark, suspect) {:?}, model {:?}",
+                (
+                    b.lease.position,
+                    b.lease.retries,
+                    b.lease.lapses,
+                    b.lease.mark,
+                    b.lease.suspect
+                ),
+                (q.position, retries, lapses, mark, suspect)
+            );
+            ensure!(
+                b.lease.token > q.token,
+                "token did not increase on claim of {name}"
+            );
+            q.token = b.lease.token;
+            q.lease = Some((owner, self.now + LEASE_SECS));
+            self.held[owner].push(Held {
+                lease: b.lease.clone(),
+                events: items.iter().map(|(e, _)| *e).collect(),
+            });
+        }
+        Ok(())
+    }
+
     async fn step(&mut self, f: &super::Fixture, op: &Op) -> Result<(), TestCaseError> {
         let s: &dyn Store = &*f.store;
         let err = |e: crate::Error| TestCaseError::fail(format!("{op:?}: store error {e}"));
@@ -460,124 +586,16 @@ impl Model {
                 events,
                 mine,
             } => {
-                let owner = owner as usize;
-                let mine: Vec<String> = match mine {
-                    0 => vec!["ra".into()],
-                    1 => vec!["ra".into(), "rb".into()],
-                    _ => REACTIONS.iter().map(|r| r.to_string()).collect(),
-                };
-                let got = s
-                    .claim(&Claim {
-                        owner: format!("o{owner}"),
-                        queues: queues as usize,
-                        events: events as usize,
-                        lease: Duration::from_secs(LEASE_SECS),
-                        reactions: mine.clone(),
-                    })
-                    .await
-                    .map_err(err)?;
-                // The model's claim: in claim order (every priority is 0:
-                // oldest pending event, then name), count lapses, lease what
-                // the claimer can run, until `queues` are leased.
-                let mut order: Vec<(i64, String)> = self
-                    .queues
-                    .iter()
-                    .filter(|(_, q)| q.claimable(self.now))
-                    .filter_map(|(n, q)| q.next().map(|e| (e, n.clone())))
-                    .collect();
-                order.sort();
-                let mut want: BTreeMap<String, Expected> = BTreeMap::new();
-                for (_, name) in order {
-                    if want.len() == queues as usize {
-                        break;
-                    }
-                    let Some(q) = self.queues.get_mut(&name) else {
-                        continue;
-                    };
-                    if q.lease.take().is_some() {
-                        q.retries += 1;
-                        q.lapses += 1;
-                        q.suspect_to = q.suspect_to.max(q.leased_to);
-                    }
-                    let suspect = q.suspect();
-                    let pending = q.pending(if suspect { 1 } else { events as usize });
-                    let cut = pending
-                        .iter()
-                        .position(|(_, rs)| !rs.iter().all(|r| mine.contains(r)))
-                        .unwrap_or(pending.len());
-                    if cut == 0 {
-                        continue;
-                    }
-                    q.leased_to = pending[cut - 1].0;
-                    want.insert(
-                        name.clone(),
-                        (
-                            pending[..cut].to_vec(),
-                            q.retries,
-                            q.lapses,
-                            q.enqueued,
-                            suspect,
-                        ),
-                    );
-                }
-                let got_names: Vec<String> = got.iter().map(|b| b.lease.stream.clone()).collect();
-                ensure!(
-                    got_names.len() == want.len() && got_names.iter().all(|n| want.contains_key(n)),
-                    "claim by {mine:?} returned {got_names:?}, the model expects {:?}",
-                    want.keys().collect::<Vec<_>>()
-                );
-                for b in &got {
-                    let name = b.lease.stream.clone();
-                    let (items, retries, lapses, mark, suspect) = &want[&name];
-                    let got_items: Vec<(i64, Vec<String>)> = b
-                        .events
-                        .iter()
-                        .map(|p| {
-                            let mut rs = p.reactions.clone();
-                            rs.sort();
-                            (p.event.id, rs)
-                        })
-                        .collect();
-                    ensure!(
-                        &got_items == items,
-                        "claim of {name} returned {got_items:?}, expected {items:?}"
-                    );
-                    let q = self.queues.get_mut(&name).expect("claimed queue exists");
-                    ensure!(
-                        (
-                            b.lease.position,
-                            b.lease.retries,
-                            b.lease.lapses,
-                            b.lease.mark,
-                            b.lease.suspect
-                        ) == (q.position, *retries, *lapses, *mark, *suspect),
-                        "lease of {name}: (position, retries, lapses, mark, suspect) {:?}, model {:?}",
-                        (
-                            b.lease.position,
-                            b.lease.retries,
-                            b.lease.lapses,
-                            b.lease.mark,
-                            b.lease.suspect
-                        ),
-                        (q.position, retries, lapses, mark, suspect)
-                    );
-                    ensure!(
-                        b.lease.token > q.token,
-                        "token did not increase on claim of {name}"
-                    );
-                    q.token = b.lease.token;
-                    q.lease = Some((owner, self.now + LEASE_SECS));
-                    self.held[owner].push(Held {
-                        lease: b.lease.clone(),
-                        events: items.iter().map(|(e, _)| *e).collect(),
-                    });
-                }
+                let c = claim_of(owner, queues, events, mine);
+                let got = s.claim(&c).await.map_err(err)?;
+                self.claimed(owner as usize, &c, got)?;
             }
             Op::Settle {
                 owner,
                 pick,
                 keep,
                 kind,
+                then,
             } => {
                 let owner = owner as usize;
                 if self.held[owner].is_empty() {
@@ -609,10 +627,22 @@ impl Model {
                 let name = h.lease.stream.clone();
                 let q = self.queues.get_mut(&name).expect("held queue exists");
                 let predicted = q.check(&name, h.lease.token, self.now, Some(h.lease.position));
-                let got = s
-                    .settle(std::slice::from_ref(&settlement))
-                    .await
-                    .map_err(err)?;
+                let then =
+                    then.map(|(queues, events, mine)| claim_of(owner as u8, queues, events, mine));
+                let (got, claimed) = match &then {
+                    None => (
+                        s.settle(std::slice::from_ref(&settlement))
+                            .await
+                            .map_err(err)?,
+                        None,
+                    ),
+                    Some(c) => {
+                        let out = s
+                            .settle_and_claim(std::slice::from_ref(&settlement), c)
+                            .await;
+                        (out.settled.map_err(err)?, Some(out.claimed.map_err(err)?))
+                    }
+                };
                 ensure!(
                     got.len() == 1,
                     "settle returned {} results for 1",
@@ -662,6 +692,10 @@ impl Model {
                             q.retry_at = Some(self.now + delay.as_secs());
                         }
                     }
+                }
+                // The claim of the same call sees the settlement applied.
+                if let (Some(c), Some(got)) = (&then, claimed) {
+                    self.claimed(owner, c, got)?;
                 }
             }
             Op::Renew { owner } => {

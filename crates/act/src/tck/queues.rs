@@ -334,6 +334,183 @@ pub async fn concurrent_claims_never_share_a_queue(b: &impl Backend) {
     assert_eq!(all.len(), 60, "every queue was claimable once");
 }
 
+/// `settle_and_claim` claims after it settled: the queue it just
+/// acknowledged is leased again at once, with its next events and a new
+/// token, and the position moved.
+pub async fn settle_and_claim_claims_after_it_settled(b: &impl Backend) {
+    let f = b.open().await;
+    let s = &*f.store;
+    let ids = pings(s, "a", 3).await;
+    enqueue(s, &[("q", ids[0]), ("q", ids[1]), ("q", ids[2])]).await;
+    let a = s.claim(&claim("A", 1, 1, LEASE)).await.unwrap().remove(0);
+    assert_eq!(event_ids(&a), vec![ids[0]]);
+    let out = s
+        .settle_and_claim(
+            &[Settlement::ack(&a.lease, ids[0])],
+            &claim("A", 1, 1, LEASE),
+        )
+        .await;
+    let settled = out.settled.expect("the settle half ran");
+    assert_eq!(settled, vec![Ok(())], "the ack was applied");
+    let got = out.claimed.expect("the claim half ran");
+    assert_eq!(
+        got.len(),
+        1,
+        "the acknowledged queue was claimable again: {got:?}"
+    );
+    assert_eq!(got[0].lease.stream, "q");
+    assert_eq!(got[0].lease.position, ids[0], "the claim saw the ack");
+    assert!(got[0].lease.token > a.lease.token, "{got:?}");
+    assert_eq!(event_ids(&got[0]), vec![ids[1]]);
+    // The old lease is fenced off; the new one settles.
+    let r = s
+        .settle(&[Settlement::ack(&a.lease, ids[1])])
+        .await
+        .unwrap();
+    assert!(matches!(r[0], Err(Rejection::Stale { .. })), "{r:?}");
+    let r = s
+        .settle(&[Settlement::ack(&got[0].lease, ids[1])])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Ok(())]);
+    assert_eq!(queue(s, "q").await.position, ids[1]);
+}
+
+/// `settle_and_claim` keeps claim order across the settle: after the
+/// highest-priority queue is acknowledged, the claim in the same call takes
+/// it again (it is still first), never the next queue in line; the same for
+/// the queue with the oldest pending event.
+pub async fn settle_and_claim_keeps_claim_order(b: &impl Backend) {
+    let f = b.open().await;
+    let s = &*f.store;
+    let ids = pings(s, "a", 6).await;
+    enqueue_with_priority(s, &[("low", ids[0]), ("low", ids[2])], 0).await;
+    enqueue_with_priority(s, &[("high", ids[1]), ("high", ids[3])], 10).await;
+    let mut order = Vec::new();
+    let mut held = s.claim(&claim("A", 1, 1, LEASE)).await.unwrap();
+    while let Some(batch) = held.pop() {
+        order.push(batch.lease.stream.clone());
+        let last = *event_ids(&batch).last().expect("a batch holds an event");
+        let out = s
+            .settle_and_claim(
+                &[Settlement::ack(&batch.lease, last)],
+                &claim("A", 1, 1, LEASE),
+            )
+            .await;
+        assert_eq!(out.settled.expect("the settle half ran"), vec![Ok(())]);
+        held = out.claimed.expect("the claim half ran");
+        assert!(held.len() <= 1, "{held:?}");
+    }
+    assert_eq!(order, vec!["high", "high", "low", "low"]);
+    // Equal priorities: the oldest pending event first, across the settle.
+    enqueue(s, &[("c", ids[4]), ("d", ids[5])]).await;
+    let first = s.claim(&claim("A", 1, 1, LEASE)).await.unwrap().remove(0);
+    assert_eq!(first.lease.stream, "c");
+    let out = s
+        .settle_and_claim(
+            &[Settlement::ack(&first.lease, ids[4])],
+            &claim("A", 2, 1, LEASE),
+        )
+        .await;
+    assert_eq!(out.settled.expect("the settle half ran"), vec![Ok(())]);
+    let got: Vec<String> = out
+        .claimed
+        .expect("the claim half ran")
+        .into_iter()
+        .map(|b| b.lease.stream)
+        .collect();
+    assert_eq!(got, vec!["d"], "c is empty after its ack; d was next");
+}
+
+/// Each half of `settle_and_claim` reports its own result: a rejected
+/// settlement changes nothing and the claim still runs; a block it applies
+/// keeps its queue out of the claim; an empty settle only claims and a
+/// claim of no queue only settles.
+pub async fn settle_and_claim_reports_each_half(b: &impl Backend) {
+    let f = b.open().await;
+    let s = &*f.store;
+    let ids = pings(s, "a", 4).await;
+    enqueue(
+        s,
+        &[("p", ids[0]), ("q", ids[1]), ("r", ids[2]), ("r", ids[3])],
+    )
+    .await;
+    let p = s.claim(&claim("A", 1, 10, LEASE)).await.unwrap().remove(0);
+    assert_eq!(p.lease.stream, "p");
+    let mut stale = p.lease.clone();
+    stale.token -= 1;
+    let out = s
+        .settle_and_claim(
+            &[Settlement::ack(&stale, ids[0])],
+            &claim("A", 1, 10, LEASE),
+        )
+        .await;
+    let settled = out.settled.expect("the settle half ran");
+    assert!(
+        matches!(settled[..], [Err(Rejection::Stale { .. })]),
+        "{settled:?}"
+    );
+    let q = out.claimed.expect("the claim half ran");
+    assert_eq!(
+        q.iter()
+            .map(|b| b.lease.stream.as_str())
+            .collect::<Vec<_>>(),
+        vec!["q"],
+        "p is still leased: the rejected ack changed nothing"
+    );
+    assert_eq!(queue(s, "p").await.position, 0);
+    // Block p and ack q, and claim everything claimable in the same call.
+    let out = s
+        .settle_and_claim(
+            &[
+                Settlement::ack(&q[0].lease, ids[1]),
+                Settlement::block(&p.lease, None, "poisoned event"),
+            ],
+            &claim("A", 10, 10, LEASE),
+        )
+        .await;
+    assert_eq!(
+        out.settled.expect("the settle half ran"),
+        vec![Ok(()), Ok(())]
+    );
+    let got = out.claimed.expect("the claim half ran");
+    assert_eq!(
+        got.iter()
+            .map(|b| b.lease.stream.as_str())
+            .collect::<Vec<_>>(),
+        vec!["r"],
+        "p is blocked, q is empty: {got:?}"
+    );
+    assert!(queue(s, "p").await.blocked);
+    assert_eq!(queue(s, "q").await.position, ids[1]);
+    // A claim of no queue only settles.
+    let out = s
+        .settle_and_claim(
+            &[Settlement::ack(&got[0].lease, ids[3])],
+            &claim("A", 0, 10, LEASE),
+        )
+        .await;
+    assert_eq!(out.settled.expect("the settle half ran"), vec![Ok(())]);
+    assert!(out.claimed.expect("no claim ran").is_empty());
+    assert_eq!(queue(s, "r").await.position, ids[3]);
+    // An empty settle only claims: nothing is left but the blocked p.
+    s.unblock(&["p".to_string()]).await.unwrap();
+    let out = s.settle_and_claim(&[], &claim("A", 10, 10, LEASE)).await;
+    assert!(out.settled.expect("nothing to settle").is_empty());
+    let got = out.claimed.expect("the claim half ran");
+    assert_eq!(
+        got.iter()
+            .map(|b| b.lease.stream.as_str())
+            .collect::<Vec<_>>(),
+        vec!["p"]
+    );
+    assert_eq!(event_ids(&got[0]), vec![ids[0]]);
+}
+
+fn event_ids(b: &crate::queue::Batch) -> Vec<i64> {
+    b.events.iter().map(|p| p.event.id).collect()
+}
+
 /// After the lease time on the store's clock, another broker takes the queue
 /// with a higher token, and the lease that ended without a settlement counts
 /// as a failed attempt.
