@@ -293,31 +293,28 @@ impl PgStore {
             self.schema
         )
     }
+}
 
-    /// The results of a settle's rows, one per settlement in the order
-    /// given; wakes brokers when work may be claimable.
-    fn settled(
-        &self,
-        settlements: &[Settlement],
-        args: &SettleArgs,
-        rows: &[Row],
-    ) -> Vec<Result<(), Rejection>> {
-        let mut results: Vec<Result<(), Rejection>> = vec![Ok(()); settlements.len()];
-        let mut more = false;
-        for (&i, r) in args.order.iter().zip(rows) {
-            let s = &settlements[i];
-            more |= r.get::<_, bool>(2);
-            results[i] = rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from);
-        }
-        // Claimable work left, or at least a lease freed: brokers here look
-        // again at once; brokers elsewhere (settle waits for other brokers'
-        // leases) within the soft pace. The notifier coalesces NOTIFYs, so
-        // this costs no round trip here.
-        if more || results.iter().any(Result::is_ok) {
-            self.notify_soon();
-        }
-        results
+/// The results of a settle's rows, one per settlement in the order given,
+/// and whether to wake brokers (work may be claimable).
+fn settle_results(
+    settlements: &[Settlement],
+    args: &SettleArgs,
+    rows: &[Row],
+) -> (Vec<Result<(), Rejection>>, bool) {
+    let mut results: Vec<Result<(), Rejection>> = vec![Ok(()); settlements.len()];
+    let mut more = false;
+    for (&i, r) in args.order.iter().zip(rows) {
+        let s = &settlements[i];
+        more |= r.get::<_, bool>(2);
+        results[i] = rejection(&s.lease.stream, s.lease.token, r.get(0), r.get(1), s.from);
     }
+    // Claimable work left, or at least a lease freed: brokers here look
+    // again at once; brokers elsewhere (settle waits for other brokers'
+    // leases) within the soft pace. The notifier coalesces NOTIFYs, so
+    // this costs no round trip here.
+    let wake = more || results.iter().any(Result::is_ok);
+    (results, wake)
 }
 
 #[async_trait]
@@ -368,7 +365,11 @@ impl QueueStore for PgStore {
         }
         let args = SettleArgs::new(self, settlements);
         let rows = self.rows(&self.settle_sql(), &args.params()).await?;
-        Ok(self.settled(settlements, &args, &rows))
+        let (results, wake) = settle_results(settlements, &args, &rows);
+        if wake {
+            self.notify_soon();
+        }
+        Ok(results)
     }
 
     /// The settle, the fold of the claim and the claim pipelined on one
@@ -425,16 +426,29 @@ impl QueueStore for PgStore {
         if let Some(e) = folded {
             tracing::warn!(store = %self.name, error = %e, "folding correlation's news into the queue rows failed; a later call folds them");
         }
-        let settled = match settled {
-            Ok(rows) => Ok(self.settled(settlements, &settle, &rows)),
-            Err(e) if error::is_retryable(&e) => self.settle(settlements).await,
-            Err(e) => Err(self.err(e)),
+        let (settled, wake) = match settled {
+            Ok(rows) => {
+                let (results, wake) = settle_results(settlements, &settle, &rows);
+                (Ok(results), wake)
+            }
+            // Runs again alone, and wakes as a settle does.
+            Err(e) if error::is_retryable(&e) => (self.settle(settlements).await, false),
+            Err(e) => (Err(self.err(e)), false),
         };
         let claimed = match claimed {
             Ok(rows) => batches(claim, &rows),
             Err(e) if error::is_retryable(&e) && settled.is_ok() => self.claim(claim).await,
             Err(e) => Err(self.err(e)),
         };
+        let freed = match (&settled, &claimed) {
+            (Ok(results), Ok(batches)) => {
+                act::queue::settle_frees_work(settlements, results, claim, batches)
+            }
+            _ => true,
+        };
+        if wake && freed {
+            self.notify_soon();
+        }
         SettledAndClaimed { settled, claimed }
     }
 

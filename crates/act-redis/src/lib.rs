@@ -354,7 +354,10 @@ impl QueueStore for RedisStore {
         }
         let (settled, claimed) = queues::settle_and_claim(&self.conn, settlements, claim).await;
         let settled = settled.map(|(results, applied)| {
-            if applied {
+            let freed = claimed.as_ref().map_or(true, |batches| {
+                act::queue::settle_frees_work(settlements, &results, claim, batches)
+            });
+            if applied && freed {
                 self.notify(Wake::new_work);
             }
             results

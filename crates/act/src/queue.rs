@@ -370,6 +370,32 @@ pub struct SettledAndClaimed {
     pub claimed: crate::Result<Vec<Batch>>,
 }
 
+/// Whether the settle of a [`crate::QueueStore::settle_and_claim`] left
+/// other brokers something to look at: a settlement was applied and
+/// either the claim filled every slot it asked for (work may be left) or a
+/// queue a settlement released is not among the claimed ones (free, or
+/// without work: a broker waiting for it may end). Otherwise the caller's
+/// own claim took everything the settle freed, and a store skips its
+/// wake-up: brokers woken for nothing claim for nothing.
+pub fn settle_frees_work(
+    settlements: &[Settlement],
+    results: &[Result<(), Rejection>],
+    claim: &Claim,
+    claimed: &[Batch],
+) -> bool {
+    let mut applied = settlements
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(s, _)| s.lease.stream.as_str())
+        .peekable();
+    if applied.peek().is_none() {
+        return false;
+    }
+    claimed.len() >= claim.queues
+        || applied.any(|stream| !claimed.iter().any(|b| b.lease.stream == stream))
+}
+
 /// The order in which a store applies a settle call: blocks first, then acks
 /// and retries, each group in the order given. Returns indexes into
 /// `settlements`.

@@ -386,8 +386,9 @@ impl Runner {
             && self.orphans.is_empty()
             && self.done.iter().all(|f| f.settlement.is_some());
         let now = Instant::now();
+        // Correlation left to another broker makes no store call.
         let nothing_between = !stopping
-            && !want.correlate
+            && (!want.correlate || self.progress.following_live(now))
             && !self.registration_due()
             && self.stepped.is_none()
             && self.suspect.is_none()
