@@ -383,13 +383,7 @@ impl QueueStore for PgStore {
         claim: &Claim,
     ) -> SettledAndClaimed {
         if settlements.is_empty() || claim.queues == 0 || self.read_only {
-            let settled = self.settle(settlements).await;
-            let claimed = if settled.is_err() {
-                Ok(Vec::new())
-            } else {
-                self.claim(claim).await
-            };
-            return SettledAndClaimed { settled, claimed };
+            return act::queue::settle_then_claim(self, settlements, claim).await;
         }
         let (settle, take) = (
             SettleArgs::new(self, settlements),

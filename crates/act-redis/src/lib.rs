@@ -337,20 +337,8 @@ impl QueueStore for RedisStore {
         settlements: &[Settlement],
         claim: &Claim,
     ) -> SettledAndClaimed {
-        if let Err(e) = self.writable("settle") {
-            return SettledAndClaimed {
-                settled: Err(e),
-                claimed: Ok(Vec::new()),
-            };
-        }
-        if settlements.is_empty() || claim.queues == 0 {
-            let settled = self.settle(settlements).await;
-            let claimed = if settled.is_err() || claim.queues == 0 {
-                Ok(Vec::new())
-            } else {
-                self.claim(claim).await
-            };
-            return SettledAndClaimed { settled, claimed };
+        if settlements.is_empty() || claim.queues == 0 || self.writable("settle").is_err() {
+            return act::queue::settle_then_claim(self, settlements, claim).await;
         }
         let (settled, claimed) = queues::settle_and_claim(&self.conn, settlements, claim).await;
         let settled = settled.map(|(results, applied)| {

@@ -357,6 +357,8 @@ pub fn retries_after_deferral(progress: bool, retries: u32) -> u32 {
     }
 }
 
+pub use crate::store::settle_then_claim;
+
 /// What [`crate::QueueStore::settle_and_claim`] did: each half's own result.
 /// A failure of one half never hides what the other did: leases the claim
 /// took reach the caller even when the settle failed, and the reverse.

@@ -170,17 +170,7 @@ pub trait QueueStore: Send + Sync {
         settlements: &[Settlement],
         claim: &Claim,
     ) -> SettledAndClaimed {
-        let settled = if settlements.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.settle(settlements).await
-        };
-        let claimed = if settled.is_err() || claim.queues == 0 {
-            Ok(Vec::new())
-        } else {
-            self.claim(claim).await
-        };
-        SettledAndClaimed { settled, claimed }
+        settle_then_claim(self, settlements, claim).await
     }
 
     /// Extends live leases to `lease` from now (store's clock). An expired or
@@ -232,6 +222,28 @@ pub trait QueueStore: Send + Sync {
     /// passes), on the store's clock: `Some(ZERO)` when one is claimable now,
     /// `None` when none has deliverable work.
     async fn next_due(&self, reactions: &[String]) -> Result<Option<Duration>>;
+}
+
+/// [`QueueStore::settle_and_claim`] as two calls, one after the other: the
+/// default, and what a backend that pipelines the pair falls back to for
+/// the cases it does not (an empty settle, a claim of no queue). No claim
+/// runs when the settle failed.
+pub async fn settle_then_claim<S: QueueStore + ?Sized>(
+    store: &S,
+    settlements: &[Settlement],
+    claim: &Claim,
+) -> SettledAndClaimed {
+    let settled = if settlements.is_empty() {
+        Ok(Vec::new())
+    } else {
+        store.settle(settlements).await
+    };
+    let claimed = if settled.is_err() || claim.queues == 0 {
+        Ok(Vec::new())
+    } else {
+        store.claim(claim).await
+    };
+    SettledAndClaimed { settled, claimed }
 }
 
 /// How a backend opens a store.
