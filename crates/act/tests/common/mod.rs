@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use act::{
     Append, Batch, Claim, Correlation, Event, EventStore, LeaseRef, MemoryStore, Query,
-    QueueFilter, QueueState, QueueStore, Rejection, Replay, Retired, Settlement, Subscription,
-    SubscriptionState, Wake,
+    QueueFilter, QueueState, QueueStore, Rejection, Replay, Retired, SettledAndClaimed, Settlement,
+    Subscription, SubscriptionState, Wake,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -29,9 +29,21 @@ pub struct Watched {
     pub queries: std::sync::atomic::AtomicU64,
     pub yields: std::sync::atomic::AtomicBool,
     pub read_ms: std::sync::atomic::AtomicU64,
+    /// Calls of `settle` alone, and of `settle_and_claim`.
+    pub settles: std::sync::atomic::AtomicU64,
+    pub settles_with_claims: std::sync::atomic::AtomicU64,
 }
 
 impl Watched {
+    fn spoil_all(&self, mut batches: Vec<Batch>) -> Vec<Batch> {
+        for b in &mut batches {
+            for p in &mut b.events {
+                p.event = self.spoil(&p.event);
+            }
+        }
+        batches
+    }
+
     fn spoil(&self, e: &Arc<Event>) -> Arc<Event> {
         if e.id != self.bad.load(std::sync::atomic::Ordering::SeqCst) {
             return e.clone();
@@ -101,16 +113,22 @@ impl QueueStore for Watched {
         self.inner.replays().await
     }
     async fn claim(&self, c: &Claim) -> act::Result<Vec<Batch>> {
-        let mut batches = self.inner.claim(c).await?;
-        for b in &mut batches {
-            for p in &mut b.events {
-                p.event = self.spoil(&p.event);
-            }
-        }
-        Ok(batches)
+        let batches = self.inner.claim(c).await?;
+        Ok(self.spoil_all(batches))
     }
     async fn settle(&self, s: &[Settlement]) -> act::Result<Vec<Result<(), Rejection>>> {
+        self.settles
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.settle(s).await
+    }
+    async fn settle_and_claim(&self, s: &[Settlement], c: &Claim) -> SettledAndClaimed {
+        self.settles_with_claims
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let out = act::queue::settle_then_claim(&self.inner, s, c).await;
+        SettledAndClaimed {
+            settled: out.settled,
+            claimed: out.claimed.map(|b| self.spoil_all(b)),
+        }
     }
     async fn renew(
         &self,
