@@ -392,27 +392,22 @@ impl QueueStore for PgStore {
         let (settle_sql, claim_sql) = (self.settle_sql(), self.claim_sql());
         let fold = self.fold_sql(Some(take.fold));
         let ran = match self.conn().await {
-            Ok(client) => {
-                client
-                    .pipelined(
-                        (&settle_sql, &settle.params()),
-                        &fold,
-                        (&claim_sql, &take.params(claim)),
-                    )
-                    .await
-            }
-            Err(e) => {
-                return SettledAndClaimed {
-                    settled: Err(e),
-                    claimed: Ok(Vec::new()),
-                }
-            }
+            Ok(client) => client
+                .pipelined(
+                    (&settle_sql, &settle.params()),
+                    &fold,
+                    (&claim_sql, &take.params(claim)),
+                )
+                .await
+                .map_err(|e| self.err(e)),
+            Err(e) => Err(e),
         };
         let (settled, folded, claimed) = match ran {
             Ok(ran) => ran,
+            // Nothing ran.
             Err(e) => {
                 return SettledAndClaimed {
-                    settled: Err(self.err(e)),
+                    settled: Err(e),
                     claimed: Ok(Vec::new()),
                 }
             }
@@ -434,12 +429,9 @@ impl QueueStore for PgStore {
             Err(e) if error::is_retryable(&e) && settled.is_ok() => self.claim(claim).await,
             Err(e) => Err(self.err(e)),
         };
-        let freed = match (&settled, &claimed) {
-            (Ok(results), Ok(batches)) => {
-                act::queue::settle_frees_work(settlements, results, claim, batches)
-            }
-            _ => true,
-        };
+        let freed = settled.as_ref().is_ok_and(|results| {
+            act::queue::settle_frees_work(settlements, results, claim, &claimed)
+        });
         if wake && freed {
             self.notify_soon();
         }

@@ -342,10 +342,7 @@ impl QueueStore for RedisStore {
         }
         let (settled, claimed) = queues::settle_and_claim(&self.conn, settlements, claim).await;
         let settled = settled.map(|(results, applied)| {
-            let freed = claimed.as_ref().map_or(true, |batches| {
-                act::queue::settle_frees_work(settlements, &results, claim, batches)
-            });
-            if applied && freed {
+            if applied && act::queue::settle_frees_work(settlements, &results, claim, &claimed) {
                 self.notify(Wake::new_work);
             }
             results

@@ -88,18 +88,18 @@ pub(crate) async fn settle_and_claim(
     };
     let settled = match settle_reply {
         Ok(reply) => settled(conn, settlements, &order, &reply),
-        Err(e) if crate::conn::no_script(&e) => match conn.run(&settle).await {
-            Ok(reply) => settled(conn, settlements, &order, &reply),
-            Err(e) => Err(e),
-        },
+        Err(e) if crate::conn::no_script(&e) => conn
+            .run(&settle)
+            .await
+            .and_then(|reply| settled(conn, settlements, &order, &reply)),
         Err(e) => Err(conn.failed(e)),
     };
     let claimed_now = match claim_reply {
         Ok(reply) => claimed(conn, c, &reply),
-        Err(e) if crate::conn::no_script(&e) && settled.is_ok() => match conn.run(&take).await {
-            Ok(reply) => claimed(conn, c, &reply),
-            Err(e) => Err(e),
-        },
+        Err(e) if crate::conn::no_script(&e) && settled.is_ok() => conn
+            .run(&take)
+            .await
+            .and_then(|reply| claimed(conn, c, &reply)),
         Err(e) if crate::conn::no_script(&e) => Ok(Vec::new()),
         Err(e) => Err(conn.failed(e)),
     };

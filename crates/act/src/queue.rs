@@ -373,18 +373,22 @@ pub struct SettledAndClaimed {
 }
 
 /// Whether the settle of a [`crate::QueueStore::settle_and_claim`] left
-/// other brokers something to look at: a settlement was applied and
-/// either the claim filled every slot it asked for (work may be left) or a
-/// queue a settlement released is not among the claimed ones (free, or
-/// without work: a broker waiting for it may end). Otherwise the caller's
-/// own claim took everything the settle freed, and a store skips its
-/// wake-up: brokers woken for nothing claim for nothing.
+/// other brokers something to look at: the claim failed (the settle's own
+/// rule decides), or a settlement was applied and either the claim filled
+/// every slot it asked for (work may be left) or a queue a settlement
+/// released is not among the claimed ones (free, or without work: a broker
+/// waiting for it may end).
+/// Otherwise the caller's own claim took everything the settle freed, and
+/// a store skips its wake-up: brokers woken for nothing claim for nothing.
 pub fn settle_frees_work(
     settlements: &[Settlement],
     results: &[Result<(), Rejection>],
     claim: &Claim,
-    claimed: &[Batch],
+    claimed: &crate::Result<Vec<Batch>>,
 ) -> bool {
+    let Ok(claimed) = claimed else {
+        return true;
+    };
     let mut applied = settlements
         .iter()
         .zip(results)

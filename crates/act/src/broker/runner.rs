@@ -404,11 +404,7 @@ impl Runner {
     /// even when the settle failed, and the reverse.
     async fn settle_and_claim(&mut self, want: &mut Want, claim: Claim) -> Result<(), Failed> {
         self.start_backfill();
-        let settlements: Vec<_> = self
-            .done
-            .iter()
-            .filter_map(|f| f.settlement.clone())
-            .collect();
+        let settlements = self.settlements();
         let started = Instant::now();
         let span = tracing::debug_span!(
             "act.claim",
@@ -837,11 +833,7 @@ impl Runner {
             .extend(release.iter().map(|f| f.lease.reference()));
         self.done = settle;
         if !self.done.is_empty() {
-            let settlements: Vec<_> = self
-                .done
-                .iter()
-                .filter_map(|f| f.settlement.clone())
-                .collect();
+            let settlements = self.settlements();
             let results = store.settle(&settlements).await?;
             self.settled_all(results);
         }
@@ -861,6 +853,14 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// The write-backs of the finished batches that have one.
+    fn settlements(&self) -> Vec<crate::queue::Settlement> {
+        self.done
+            .iter()
+            .filter_map(|f| f.settlement.clone())
+            .collect()
     }
 
     /// Takes up the settle's results for every finished batch.
