@@ -15,9 +15,8 @@ use std::time::Duration;
 
 mod common;
 
-use act::{Act, Append, BrokerOptions, Message, Reaction, Stats, Store};
+use act::{Act, BrokerOptions, Reaction, Stats, Store};
 use common::Watched;
-use serde_json::json;
 
 /// Events in the backlog, in streams of `PER_STREAM`.
 const EVENTS: usize = 2_000;
@@ -27,15 +26,7 @@ const PER_STREAM: usize = 100;
 const FOLLOW: Duration = Duration::from_millis(100);
 
 async fn backlog(store: &dyn Store) {
-    for s in 0..EVENTS / PER_STREAM {
-        let messages = (0..PER_STREAM)
-            .map(|i| Message::new("Ping", json!({ "i": i })))
-            .collect();
-        store
-            .append(Append::new(format!("s{s}"), messages))
-            .await
-            .unwrap();
-    }
+    common::backlog(store, EVENTS / PER_STREAM, PER_STREAM).await;
 }
 
 fn app(store: Arc<dyn Store>, delivered: &Arc<AtomicU64>) -> Act {

@@ -13,9 +13,8 @@ use std::time::Duration;
 
 mod common;
 
-use act::{Act, Append, BrokerOptions, Message, Reaction, Store};
+use act::{Act, BrokerOptions, Reaction, Store};
 use common::Watched;
-use serde_json::json;
 
 const STREAMS: usize = 5;
 const PER_STREAM: usize = 100;
@@ -25,15 +24,7 @@ const BATCH: usize = 10;
 async fn a_broker_writes_back_and_claims_in_one_call_once_the_log_is_correlated() {
     let watched = Arc::new(Watched::default());
     let store: Arc<dyn Store> = watched.clone();
-    for s in 0..STREAMS {
-        let messages = (0..PER_STREAM)
-            .map(|i| Message::new("Ping", json!({ "i": i })))
-            .collect();
-        store
-            .append(Append::new(format!("s{s}"), messages))
-            .await
-            .unwrap();
-    }
+    common::backlog(&*store, STREAMS, PER_STREAM).await;
     let seen: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     let log = seen.clone();
     let app = Act::builder(store)

@@ -61,6 +61,19 @@ impl Watched {
     }
 }
 
+/// Appends `streams` streams `s0`, `s1`… of `per_stream` `Ping` events each.
+pub async fn backlog(store: &dyn act::Store, streams: usize, per_stream: usize) {
+    for s in 0..streams {
+        let messages = (0..per_stream)
+            .map(|i| act::Message::new("Ping", serde_json::json!({ "i": i })))
+            .collect();
+        store
+            .append(Append::new(format!("s{s}"), messages))
+            .await
+            .unwrap();
+    }
+}
+
 #[async_trait]
 impl EventStore for Watched {
     async fn append(&self, a: Append) -> act::Result<Vec<Arc<Event>>> {
